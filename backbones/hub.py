@@ -1,0 +1,147 @@
+"""Weight files: each library's own cache and download, and loading of local files.
+
+Downloads go through huggingface_hub (timm, transformers, open_clip all use it, honouring HF_HOME
+and HF_HUB_OFFLINE) or torch.hub's cache (TORCH_HOME) for plain URLs. Before any download we probe
+the host once with a short timeout, so an offline machine gets a one-line error in seconds instead
+of a minute of library retries.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+from functools import lru_cache
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+
+from bench.errors import UserError
+
+PROBE_TIMEOUT_S = float(os.environ.get("BENCH_PROBE_TIMEOUT", "3"))
+
+
+@lru_cache(maxsize=None)
+def host_reachable(host: str, port: int = 443) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=PROBE_TIMEOUT_S):
+            return True
+    except OSError:
+        return False
+
+
+def hf_offline() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE) or os.environ.get("HF_HUB_OFFLINE", "") in ("1", "true", "ON", "YES")
+
+
+def _missing(what: str, where: str, name: str, why: str) -> UserError:
+    return UserError(f"weights for {name!r} not found: need {what} in {where} ({why}); "
+                     f"run `bench weights fetch {name}` on a connected machine, "
+                     f"or pass --weights PATH to a local copy, or --weights random")
+
+
+def hf_cached(repo_id: str, filename: str) -> str | None:
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(repo_id, filename)
+    return found if isinstance(found, str) else None
+
+
+def hf_file(repo_id: str, filename: str, *, name: str) -> str:
+    """Path of ``filename`` from the Hugging Face repo, from the cache or downloaded into it."""
+    from huggingface_hub import constants, hf_hub_download
+
+    cached = hf_cached(repo_id, filename)
+    if cached:
+        return cached
+    where = f"HF cache {constants.HF_HUB_CACHE}"
+    what = f"{repo_id}/{filename}"
+    if hf_offline():
+        raise _missing(what, where, name, "HF_HUB_OFFLINE is set")
+    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    if not host_reachable(host):
+        raise _missing(what, where, name, f"{host} is unreachable")
+    try:
+        return hf_hub_download(repo_id, filename)
+    except Exception as e:  # the hub raises many types; one line is what the user needs
+        raise _missing(what, where, name, f"download failed: {str(e).splitlines()[0][:200]}") from e
+
+
+def torch_hub_dir() -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def url_file(url: str, *, name: str) -> str:
+    """Path of a plain-URL checkpoint in torch.hub's cache (TORCH_HOME), downloaded if needed."""
+    target = torch_hub_dir() / os.path.basename(urlparse(url).path)
+    if target.exists():
+        return str(target)
+    host = urlparse(url).hostname or ""
+    if not host_reachable(host):
+        raise _missing(target.name, str(target.parent), name, f"{host} is unreachable")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        torch.hub.download_url_to_file(url, str(target), progress=True)
+    except Exception as e:
+        raise _missing(target.name, str(target.parent), name,
+                       f"download failed: {str(e).splitlines()[0][:200]}") from e
+    return str(target)
+
+
+def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Load a checkpoint safely: safetensors, or torch.load with weights_only=True.
+
+    Common wrappers ({"model": ...}, {"state_dict": ...}) are unwrapped.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"weights file {str(path)!r} does not exist; pass --weights default|random|PATH")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            sd = load_file(str(path))
+        else:
+            sd = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise UserError(f"cannot read weights file {str(path)!r} (safetensors, or a torch state dict "
+                        f"loadable with weights_only=True): {str(e).splitlines()[0][:200]}") from e
+    for key in ("state_dict", "model", "module", "teacher"):
+        if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
+            sd = sd[key]
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise UserError(f"weights file {str(path)!r} is not a state dict of tensors")
+    return sd
+
+
+def load_into(module: torch.nn.Module, sd: dict[str, torch.Tensor], *, name: str, source: str,
+              allow_missing: tuple[str, ...] = (), ignore_unexpected: tuple[str, ...] = ()) -> None:
+    """load_state_dict that turns architecture mismatches into one clear line."""
+    own = module.state_dict()
+    missing = [k for k in own if k not in sd and not k.startswith(allow_missing)]
+    unexpected = [k for k in sd if k not in own and not k.startswith(ignore_unexpected)]
+    shape = [k for k in own if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
+    if missing or shape or (unexpected and len(unexpected) > len(own) // 2):
+        detail = []
+        if missing:
+            detail.append(f"{len(missing)} missing keys (e.g. {missing[0]})")
+        if shape:
+            k = shape[0]
+            detail.append(f"{len(shape)} shape mismatches (e.g. {k}: file {tuple(sd[k].shape)} "
+                          f"vs model {tuple(own[k].shape)})")
+        if unexpected:
+            detail.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
+        raise UserError(f"weights {source!r} do not fit backbone {name!r}: " + "; ".join(detail)
+                        + "; pass a checkpoint of this architecture and variant")
+    module.load_state_dict({k: v for k, v in sd.items() if k in own}, strict=False)
+
+
+def file_fingerprint(path: str | os.PathLike) -> str:
+    """sha256 prefix of a file, the cache key for locally supplied weights."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return "sha256:" + h.hexdigest()[:16]
