@@ -19,7 +19,10 @@ ENTRY_POINT_GROUP = "bench.backbones"
 
 class Builder(Protocol):
     def __call__(self, variant: str, weights: str, *, readout: str | None = None,
-                 in_chans_mode: str = "repeat") -> Backbone: ...
+                 input_size: int | None = None) -> Backbone: ...
+    # variant: one of spec.variants; weights: "default" | "random" | a local file path;
+    # readout: one of spec.readouts (None = the spec's first); input_size: the size images
+    # will have (adapters with position embeddings interpolate them to it; None = native).
 
 
 @dataclass(frozen=True)
