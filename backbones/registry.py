@@ -26,9 +26,20 @@ class Builder(Protocol):
 
 
 @dataclass(frozen=True)
+class WeightFile:
+    """A file `--weights default` needs: ("hf", "repo_id", "filename") or ("url", url, basename)."""
+
+    kind: str
+    location: str
+    filename: str
+
+
+@dataclass(frozen=True)
 class Adapter:
     spec: Spec
     build: Builder
+    # which files `--weights default` needs for a variant (for `bench weights ls`); optional
+    weight_files: Callable[[str], list[WeightFile]] | None = None
 
 
 # Short names -> "module:attr" of an Adapter. Imported only when asked for.

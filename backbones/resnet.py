@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from .base import Backbone, Spec
-from .registry import Adapter
+from .registry import Adapter, WeightFile
 from . import timm_common
 
 
@@ -64,7 +64,13 @@ def _adapter(arch: str, tags: tuple[str, ...], blocks: int, dim: int, params: st
             backbone.load_weights_file(weights)
         return backbone
 
-    return Adapter(spec, build)
+    def files(variant: str) -> list[WeightFile]:
+        if small_input:
+            return []
+        repo, filename = timm_common.hub_location(f"{arch}.{variant}")
+        return [WeightFile("hf", repo, filename)]
+
+    return Adapter(spec, build, files)
 
 
 RESNET18 = _adapter("resnet18", ("tv_in1k", "a1_in1k"), 8, 512, "11.2M")

@@ -1,0 +1,197 @@
+"""MedMNIST+ 2D data: files, checks and uint8 arrays, all driven by ``medmnist.INFO``.
+
+Images stay uint8 in host memory. Files whose arrays are too big to hold (the 224 px releases run
+to tens of GB) are extracted once from the .npz into plain .npy files and memory-mapped.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import zipfile
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from urllib.parse import urlparse
+
+import numpy as np
+
+from .errors import UserError, did_you_mean
+
+SIZES = (28, 64, 128, 224)
+SPLITS = ("train", "val", "test")
+# arrays larger than this (bytes) are memory-mapped instead of read into memory
+MMAP_THRESHOLD = int(os.environ.get("BENCH_MMAP_THRESHOLD", str(1 << 30)))
+
+
+def _info() -> dict:
+    from medmnist import INFO
+
+    return INFO
+
+
+def flags() -> list[str]:
+    """The 2D MedMNIST flags, in medmnist's order (3D volumes are out of scope)."""
+    return [f for f, i in _info().items() if not f.endswith("3d")]
+
+
+def info(flag: str) -> dict:
+    if flag not in flags():
+        raise UserError(f"unknown dataset {flag!r}; {did_you_mean(flag, flags())}")
+    return _info()[flag]
+
+
+def check_size(size: int) -> int:
+    if size not in SIZES:
+        raise UserError(f"unknown size {size}; MedMNIST+ sizes are {', '.join(map(str, SIZES))}")
+    return size
+
+
+def size_suffix(size: int) -> str:
+    return "" if size == 28 else f"_{size}"
+
+
+def file_name(flag: str, size: int) -> str:
+    return f"{flag}{size_suffix(size)}.npz"
+
+
+def expected_md5(flag: str, size: int) -> str:
+    return info(flag)[f"MD5{size_suffix(size)}"]
+
+
+def default_root() -> Path:
+    return Path(os.environ.get("MEDMNIST_ROOT") or Path.home() / ".medmnist")
+
+
+@lru_cache(maxsize=64)
+def _md5(path: str, mtime: float, nbytes: int) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def md5sum(path: Path) -> str:
+    st = path.stat()
+    return _md5(str(path), st.st_mtime, st.st_size)
+
+
+def locate(flag: str, size: int, root: Path, download: bool = True) -> Path:
+    """Path of the dataset file, downloading it the way medmnist does when it is missing."""
+    path = Path(root) / file_name(flag, size)
+    if path.exists():
+        return path
+    url = info(flag)[f"url{size_suffix(size)}"]
+    howto = (f"dataset file {path.name} (md5 {expected_md5(flag, size)}) is not in {root}; "
+             f"download it from {url} into that folder, or pass --data-root")
+    if not download:
+        raise UserError(howto)
+    from backbones.hub import host_reachable
+
+    if not host_reachable(urlparse(url).hostname or ""):
+        raise UserError(howto + f" ({urlparse(url).hostname} is unreachable)")
+    try:
+        from torchvision.datasets.utils import download_url  # what medmnist itself calls
+
+        Path(root).mkdir(parents=True, exist_ok=True)
+        download_url(url=url, root=str(root), filename=path.name, md5=expected_md5(flag, size))
+    except Exception as e:
+        raise UserError(howto + f" (download failed: {str(e).splitlines()[0][:160]})") from e
+    return path
+
+
+@dataclass
+class Split:
+    images: np.ndarray  # uint8 (N, H, W) or (N, H, W, 3); may be a read-only memmap
+    labels: np.ndarray  # uint8 (N, L)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+@dataclass
+class MedMNIST:
+    flag: str
+    size: int
+    path: Path
+    md5: str
+    task: str
+    label_names: dict[str, str]
+    n_channels: int
+    splits: dict[str, Split]
+
+    @property
+    def n_outputs(self) -> int:
+        """Width of the classifier: one logit per class (binary included) or per label."""
+        return len(self.label_names)
+
+
+def load(flag: str, size: int, root: Path, *, check_md5: bool = True, limit: int | None = None,
+         download: bool = True, cache_dir: Path | None = None) -> MedMNIST:
+    meta = info(flag)
+    check_size(size)
+    path = locate(flag, size, root, download)
+    md5 = md5sum(path)
+    if check_md5 and md5 != expected_md5(flag, size):
+        raise UserError(f"{path} has md5 {md5}, expected {expected_md5(flag, size)} (medmnist INFO); "
+                        f"re-download it, or pass --skip-md5 for a file you made yourself")
+    splits = {}
+    for split in SPLITS:
+        images = _read(path, f"{split}_images", md5, cache_dir)
+        labels = np.asarray(_read(path, f"{split}_labels", md5, cache_dir))
+        _validate(path, split, images, labels, size, meta)
+        if limit is not None:
+            images, labels = images[:limit], labels[:limit]
+        splits[split] = Split(images, labels.astype(np.int64))
+    return MedMNIST(flag, size, path, md5, meta["task"], meta["label"], meta["n_channels"], splits)
+
+
+def _validate(path: Path, split: str, images: np.ndarray, labels: np.ndarray, size: int, meta: dict) -> None:
+    shape_ok = images.ndim in (3, 4) and images.shape[1:3] == (size, size) and \
+        (images.ndim == 3 or images.shape[3] in (1, 3))
+    if images.dtype != np.uint8 or not shape_ok:
+        raise UserError(f"{path}: {split}_images is {images.dtype} {images.shape}, expected uint8 "
+                        f"(N, {size}, {size}) or (N, {size}, {size}, 3)")
+    if labels.ndim != 2 or len(labels) != len(images):
+        raise UserError(f"{path}: {split}_labels has shape {labels.shape}, expected ({len(images)}, L)")
+    n_out = len(meta["label"])
+    hi = int(labels.max()) if labels.size else 0
+    if (meta["task"].startswith("multi-label") and labels.shape[1] != n_out) or \
+            (not meta["task"].startswith("multi-label") and hi >= n_out):
+        raise UserError(f"{path}: {split}_labels do not match the task ({meta['task']}, {n_out} labels)")
+
+
+def _read(path: Path, key: str, md5: str, cache_dir: Path | None) -> np.ndarray:
+    try:
+        with zipfile.ZipFile(path) as zf:
+            member = zf.getinfo(f"{key}.npy")
+            if member.file_size <= MMAP_THRESHOLD or cache_dir is None:
+                with zf.open(member) as f:
+                    return np.lib.format.read_array(f)
+        return _extract_memmap(path, key, md5, Path(cache_dir))
+    except KeyError:
+        raise UserError(f"{path} has no array {key!r}; a MedMNIST .npz holds "
+                        f"train/val/test _images and _labels") from None
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
+        raise UserError(f"{path} is not a readable MedMNIST .npz ({e})") from None
+
+
+def _extract_memmap(path: Path, key: str, md5: str, cache_dir: Path) -> np.ndarray:
+    """Stream one array out of the zip into an .npy once, then memory-map it read-only."""
+    target = cache_dir / "npy" / md5 / f"{key}.npy"
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_suffix(f".tmp{os.getpid()}")
+        with zipfile.ZipFile(path) as zf, zf.open(f"{key}.npy") as f:
+            version = np.lib.format.read_magic(f)
+            shape, fortran, dtype = np.lib.format._read_array_header(f, version)
+            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape, fortran_order=fortran)
+            flat = out.reshape(-1)
+            step = 1 << 26
+            for start in range(0, flat.size, step):
+                n = min(step, flat.size - start)
+                flat[start:start + n] = np.frombuffer(f.read(n * dtype.itemsize), dtype=dtype, count=n)
+            out.flush()
+            del out, flat
+        os.replace(tmp, target)
+    return np.load(target, mmap_mode="r")

@@ -1,0 +1,99 @@
+"""Frozen features: run the frozen part of a backbone once per image and cache the result on disk.
+
+The cache key holds everything that changes the output (adapter, variant, weights fingerprint,
+readout, input size, resize and gray policy, dataset file md5, split, limit, how far into the
+backbone we go, and a code version), so a stale entry can never be served.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from filelock import FileLock
+from tqdm.auto import tqdm
+
+from .preprocess import Preprocess
+
+# bump when extraction code changes what it produces
+CACHE_VERSION = 1
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("BENCH_CACHE_DIR") or Path.home() / ".cache" / "medfm-bench")
+
+
+def autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA where supported (fp16 otherwise); plain fp32 on CPU, so CPU runs
+    are exactly reproducible."""
+    if device.type == "cuda":
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
+    return contextlib.nullcontext()
+
+
+def iterate_batches(images: np.ndarray, batch_size: int, desc: str = "", quiet: bool = False):
+    """Yield (start, uint8 numpy batch) slices; memmapped arrays are read a batch at a time."""
+    bar = tqdm(total=len(images), desc=desc, unit="img", disable=quiet or None, leave=False)
+    for start in range(0, len(images), batch_size):
+        batch = images[start:start + batch_size]
+        yield start, batch
+        bar.update(len(batch))
+    bar.close()
+
+
+@torch.inference_mode()
+def extract(fn: Callable[[torch.Tensor], torch.Tensor], images: np.ndarray, pre: Preprocess,
+            device: torch.device, batch_size: int = 128, desc: str = "extract",
+            quiet: bool = False) -> np.ndarray:
+    """Apply ``fn`` (normalised images -> features) to every image once, in batches."""
+    out: np.ndarray | None = None
+    for start, batch in iterate_batches(images, batch_size, desc, quiet):
+        with autocast(device):
+            y = fn(pre(pre.to_device(batch, device)))
+        y = y.float().cpu().numpy()
+        if out is None:
+            out = np.empty((len(images),) + y.shape[1:], dtype=np.float32)
+        out[start:start + len(y)] = y
+    if out is None:
+        raise ValueError("no images to extract features from")
+    return out
+
+
+@dataclass
+class FeatureCache:
+    root: Path
+
+    def key(self, parts: dict) -> str:
+        blob = json.dumps({**parts, "cache_version": CACHE_VERSION}, sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+    def path(self, key: str) -> Path:
+        return self.root / "features" / f"{key}.npy"
+
+    def get_or_compute(self, parts: dict, compute: Callable[[], np.ndarray]) -> tuple[np.ndarray, bool]:
+        """(features, hit). Concurrent workers asking for the same key compute it once."""
+        key = self.key(parts)
+        path = self.path(key)
+        if path.exists():
+            return np.load(path), True
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(path) + ".lock"):
+            if path.exists():  # another worker finished it while we waited
+                return np.load(path), True
+            feats = compute()
+            tmp = path.with_name(f"{path.stem}.tmp{os.getpid()}.npy")
+            np.save(tmp, feats)
+            tmp.with_suffix(".json").write_text(json.dumps(parts, indent=1, default=str))
+            os.replace(tmp.with_suffix(".json"), path.with_suffix(".json"))
+            os.replace(tmp, path)  # the .npy appears last: its presence means complete
+        return feats, False
+
+    def exists(self, parts: dict) -> bool:
+        return self.path(self.key(parts)).exists()

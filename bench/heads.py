@@ -1,0 +1,157 @@
+"""Heads on cached features: a grid of linear probes trained in one pass, and kNN.
+
+The linear grid follows DINOv2's eval/linear.py: every (learning rate, weight decay) pair is its
+own head, all heads see the same mini-batches in one pass over the features, the best head and
+epoch are chosen on val, and only that one is scored on test.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from . import metrics
+
+DEFAULT_LRS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1)
+DEFAULT_WDS = (0.0, 1e-3)
+SELECT = ("auc", "acc", "loss")
+
+
+def scores_from_logits(task: str, logits: torch.Tensor) -> torch.Tensor:
+    return torch.sigmoid(logits) if metrics.is_multilabel(task) else torch.softmax(logits, dim=-1)
+
+
+def loss_fn(task: str, logits: torch.Tensor, y: torch.Tensor, reduction: str = "mean",
+            class_weight: torch.Tensor | None = None) -> torch.Tensor:
+    if metrics.is_multilabel(task):
+        return F.binary_cross_entropy_with_logits(logits, y.float(), reduction=reduction, pos_weight=class_weight)
+    return F.cross_entropy(logits, y.view(-1), reduction=reduction, weight=class_weight)
+
+
+def selection_value(select: str, task: str, y_true: np.ndarray, scores: np.ndarray, loss: float) -> float:
+    """Higher is better for every criterion (loss is negated)."""
+    if select == "loss":
+        return -loss
+    if select == "acc":
+        return metrics.acc(task, y_true, scores)
+    try:
+        value = metrics.auc(task, y_true, scores)
+    except ValueError:  # single-class val split (tiny --limit): fall back to accuracy
+        value = metrics.acc(task, y_true, scores)
+    return value if not math.isnan(value) else -math.inf
+
+
+@dataclass
+class LinearGridResult:
+    weight: torch.Tensor  # (D, C) of the selected head, on standardised features
+    bias: torch.Tensor
+    mean: torch.Tensor
+    std: torch.Tensor
+    lr: float
+    wd: float
+    epoch: int
+    val_value: float
+    grid: list[dict] = field(default_factory=list)  # one row per (head, checkpoint) for the record
+
+    def scores(self, task: str, x: np.ndarray, device: torch.device) -> np.ndarray:
+        xt = (torch.from_numpy(x).to(device) - self.mean) / self.std
+        return scores_from_logits(task, xt @ self.weight + self.bias).cpu().numpy()
+
+
+def train_linear_grid(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
+                      task: str, n_outputs: int, *, lrs: tuple[float, ...] = DEFAULT_LRS,
+                      wds: tuple[float, ...] = DEFAULT_WDS, epochs: int = 100, batch_size: int = 256,
+                      select: str = "auc", seed: int = 0, device: torch.device | None = None,
+                      evals: int = 20, quiet: bool = False) -> LinearGridResult:
+    """Train len(lrs) x len(wds) linear heads together with Adam; pick one on val."""
+    device = device or torch.device("cpu")
+    gen = torch.Generator().manual_seed(seed)
+    xtr = torch.from_numpy(x_train).to(device)
+    # standardise with train statistics so one lr grid suits every backbone's feature scale
+    mean, std = xtr.mean(0), xtr.std(0).clamp_min(1e-6)
+    xtr = (xtr - mean) / std
+    xva = (torch.from_numpy(x_val).to(device) - mean) / std
+    ytr = torch.from_numpy(y_train).to(device)
+    yva_np = y_val.squeeze(-1) if not metrics.is_multilabel(task) else y_val
+    yva = torch.from_numpy(y_val).to(device)
+
+    pairs = [(lr, wd) for lr in lrs for wd in wds]
+    n_heads, dim = len(pairs), xtr.shape[1]
+    lr_t = torch.tensor([p[0] for p in pairs], device=device).view(-1, 1, 1)
+    wd_t = torch.tensor([p[1] for p in pairs], device=device).view(-1, 1, 1)
+    w = (torch.randn(n_heads, dim, n_outputs, generator=gen) * 0.01).to(device)
+    b = torch.zeros(n_heads, 1, n_outputs, device=device)
+    params = [w, b]
+    m = [torch.zeros_like(p) for p in params]
+    v = [torch.zeros_like(p) for p in params]
+    beta1, beta2, eps = 0.9, 0.999, 1e-8
+
+    n = len(xtr)
+    steps_per_epoch = max(1, math.ceil(n / batch_size))
+    eval_at = set(np.unique(np.linspace(1, epochs, min(evals, epochs)).round().astype(int)).tolist())
+    best = (-math.inf, 0, 0, None, None)  # value, head, epoch, w, b
+    grid: list[dict] = []
+    step = 0
+    for epoch in tqdm(range(1, epochs + 1), desc="linear grid", disable=quiet or None, leave=False):
+        perm = torch.randperm(n, generator=gen).to(device)
+        for i in range(steps_per_epoch):
+            idx = perm[i * batch_size:(i + 1) * batch_size]
+            w.requires_grad_(True)
+            b.requires_grad_(True)
+            logits = torch.einsum("nd,hdc->hnc", xtr[idx], w) + b  # every head, same batch
+            y = ytr[idx]
+            if metrics.is_multilabel(task):
+                loss = F.binary_cross_entropy_with_logits(
+                    logits, y.float().unsqueeze(0).expand_as(logits), reduction="none").mean(dim=(1, 2))
+            else:
+                loss = F.cross_entropy(logits.reshape(-1, n_outputs), y.view(-1).repeat(n_heads),
+                                       reduction="none").view(n_heads, -1).mean(1)
+            # heads are independent, so the gradient of the sum is each head's own gradient
+            gw, gb = torch.autograd.grad(loss.sum(), [w, b])
+            w, b = w.detach(), b.detach()
+            gw = gw + wd_t * w  # L2 penalty on weights only
+            step += 1
+            with torch.no_grad():
+                for j, (p, g) in enumerate(zip((w, b), (gw, gb))):
+                    m[j].mul_(beta1).add_(g, alpha=1 - beta1)
+                    v[j].mul_(beta2).addcmul_(g, g, value=1 - beta2)
+                    mhat = m[j] / (1 - beta1 ** step)
+                    vhat = v[j] / (1 - beta2 ** step)
+                    p.sub_(lr_t * mhat / (vhat.sqrt() + eps))
+        if epoch in eval_at:
+            with torch.no_grad():
+                logits = torch.einsum("nd,hdc->hnc", xva, w) + b
+                for h, (lr, wd) in enumerate(pairs):
+                    val_loss = float(loss_fn(task, logits[h], yva))
+                    scores = scores_from_logits(task, logits[h]).cpu().numpy()
+                    value = selection_value(select, task, yva_np, scores, val_loss)
+                    grid.append({"lr": lr, "wd": wd, "epoch": epoch, "val_loss": val_loss, f"val_{select}": value})
+                    if value > best[0]:
+                        best = (value, h, epoch, w[h].clone(), b[h, 0].clone())
+    value, h, epoch, bw, bb = best
+    if bw is None:  # every evaluation was -inf (degenerate val split): keep the last state of head 0
+        h, epoch, bw, bb = 0, epochs, w[0].clone(), b[0, 0].clone()
+    return LinearGridResult(bw, bb, mean, std, pairs[h][0], pairs[h][1], epoch, value, grid)
+
+
+@torch.no_grad()
+def knn_scores(x_train: np.ndarray, y_train: np.ndarray, x_query: np.ndarray, task: str, n_outputs: int,
+               k: int = 11, device: torch.device | None = None, chunk: int = 1024) -> np.ndarray:
+    """Class scores = share of the k nearest train neighbours (cosine) in each class / label."""
+    device = device or torch.device("cpu")
+    xtr = F.normalize(torch.from_numpy(x_train).to(device), dim=1)
+    if metrics.is_multilabel(task):
+        targets = torch.from_numpy(y_train).to(device).float()
+    else:
+        targets = F.one_hot(torch.from_numpy(y_train).view(-1).to(device), n_outputs).float()
+    k = min(k, len(xtr))
+    out = []
+    for start in range(0, len(x_query), chunk):
+        q = F.normalize(torch.from_numpy(x_query[start:start + chunk]).to(device), dim=1)
+        idx = (q @ xtr.T).topk(k, dim=1).indices
+        out.append(targets[idx].mean(dim=1))
+    return torch.cat(out).cpu().numpy()

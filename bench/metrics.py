@@ -1,0 +1,79 @@
+"""Classification metrics, with ACC and AUC defined exactly as ``medmnist.Evaluator`` does.
+
+Conventions (same as MedMNIST): ``y_true`` is (N,) class indices, or (N, L) 0/1 for multi-label;
+``y_score`` is (N, C) probabilities (softmax for single-label, sigmoid for multi-label).
+Binary tasks score the last column, threshold 0.5; multi-class and ordinal use argmax and the
+one-vs-rest mean AUC; multi-label averages per label.
+"""
+from __future__ import annotations
+
+import numpy as np
+from sklearn.metrics import (balanced_accuracy_score, cohen_kappa_score, f1_score, recall_score,
+                             roc_auc_score)
+
+TASKS = ("binary-class", "multi-class", "ordinal-regression", "multi-label, binary-class")
+
+
+def is_multilabel(task: str) -> bool:
+    return task.startswith("multi-label")
+
+
+def _prep(y_true: np.ndarray, y_score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return np.asarray(y_true).squeeze(), np.asarray(y_score).squeeze()
+
+
+def auc(task: str, y_true: np.ndarray, y_score: np.ndarray) -> float:
+    y_true, y_score = _prep(y_true, y_score)
+    if is_multilabel(task):
+        return float(np.mean([roc_auc_score(y_true[:, i], y_score[:, i]) for i in range(y_score.shape[1])]))
+    if task == "binary-class":
+        return float(roc_auc_score(y_true, y_score[:, -1] if y_score.ndim == 2 else y_score))
+    return float(np.mean([roc_auc_score((y_true == i).astype(float), y_score[:, i])
+                          for i in range(y_score.shape[1])]))
+
+
+def predictions(task: str, y_score: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+    y_score = np.asarray(y_score).squeeze()
+    if is_multilabel(task):
+        return (y_score > threshold).astype(int)
+    if task == "binary-class":
+        return ((y_score[:, -1] if y_score.ndim == 2 else y_score) > threshold).astype(int)
+    return np.argmax(y_score, axis=-1)
+
+
+def acc(task: str, y_true: np.ndarray, y_score: np.ndarray, threshold: float = 0.5) -> float:
+    y_true, _ = _prep(y_true, y_score)
+    pred = predictions(task, y_score, threshold)
+    if is_multilabel(task):
+        return float(np.mean([(y_true[:, i] == pred[:, i]).mean() for i in range(y_true.shape[1])]))
+    return float((y_true == pred).mean())
+
+
+def evaluate(task: str, y_true: np.ndarray, y_score: np.ndarray) -> dict[str, float]:
+    """All metrics of one split: acc, auc (MedMNIST), balanced_acc, macro_f1, recall_<class>,
+    and quadratic kappa for ordinal tasks. AUC is NaN when a split holds a single class."""
+    y_true_s, _ = _prep(y_true, y_score)
+    out = {"acc": acc(task, y_true, y_score)}
+    try:
+        out["auc"] = auc(task, y_true, y_score)
+    except ValueError:  # one class only in y_true (tiny --limit runs)
+        out["auc"] = float("nan")
+    pred = predictions(task, y_score)
+    if is_multilabel(task):
+        out["macro_f1"] = float(f1_score(y_true_s, pred, average="macro", zero_division=0))
+        per = recall_score(y_true_s, pred, average=None, zero_division=0)
+        # balanced accuracy per label (mean of sensitivity and specificity), then averaged
+        spec = recall_score(1 - y_true_s, 1 - pred, average=None, zero_division=0)
+        out["balanced_acc"] = float(np.mean((per + spec) / 2))
+    else:
+        n_classes = np.asarray(y_score).shape[-1] if np.asarray(y_score).ndim == 2 else 2
+        labels = list(range(max(n_classes, 2)))
+        out["balanced_acc"] = float(balanced_accuracy_score(y_true_s, pred)) if len(np.unique(y_true_s)) > 1 \
+            else float((y_true_s == pred).mean())
+        out["macro_f1"] = float(f1_score(y_true_s, pred, labels=labels, average="macro", zero_division=0))
+        per = recall_score(y_true_s, pred, labels=labels, average=None, zero_division=0)
+        if task == "ordinal-regression":
+            out["kappa"] = float(cohen_kappa_score(y_true_s, pred, labels=labels, weights="quadratic"))
+    for i, r in enumerate(np.atleast_1d(per)):
+        out[f"recall_{i}"] = float(r)
+    return out
