@@ -116,14 +116,9 @@ def _unique(params: list[nn.Parameter]) -> list[nn.Parameter]:
     return out
 
 
-def count_params(modules: Sequence[nn.Module] | nn.Module) -> int:
-    if isinstance(modules, nn.Module):
-        modules = [modules]
-    seen: set[int] = set()
-    total = 0
-    for m in modules:
-        for p in m.parameters():
-            if id(p) not in seen:
-                seen.add(id(p))
-                total += p.numel()
-    return total
+def count_params(items: "Sequence[nn.Module | nn.Parameter] | nn.Module") -> int:
+    """Number of distinct parameters in modules and/or parameters (shared ones counted once)."""
+    if isinstance(items, nn.Module):
+        items = [items]
+    params = [p for it in items for p in ([it] if isinstance(it, nn.Parameter) else it.parameters())]
+    return sum(p.numel() for p in _unique(params))

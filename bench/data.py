@@ -184,7 +184,9 @@ def _extract_memmap(path: Path, key: str, md5: str, cache_dir: Path) -> np.ndarr
         tmp = target.with_suffix(f".tmp{os.getpid()}")
         with zipfile.ZipFile(path) as zf, zf.open(f"{key}.npy") as f:
             version = np.lib.format.read_magic(f)
-            shape, fortran, dtype = np.lib.format._read_array_header(f, version)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            shape, fortran, dtype = read_header(f)
             out = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape, fortran_order=fortran)
             flat = out.reshape(-1)
             step = 1 << 26

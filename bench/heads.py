@@ -32,17 +32,27 @@ def loss_fn(task: str, logits: torch.Tensor, y: torch.Tensor, reduction: str = "
     return F.cross_entropy(logits, y.view(-1), reduction=reduction, weight=class_weight)
 
 
-def selection_value(select: str, task: str, y_true: np.ndarray, scores: np.ndarray, loss: float) -> float:
-    """Higher is better for every criterion (loss is negated)."""
+def _per_head_loss(task: str, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean loss of each head; logits (H, N, C) -> (H,)."""
+    n_heads, _, n_out = logits.shape
+    if metrics.is_multilabel(task):
+        return F.binary_cross_entropy_with_logits(
+            logits, y.float().unsqueeze(0).expand_as(logits), reduction="none").mean(dim=(1, 2))
+    return F.cross_entropy(logits.reshape(-1, n_out), y.view(-1).repeat(n_heads),
+                           reduction="none").view(n_heads, -1).mean(1)
+
+
+def _selection_values(select: str, task: str, y_true: np.ndarray, scores: np.ndarray,
+                      losses: torch.Tensor) -> np.ndarray:
+    """One value per head, higher is better (loss is negated). scores: (H, N, C)."""
     if select == "loss":
-        return -loss
+        return -losses.cpu().numpy()
+    accs = np.array([metrics.acc(task, y_true, s) for s in scores])
     if select == "acc":
-        return metrics.acc(task, y_true, scores)
-    try:
-        value = metrics.auc(task, y_true, scores)
-    except ValueError:  # single-class val split (tiny --limit): fall back to accuracy
-        value = metrics.acc(task, y_true, scores)
-    return value if not math.isnan(value) else -math.inf
+        return accs
+    aucs = metrics.auc_batched(task, y_true, scores)
+    # a val split with a single class (tiny --limit runs) has no AUC: fall back to accuracy
+    return np.where(np.isnan(aucs), accs, aucs)
 
 
 @dataclass
@@ -103,13 +113,7 @@ def train_linear_grid(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarra
             w.requires_grad_(True)
             b.requires_grad_(True)
             logits = torch.einsum("nd,hdc->hnc", xtr[idx], w) + b  # every head, same batch
-            y = ytr[idx]
-            if metrics.is_multilabel(task):
-                loss = F.binary_cross_entropy_with_logits(
-                    logits, y.float().unsqueeze(0).expand_as(logits), reduction="none").mean(dim=(1, 2))
-            else:
-                loss = F.cross_entropy(logits.reshape(-1, n_outputs), y.view(-1).repeat(n_heads),
-                                       reduction="none").view(n_heads, -1).mean(1)
+            loss = _per_head_loss(task, logits, ytr[idx])
             # heads are independent, so the gradient of the sum is each head's own gradient
             gw, gb = torch.autograd.grad(loss.sum(), [w, b])
             w, b = w.detach(), b.detach()
@@ -125,13 +129,14 @@ def train_linear_grid(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarra
         if epoch in eval_at:
             with torch.no_grad():
                 logits = torch.einsum("nd,hdc->hnc", xva, w) + b
-                for h, (lr, wd) in enumerate(pairs):
-                    val_loss = float(loss_fn(task, logits[h], yva))
-                    scores = scores_from_logits(task, logits[h]).cpu().numpy()
-                    value = selection_value(select, task, yva_np, scores, val_loss)
-                    grid.append({"lr": lr, "wd": wd, "epoch": epoch, "val_loss": val_loss, f"val_{select}": value})
-                    if value > best[0]:
-                        best = (value, h, epoch, w[h].clone(), b[h, 0].clone())
+                losses = _per_head_loss(task, logits, yva)
+                scores = scores_from_logits(task, logits).cpu().numpy()
+                values = _selection_values(select, task, yva_np, scores, losses)
+            for h, (lr, wd) in enumerate(pairs):
+                grid.append({"lr": lr, "wd": wd, "epoch": epoch, "val_loss": float(losses[h]),
+                             f"val_{select}": float(values[h])})
+                if values[h] > best[0]:
+                    best = (float(values[h]), h, epoch, w[h].clone(), b[h, 0].clone())
     value, h, epoch, bw, bb = best
     if bw is None:  # every evaluation was -inf (degenerate val split): keep the last state of head 0
         h, epoch, bw, bb = 0, epochs, w[0].clone(), b[0, 0].clone()

@@ -32,6 +32,34 @@ def auc(task: str, y_true: np.ndarray, y_score: np.ndarray) -> float:
                           for i in range(y_score.shape[1])]))
 
 
+def auc_batched(task: str, y_true: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """AUC of many score sets at once, scores (H, N, C) -> (H,); same definition as ``auc``.
+
+    Uses the rank-sum (Mann-Whitney) form with tied ranks averaged, which equals sklearn's
+    roc_auc_score; it lets the head grid select among all heads without a Python loop per head.
+    NaN where a class (or label) has no positives or no negatives.
+    """
+    from scipy.stats import rankdata
+
+    y_true = np.asarray(y_true).squeeze()
+    scores = np.asarray(scores, dtype=np.float64)
+    if is_multilabel(task):
+        pos = y_true.astype(bool)  # (N, L)
+    elif task == "binary-class":
+        pos = (y_true == 1)[:, None]
+        scores = scores[..., -1:]
+    else:
+        pos = y_true[:, None] == np.arange(scores.shape[-1])[None, :]
+    ranks = rankdata(scores, axis=1)  # (H, N, C), ties averaged
+    n_pos = pos.sum(0).astype(np.float64)  # (C,)
+    n_neg = pos.shape[0] - n_pos
+    rank_sum = (ranks * pos[None]).sum(1)  # (H, C)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        per_class = (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+    per_class[:, (n_pos == 0) | (n_neg == 0)] = np.nan
+    return per_class.mean(1)
+
+
 def predictions(task: str, y_score: np.ndarray, threshold: float = 0.5) -> np.ndarray:
     y_score = np.asarray(y_score).squeeze()
     if is_multilabel(task):

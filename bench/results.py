@@ -121,6 +121,9 @@ def versions() -> dict[str, str]:
             out[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
             pass
+    import torch
+
+    out["torch"] = torch.__version__  # carries the build tag (+cu130, +cpu)
     return out
 
 

@@ -1,0 +1,224 @@
+"""BLIP image encoders through transformers' ``BlipVisionModel``.
+
+stem    embeddings ([CLS] + patch embedding + position embedding, interpolated for other sizes)
+blocks  encoder.layers (BlipEncoderLayer: tensor in, tensor out in transformers 5)
+readout post_layernorm on CLS, i.e. ``last_hidden_state[:, 0]``, the image feature BLIP's own
+        heads use. (``BlipVisionModel.pooler_output`` applies post_layernorm a second time.)
+
+Variants:
+  base              the paper's checkpoint: BLIP ViT-B/16 pre-trained on 14M+ images at 224 px
+                    (model_base.pth from the BLIP release, original "visual_encoder.*" layout,
+                    converted to transformers keys on load)
+  captioning-base   Salesforce/blip-image-captioning-base (HF hub, 384 px, COCO captioning)
+  captioning-large  Salesforce/blip-image-captioning-large (HF hub, ViT-L/16, 384 px)
+  tiny              a small random BlipVisionConfig, for tests
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bench.errors import UserError
+
+from . import hub
+from .base import Backbone, Spec
+from .registry import Adapter, WeightFile
+
+_B16 = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12, patch_size=16)
+
+
+@dataclass(frozen=True)
+class Variant:
+    config: dict  # BlipVisionConfig fields
+    kind: str = ""  # "url" (original BLIP release) | "hf" (transformers repo) | "" (none)
+    location: str = ""
+
+
+VARIANTS: dict[str, Variant] = {
+    # the original BLIP ViT uses LayerNorm eps 1e-6; the transformers conversions kept the 1e-5 default
+    "base": Variant(dict(_B16, image_size=224, layer_norm_eps=1e-6), "url",
+                    "https://storage.googleapis.com/sfr-vision-language-research/BLIP/models/model_base.pth"),
+    "captioning-base": Variant(dict(_B16, image_size=384, layer_norm_eps=1e-5), "hf",
+                               "Salesforce/blip-image-captioning-base"),
+    "captioning-large": Variant(dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
+                                     num_attention_heads=16, patch_size=16, image_size=384, layer_norm_eps=1e-5),
+                                "hf", "Salesforce/blip-image-captioning-large"),
+    "tiny": Variant(dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2,
+                         patch_size=8, image_size=32, layer_norm_eps=1e-6)),
+}
+HF_CANDIDATES = ("model.safetensors", "pytorch_model.bin")
+
+SPEC = Spec(
+    name="blip", family="blip", variants=tuple(VARIANTS), default_variant="base", input_size=224,
+    mean=(0.48145466, 0.4578275, 0.40821073), std=(0.26862954, 0.26130258, 0.27577711),  # BLIP uses CLIP's
+    weights_source="BLIP release model_base.pth (URL, torch.hub cache); captioning-*: HF hub Salesforce/*",
+    license="bsd-3-clause", readouts=("cls",),
+    description="BLIP ViT-B/16 image encoder (pre-trained, as in the paper), text side dropped",
+    facts={"blocks": 12, "embed_dim": 768, "params": "86M"},
+)
+
+
+def vision_config(variant: str, input_size: int | None = None):
+    from transformers import BlipVisionConfig
+
+    cfg = dict(VARIANTS[variant].config)
+    if input_size:
+        cfg["image_size"] = input_size
+    # transformers' BLIP default initializer_range is 1e-10 (weights are always loaded there);
+    # --weights random needs a real init, BLIP's own trunc-normal std
+    return BlipVisionConfig(**cfg, initializer_range=0.02)
+
+
+class BLIPBackbone(Backbone):
+    def __init__(self, model: nn.Module, spec: Spec, variant: str) -> None:
+        super().__init__()
+        self.spec, self.variant, self.readout_name = spec, variant, "cls"
+        self.embeddings = model.embeddings
+        self.blocks = model.encoder.layers
+        self.post_layernorm = model.post_layernorm
+        self.embed_dim = model.config.hidden_size
+        self.input_size = model.config.image_size
+        self.patch_size = model.config.patch_size
+
+    @property
+    def grid(self) -> int:
+        return self.input_size // self.patch_size
+
+    def stem(self, x: torch.Tensor) -> torch.Tensor:
+        # transformers returns the stored table when the grid matches, else interpolates it
+        return self.embeddings(x, interpolate_pos_encoding=True)
+
+    def readout(self, h: torch.Tensor) -> torch.Tensor:
+        return self.post_layernorm(h[:, 0])
+
+    def tokens(self, h: torch.Tensor) -> torch.Tensor:
+        return self.post_layernorm(h)
+
+    def readout_modules(self) -> Sequence[nn.Module]:
+        return [self.post_layernorm]
+
+
+# original BLIP (timm-style ViT) names -> transformers names, as transformers' conversion script does
+_ORIGINAL_RENAMES = [
+    (r"^cls_token$", "embeddings.class_embedding"),
+    (r"^pos_embed$", "embeddings.position_embedding"),
+    (r"^patch_embed\.proj\.", "embeddings.patch_embedding."),
+    (r"^norm\.", "post_layernorm."),
+    (r"\.norm1\.", ".layer_norm1."),
+    (r"\.norm2\.", ".layer_norm2."),
+    (r"\.attn\.proj\.", ".self_attn.projection."),
+    (r"\.attn\.qkv\.", ".self_attn.qkv."),
+]
+
+
+def vision_state(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """BLIP state dicts -> BLIPBackbone keys. Accepted layouts: transformers full model
+    ("vision_model.*") or vision-only ("embeddings.*", "encoder.layers.*"), and the original BLIP
+    release ("visual_encoder.*", or the bare ViT: "cls_token", "blocks.*")."""
+    if sd and all(k.startswith("module.") for k in sd):
+        sd = {k[len("module."):]: v for k, v in sd.items()}
+    original = any(k.startswith("visual_encoder.") for k in sd)
+    if original:  # "visual_encoder_m.*" (the momentum copy) is not matched by the dot
+        sd = {k[len("visual_encoder."):]: v for k, v in sd.items() if k.startswith("visual_encoder.")}
+    elif any(k.startswith("vision_model.") for k in sd):
+        sd = {k[len("vision_model."):]: v for k, v in sd.items() if k.startswith("vision_model.")}
+    original = original or "cls_token" in sd
+    out = {}
+    for k, v in sd.items():
+        if original:
+            for pattern, repl in _ORIGINAL_RENAMES:
+                k = re.sub(pattern, repl, k)
+        if k.startswith("encoder.layers."):
+            k = "blocks." + k[len("encoder.layers."):]
+        out[k] = v
+    return out
+
+
+def resize_pos_embed(pos: torch.Tensor, grid: int) -> torch.Tensor:
+    """(1, 1 + n*n, C) -> (1, 1 + grid*grid, C), bicubic like BLIP's interpolate_pos_embed."""
+    n = int(round((pos.shape[1] - 1) ** 0.5))
+    if n * n != pos.shape[1] - 1:
+        return pos  # not a square grid: load_into reports the shape mismatch
+    patches = pos[:, 1:].reshape(1, n, n, -1).permute(0, 3, 1, 2).float()
+    patches = F.interpolate(patches, size=(grid, grid), mode="bicubic", align_corners=False)
+    patches = patches.permute(0, 2, 3, 1).reshape(1, grid * grid, -1).to(pos.dtype)
+    return torch.cat([pos[:, :1], patches], dim=1)
+
+
+def load_blip(backbone: BLIPBackbone, sd: dict[str, torch.Tensor], *, name: str, source: str) -> None:
+    sd = vision_state(sd)
+    key = "embeddings.position_embedding"
+    pos = sd.get(key)
+    if pos is not None and pos.ndim == 3 and pos.shape[1] != backbone.embeddings.position_embedding.shape[1]:
+        sd[key] = resize_pos_embed(pos, backbone.grid)
+    hub.load_into(backbone, sd, name=name, source=source)
+
+
+def _fetch_default(variant: str, name: str) -> tuple[str, str]:
+    v = VARIANTS[variant]
+    if v.kind == "url":
+        return hub.url_file(v.location, name=name), f"url:{v.location}"
+    for filename in HF_CANDIDATES:  # a cached copy of any candidate wins over a download
+        found = hub.hf_cached(v.location, filename)
+        if found:
+            return found, f"hf:{v.location}/{filename}"
+    first_error: UserError | None = None
+    for filename in HF_CANDIDATES:
+        try:
+            return hub.hf_file(v.location, filename, name=name), f"hf:{v.location}/{filename}"
+        except UserError as e:  # e.g. a repo with only pytorch_model.bin
+            first_error = first_error or e
+    assert first_error is not None
+    raise first_error
+
+
+def _new(variant: str, input_size: int | None) -> BLIPBackbone:
+    from transformers import BlipVisionModel
+
+    return BLIPBackbone(BlipVisionModel(vision_config(variant, input_size)), SPEC, variant)
+
+
+def build(variant: str, weights: str, *, readout: str | None = None,
+          input_size: int | None = None) -> Backbone:
+    if readout not in (None, "cls"):
+        raise UserError(f"blip has one readout, 'cls' (post_layernorm on CLS), not {readout!r}")
+    if variant not in VARIANTS:
+        raise UserError(f"blip has no variant {variant!r}; choose from {', '.join(VARIANTS)}")
+    name = "blip" if variant == SPEC.default_variant else f"blip@{variant}"
+    if variant == "tiny" and weights == "default":
+        # no published weights: a fixed-seed init keeps features (and the cache) stable
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            backbone = _new(variant, input_size)
+        backbone.weights_id = f"{SPEC.name}-tiny-seed0"
+        return backbone
+    # find and read the file before building: offline, or a bad file, fails in seconds
+    if weights == "random":
+        sd, source, fingerprint = None, "", "random"
+    elif weights == "default":
+        source, fingerprint = _fetch_default(variant, name)
+        sd = hub.load_state_dict(source)
+    else:
+        source, sd, fingerprint = weights, hub.load_state_dict(weights), hub.file_fingerprint(weights)
+    backbone = _new(variant, input_size)
+    if sd is not None:
+        load_blip(backbone, sd, name=name, source=source)
+    backbone.weights_id = fingerprint
+    return backbone
+
+
+def weight_files(variant: str) -> list[WeightFile]:
+    v = VARIANTS[variant]
+    if v.kind == "url":
+        return [WeightFile("url", v.location, v.location.rsplit("/", 1)[-1])]
+    if v.kind == "hf":
+        return [WeightFile("hf", v.location, HF_CANDIDATES[0])]
+    return []
+
+
+BLIP = Adapter(SPEC, build, weight_files)

@@ -1,0 +1,279 @@
+"""CLIP image towers from open_clip (``open_clip.transformer.VisionTransformer``).
+
+stem    conv1 -> flatten -> [CLS] + patches -> + positional embedding -> patch_dropout -> ln_pre
+blocks  transformer.resblocks
+readout "cls": ln_post on the pooled token, before the projection (default);
+        "proj": the same @ proj, i.e. the CLIP image embedding (what the paper's code fed its head)
+
+A variant is an open_clip ``ARCH/TAG`` pair (any of ``open_clip.list_pretrained()`` whose image
+tower is a plain ViT), or ``tiny`` (a small random tower of the same classes, for tests). The tower
+is built at the run's input size and the checkpoint's position grid is resized to it on load, as
+open_clip does for ``force_image_size``. The text tower is never built.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import os
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bench.errors import UserError, did_you_mean
+
+from . import hub
+from .base import Backbone, Spec
+from .registry import Adapter, WeightFile
+
+DEFAULT = "ViT-B-16/laion2b_s34b_b88k"  # the paper's checkpoint
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)  # open_clip.constants.OPENAI_DATASET_MEAN/STD
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+
+# an open_clip model config (same schema as open_clip/model_configs/*.json), random init only
+TINY_CFG: dict = {
+    "embed_dim": 16,
+    "vision_cfg": {"image_size": 32, "layers": 3, "width": 32, "head_width": 16, "patch_size": 8},
+    "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 16, "heads": 2, "layers": 1},
+}
+
+
+class _Variants(tuple):
+    """The well-known tags (listed by `bench ls`); membership also accepts any open_clip ARCH/TAG."""
+
+    def __contains__(self, item: object) -> bool:
+        return tuple.__contains__(self, item) or (isinstance(item, str) and _is_pretrained_tag(item))
+
+
+def _is_pretrained_tag(variant: str) -> bool:
+    arch, sep, tag = variant.partition("/")
+    if not sep:
+        return False
+    from open_clip.pretrained import is_pretrained_cfg
+
+    return is_pretrained_cfg(arch, tag)
+
+
+SPEC = Spec(
+    name="clip", family="clip",
+    variants=_Variants((DEFAULT, "ViT-B-16/openai", "ViT-B-16/datacomp_xl_s13b_b90k",
+                        "ViT-B-32/openai", "ViT-B-32/laion2b_s34b_b79k", "ViT-L-14/openai",
+                        "ViT-L-14/datacomp_xl_s13b_b90k", "tiny")),
+    default_variant=DEFAULT, input_size=224, mean=OPENAI_MEAN, std=OPENAI_STD,
+    weights_source="open_clip pretrained tag (HF hub); any ARCH/TAG of open_clip.list_pretrained()",
+    license="mit (open_clip); weights per tag (LAION: mit, OpenAI: mit)",
+    readouts=("cls", "proj"),
+    description="OpenCLIP image tower (ViT-B/16 LAION-2B by default), text tower dropped",
+    facts={"blocks": 12, "embed_dim": "768 (proj: 512)", "params": "86M"},
+)
+
+
+class _Projection(nn.Module):
+    """Holds open_clip's bare ``proj`` parameter so it can be listed as a readout module."""
+
+    def __init__(self, weight: nn.Parameter) -> None:
+        super().__init__()
+        self.weight = weight
+
+
+class CLIPBackbone(Backbone):
+    def __init__(self, visual: nn.Module, spec: Spec, variant: str, readout: str) -> None:
+        super().__init__()
+        if getattr(visual, "attn_pool", None) is not None or visual.pool_type not in ("tok", "avg"):
+            raise UserError(f"clip variant {variant!r}: attentional / unpooled towers are not supported")
+        self.spec, self.variant, self.readout_name = spec, variant, readout
+        # the tower's own modules, re-homed so the state dict has no duplicate (aliased) keys
+        self.conv1 = visual.conv1
+        self.class_embedding = visual.class_embedding
+        self.positional_embedding = visual.positional_embedding
+        self.patch_dropout = visual.patch_dropout
+        self.ln_pre = visual.ln_pre
+        self.blocks = visual.transformer.resblocks
+        self.ln_post = visual.ln_post
+        self.proj = _Projection(visual.proj)
+        self.pool_type = visual.pool_type
+        self.final_ln_after_pool = visual.final_ln_after_pool
+        self.grid_size = tuple(visual.grid_size)
+        if not getattr(visual.transformer, "batch_first", True):
+            _make_batch_first(self.blocks)
+        self.input_size = visual.image_size[0]
+        self.embed_dim = visual.proj.shape[1] if readout == "proj" else visual.proj.shape[0]
+
+    def stem(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv1(x)
+        grid = tuple(x.shape[-2:])
+        x = x.flatten(2).transpose(1, 2)
+        cls = self.class_embedding.to(x.dtype).view(1, 1, -1).expand(x.shape[0], -1, -1)
+        x = torch.cat([cls, x], dim=1)
+        pos = self.positional_embedding
+        if grid != self.grid_size:  # images of another size than the one built for
+            pos = resize_pos_embed(pos, grid)
+        x = x + pos.to(x.dtype)
+        return self.ln_pre(self.patch_dropout(x))
+
+    def readout(self, h: torch.Tensor) -> torch.Tensor:
+        # open_clip's VisionTransformer._pool without attentional pooling: "tok" = CLS, "avg" =
+        # mean of patch tokens; ln_post before pooling unless final_ln_after_pool
+        tokens = h[:, :1] if self.pool_type == "tok" else h[:, 1:]
+        if self.final_ln_after_pool:
+            pooled = self.ln_post(tokens.mean(dim=1))
+        else:
+            pooled = self.ln_post(tokens).mean(dim=1)
+        if self.readout_name == "proj":
+            pooled = pooled @ self.proj.weight
+        return pooled
+
+    def tokens(self, h: torch.Tensor) -> torch.Tensor:
+        return self.ln_post(h)
+
+    def readout_modules(self) -> Sequence[nn.Module]:
+        return [self.ln_post, self.proj] if self.readout_name == "proj" else [self.ln_post]
+
+
+def _make_batch_first(blocks: nn.ModuleList) -> None:
+    # Older open_clip runs resblocks sequence-first (L, N, D). Hooks transpose around each block so
+    # every block maps (N, L, D) -> (N, L, D) without wrapper modules that would rename the keys.
+    for block in blocks:
+        block.register_forward_pre_hook(lambda _m, args: (args[0].transpose(0, 1), *args[1:]))
+        block.register_forward_hook(lambda _m, _args, out: out.transpose(0, 1))
+
+
+def resize_pos_embed(pos: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """(1 + H*W, C) position table -> (1 + grid_h*grid_w, C); bicubic + antialias like open_clip."""
+    old = int(math.sqrt(pos.shape[0] - 1))
+    if old * old != pos.shape[0] - 1:
+        return pos  # not a square grid: leave it, load_into reports the shape mismatch
+    cls, patches = pos[:1], pos[1:]
+    patches = patches.reshape(1, old, old, -1).permute(0, 3, 1, 2).float()
+    patches = F.interpolate(patches, size=grid, mode="bicubic", antialias=True, align_corners=False)
+    patches = patches.permute(0, 2, 3, 1).reshape(grid[0] * grid[1], -1).to(pos.dtype)
+    return torch.cat([cls, patches], dim=0)
+
+
+def model_config(variant: str) -> tuple[dict, dict]:
+    """(open_clip model config, pretrained config) of a variant; UserError for unknown or unsupported."""
+    if variant == "tiny":
+        return copy.deepcopy(TINY_CFG), {}
+    from open_clip import list_pretrained
+    from open_clip.factory import get_model_config
+    from open_clip.pretrained import get_pretrained_cfg
+
+    arch, _, tag = variant.partition("/")
+    cfg, pcfg = get_model_config(arch), get_pretrained_cfg(arch, tag)
+    if cfg is None or not pcfg:
+        tags = [f"{a}/{t}" for a, t in list_pretrained()]
+        raise UserError(f"clip variant {variant!r} is not an open_clip ARCH/TAG pair; {did_you_mean(variant, tags)}")
+    vision = cfg["vision_cfg"]
+    if vision.get("timm_model_name") or isinstance(vision.get("layers"), (list, tuple)) \
+            or vision.get("attentional_pool"):
+        raise UserError(f"clip variant {variant!r} has a timm / ResNet / attention-pooled image tower; "
+                        f"this adapter handles open_clip VisionTransformer towers (e.g. {DEFAULT}); "
+                        f"use timm:NAME for timm towers")
+    return cfg, pcfg
+
+
+def hf_location(variant: str) -> tuple[str, list[str]]:
+    """HF repo and candidate file names (safetensors first) of a tag, as open_clip downloads them."""
+    from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
+
+    _, pcfg = model_config(variant)
+    if not pcfg.get("hf_hub"):
+        raise UserError(f"clip variant {variant!r} has no Hugging Face weights; pass --weights PATH")
+    repo, filename = os.path.split(pcfg["hf_hub"])  # "org/repo/" or "org/repo/file.bin"
+    filename = filename or HF_WEIGHTS_NAME
+    safe = HF_SAFE_WEIGHTS_NAME if filename == HF_WEIGHTS_NAME else os.path.splitext(filename)[0] + ".safetensors"
+    return repo, ([safe, filename] if filename != safe else [filename])
+
+
+def _fetch_default(variant: str, name: str) -> tuple[str, str]:
+    repo, candidates = hf_location(variant)
+    for filename in candidates:  # a cached copy of any candidate wins over a download
+        found = hub.hf_cached(repo, filename)
+        if found:
+            return found, f"hf:{repo}/{filename}"
+    first_error: UserError | None = None
+    for filename in candidates:
+        try:
+            return hub.hf_file(repo, filename, name=name), f"hf:{repo}/{filename}"
+        except UserError as e:  # e.g. the repo has only the .bin: try the next name
+            first_error = first_error or e
+    assert first_error is not None
+    raise first_error
+
+
+def open_clip_visual_state(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """An open_clip state dict (full CLIP "visual.*" or image tower only) keyed like CLIPBackbone."""
+    if sd and all(k.startswith("module.") for k in sd):  # saved from DistributedDataParallel
+        sd = {k[len("module."):]: v for k, v in sd.items()}
+    if any(k.startswith("visual.") for k in sd):  # full model: keep the image tower, drop the text
+        sd = {k[len("visual."):]: v for k, v in sd.items() if k.startswith("visual.")}
+    out = {}
+    for k, v in sd.items():
+        if k.startswith("transformer.resblocks."):
+            k = "blocks." + k[len("transformer.resblocks."):]
+        elif k == "proj":
+            k = "proj.weight"
+        out[k] = v
+    return out
+
+
+def load_open_clip(backbone: CLIPBackbone, sd: dict[str, torch.Tensor], *, name: str, source: str) -> None:
+    sd = open_clip_visual_state(sd)
+    pos = sd.get("positional_embedding")
+    if pos is not None and pos.ndim == 2 and pos.shape[0] != backbone.positional_embedding.shape[0]:
+        sd["positional_embedding"] = resize_pos_embed(pos, backbone.grid_size)
+    hub.load_into(backbone, sd, name=name, source=source)
+
+
+def build_from_config(cfg: dict, pcfg: dict, variant: str, readout: str,
+                      input_size: int | None = None, spec: Spec = SPEC) -> CLIPBackbone:
+    """Build the image tower of an open_clip model config at ``input_size`` (None = native)."""
+    from open_clip.model import _build_vision_tower
+
+    vision_cfg = dict(cfg["vision_cfg"])
+    if input_size:
+        vision_cfg["image_size"] = input_size
+    # OpenAI-style tags were trained with QuickGELU even when the arch config does not say so
+    quick_gelu = bool(cfg.get("quick_gelu", False) or pcfg.get("quick_gelu", False))
+    visual = _build_vision_tower(cfg["embed_dim"], vision_cfg, quick_gelu=quick_gelu)
+    return CLIPBackbone(visual, spec, variant, readout)
+
+
+def build(variant: str, weights: str, *, readout: str | None = None,
+          input_size: int | None = None) -> Backbone:
+    readout = readout or SPEC.readouts[0]
+    if readout not in SPEC.readouts:
+        raise UserError(f"clip has no readout {readout!r}; {did_you_mean(readout, SPEC.readouts)}")
+    cfg, pcfg = model_config(variant)
+    name = "clip" if variant == SPEC.default_variant else f"clip@{variant}"
+    if variant == "tiny" and weights == "default":
+        # no published weights: a fixed-seed init keeps features (and the cache) stable
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            backbone = build_from_config(cfg, pcfg, variant, readout, input_size)
+        backbone.weights_id = f"{SPEC.name}-tiny-seed0"
+        return backbone
+    # find and read the file before building: offline, or a bad file, fails in seconds
+    if weights == "random":
+        sd, source, fingerprint = None, "", "random"
+    elif weights == "default":
+        source, fingerprint = _fetch_default(variant, name)
+        sd = hub.load_state_dict(source)
+    else:
+        source, sd, fingerprint = weights, hub.load_state_dict(weights), hub.file_fingerprint(weights)
+    backbone = build_from_config(cfg, pcfg, variant, readout, input_size)
+    if sd is not None:
+        load_open_clip(backbone, sd, name=name, source=source)
+    backbone.weights_id = fingerprint
+    return backbone
+
+
+def weight_files(variant: str) -> list[WeightFile]:
+    if variant == "tiny":
+        return []
+    repo, candidates = hf_location(variant)
+    return [WeightFile("hf", repo, candidates[0])]
+
+
+CLIP = Adapter(SPEC, build, weight_files)

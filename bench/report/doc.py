@@ -1,0 +1,68 @@
+"""The report as data: sections of tables, figures and notes. Renderers turn it into Markdown,
+HTML or LaTeX, so every output format shows exactly the same numbers."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+MISSING = "—"  # a cell with no run; never rendered as zero
+
+
+@dataclass
+class Cell:
+    text: str
+    bold: bool = False      # best in its column
+    flag: bool = False      # incomplete seeds / datasets; explained in the table's legend
+    missing: bool = False
+
+    @classmethod
+    def empty(cls) -> "Cell":
+        return cls(MISSING, missing=True)
+
+
+@dataclass
+class Table:
+    name: str                       # file stem for the CSV export
+    title: str
+    columns: list[str]              # header, first entry names the row labels
+    rows: list[list[Cell]]          # first cell of each row is the row label
+    caption: str = ""
+    legend: list[str] = field(default_factory=list)
+    data: pd.DataFrame | None = None  # the numbers behind the cells, exported as CSV
+
+    @property
+    def empty(self) -> bool:
+        return not self.rows
+
+
+@dataclass
+class Figure:
+    name: str
+    title: str
+    png: bytes
+    caption: str = ""
+
+
+@dataclass
+class Section:
+    title: str
+    intro: str = ""
+    tables: list[Table] = field(default_factory=list)
+    figures: list[Figure] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    level: int = 2
+
+
+@dataclass
+class Report:
+    title: str
+    summary: list[str]
+    sections: list[Section]
+    provenance: Table
+
+    def tables(self) -> list[Table]:
+        return [t for s in self.sections for t in s.tables] + [self.provenance]
+
+    def figures(self) -> list[Figure]:
+        return [f for s in self.sections for f in s.figures]

@@ -1,0 +1,191 @@
+"""Read a results folder (written by `bench run`) into one tidy frame plus per-run metadata.
+
+Each run contributes ``runs/<run_id>.csv`` (tidy rows), ``runs/<run_id>.json`` (provenance) and
+``runs/<run_id>.scores.npz`` (test scores). Failed runs sit in ``failures/`` and are only counted.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..errors import UserError, did_you_mean
+
+ROW_COLUMNS = ("run_id", "backbone", "variant", "weights", "dataset", "size", "input_size", "resize",
+               "head", "unfreeze", "seed", "limit", "split", "metric", "value")
+CONFIG_COLUMNS = ROW_COLUMNS[1:12]
+# a protocol is (head, unfreeze); the rest of a section key are settings that change the numbers
+SECTION_KEYS = ("head", "unfreeze", "size", "input_size", "resize", "limit")
+# keys of the JSON config that never distinguish models: they are the cell's row/column or seed
+_NOT_MODEL_KEYS = {"dataset", "seed", "weights_fingerprint", *SECTION_KEYS}
+
+
+@dataclass
+class RunSet:
+    """Every completed run that passed the filters.
+
+    ``rows``: tidy metric rows with a ``model`` label column (backbone plus whatever distinguishes
+    runs of the same backbone, e.g. ``resnet50:random``). ``runs``: one row per run.
+    """
+
+    root: Path
+    rows: pd.DataFrame
+    runs: pd.DataFrame
+    meta: dict[str, dict]
+    failures: list[dict] = field(default_factory=list)
+    filters: list[str] = field(default_factory=list)
+    n_total_runs: int = 0
+
+    def scores(self, run_id: str) -> tuple[np.ndarray, np.ndarray] | None:
+        path = self.root / "runs" / f"{run_id}.scores.npz"
+        if not path.exists():
+            return None
+        with np.load(path) as z:
+            return np.asarray(z["y_true"]), np.asarray(z["y_score"])
+
+    def task(self, run_id: str) -> str | None:
+        return self.meta.get(run_id, {}).get("task")
+
+    def labels(self, run_id: str) -> dict[str, str]:
+        return {str(k): str(v) for k, v in (self.meta.get(run_id, {}).get("labels") or {}).items()}
+
+
+def load_results(results_dir: Path, filters: list[str] | tuple[str, ...] = ()) -> RunSet:
+    root = Path(results_dir)
+    runs_dir = root / "runs"
+    if not root.is_dir():
+        raise UserError(f"results folder {root} does not exist; run `bench run ...` first "
+                        f"or pass --results-dir to the folder holding runs/")
+    # curves.csv files sit next to the run CSVs but are per-epoch curves, not results
+    files = sorted(p for p in runs_dir.glob("*.csv") if not p.name.endswith(".curves.csv")) \
+        if runs_dir.is_dir() else []
+    failures = _read_failures(root / "failures")
+    if not files:
+        extra = f" ({len(failures)} failed run(s) in {root / 'failures'})" if failures else ""
+        raise UserError(f"no completed runs in {runs_dir}{extra}; run `bench run ...` first "
+                        f"or pass --results-dir to the folder holding runs/")
+    frames = [_read_run_csv(p) for p in files]
+    rows = pd.concat(frames, ignore_index=True)
+    meta = {}
+    for rid in rows.run_id.unique():
+        path = runs_dir / f"{rid}.json"
+        if path.exists():
+            try:
+                meta[rid] = json.loads(path.read_text())
+            except json.JSONDecodeError as e:
+                raise UserError(f"{path} is not valid JSON ({e.msg}); delete the run or rerun it") from None
+    n_total = rows.run_id.nunique()
+    rows = apply_filters(rows, filters)
+    rows = rows.assign(model=model_labels(rows, meta))
+    runs = (rows.drop(columns=["split", "metric", "value"]).drop_duplicates("run_id")
+            .set_index("run_id", drop=False))
+    runs = runs.assign(task=[meta.get(r, {}).get("task") for r in runs.run_id],
+                       created=[meta.get(r, {}).get("created") for r in runs.run_id])
+    return RunSet(root, rows.reset_index(drop=True), runs, meta, failures, list(filters), n_total)
+
+
+def _read_run_csv(path: Path) -> pd.DataFrame:
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise UserError(f"{path} is not a results CSV ({e}); delete it or rerun the run") from None
+    missing = [c for c in ROW_COLUMNS if c not in df.columns]
+    if missing:
+        raise UserError(f"{path} lacks column(s) {', '.join(missing)}; it was not written by `bench run`")
+    df = df[list(ROW_COLUMNS)].copy()
+    df["value"] = pd.to_numeric(df["value"], errors="coerce")  # "nan" stays NaN, never 0
+    for col in ("size", "input_size", "seed"):
+        df[col] = pd.to_numeric(df[col], errors="coerce").astype("Int64")
+    return df
+
+
+def _read_failures(folder: Path) -> list[dict]:
+    out = []
+    for p in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        try:
+            out.append(json.loads(p.read_text()))
+        except json.JSONDecodeError:
+            out.append({"run_id": p.stem, "error": "unreadable failure record"})
+    return out
+
+
+def parse_filters(filters: list[str] | tuple[str, ...]) -> list[tuple[str, set[str]]]:
+    """``KEY=V1,V2`` (values OR-ed); separate filters are AND-ed."""
+    parsed = []
+    for f in filters:
+        key, sep, value = f.partition("=")
+        key, value = key.strip().replace("-", "_"), value.strip()
+        if not sep or not key or not value:
+            raise UserError(f"malformed --filter {f!r}; use KEY=VALUE, e.g. dataset=breastmnist or head=linear")
+        if key not in CONFIG_COLUMNS:
+            raise UserError(f"unknown --filter key {key!r}; {did_you_mean(key, CONFIG_COLUMNS)}")
+        parsed.append((key, {v.strip() for v in value.split(",") if v.strip()}))
+    return parsed
+
+
+def apply_filters(rows: pd.DataFrame, filters: list[str] | tuple[str, ...]) -> pd.DataFrame:
+    for key, values in parse_filters(filters):
+        col = rows[key].astype(str).replace({"<NA>": ""})
+        if key == "limit":
+            values = {"" if v in ("none", "all") else v for v in values}
+        kept = rows[col.isin(values)]
+        if kept.empty:
+            present = sorted(set(col.replace({"": "none"} if key == "limit" else {})))
+            wanted = ", ".join(sorted(values))
+            hint = did_you_mean(sorted(values)[0], present) if len(values) == 1 else \
+                f"present: {', '.join(present[:15])}"
+            raise UserError(f"no runs match --filter {key}={wanted}; {hint}")
+        rows = kept
+    return rows
+
+
+def model_labels(rows: pd.DataFrame, meta: dict[str, dict]) -> pd.Series:
+    """A display name per row: the backbone, plus the config values that tell apart runs of the
+    same backbone within one section (variant, weights, readout, hyper-parameters...)."""
+    per_run = rows.drop_duplicates("run_id").set_index("run_id")
+    configs: dict[str, dict] = {}
+    for rid, r in per_run.iterrows():
+        cfg = dict(meta.get(rid, {}).get("config") or {})
+        for c in ("backbone", "variant", "weights"):  # the CSV is the source of truth for these
+            cfg[c] = r[c]
+        configs[rid] = {k: v for k, v in cfg.items() if k not in _NOT_MODEL_KEYS}
+    label: dict[str, str] = {}
+    groups = per_run.groupby(["backbone", *SECTION_KEYS], dropna=False).groups
+    for _, rids in groups.items():
+        rids = list(rids)
+        keys = sorted({k for rid in rids for k in configs[rid]} - {"backbone"})
+        differing = [k for k in keys if len({_norm(configs[r].get(k)) for r in rids}) > 1]
+        for rid in rids:
+            parts = [_label_part(k, configs[rid].get(k)) for k in differing]
+            label[rid] = ":".join([str(per_run.loc[rid, "backbone"]), *parts])
+    return rows.run_id.map(label)
+
+
+def _norm(v: object) -> str:
+    return "" if v is None else str(v)
+
+
+def _label_part(key: str, value: object) -> str:
+    if key == "variant":
+        return _norm(value) or "default"
+    if key == "weights":
+        v = _norm(value)
+        return v if v in ("default", "random") else Path(v).name
+    return f"{key}={_norm(value) or 'none'}"
+
+
+_LAST = re.compile(r"last(\d+)")
+
+
+def unfreeze_order(value: str) -> tuple[int, int]:
+    """Sort key: none < last1 < last2 < ... < all."""
+    if value == "none":
+        return (0, 0)
+    if value == "all":
+        return (2, 0)
+    m = _LAST.fullmatch(value)
+    return (1, int(m.group(1))) if m else (3, 0)

@@ -1,0 +1,281 @@
+"""Sweep grids: a YAML file and/or flags -> one option dict per grid point (not validated yet).
+
+A grid is *fixed* options (defaults every point gets) and *axes*. An axis is a list of partial
+option dicts; the points are the cross product of all axes, each merged over the fixed options.
+A plain axis such as ``seeds: [0, 1, 2]`` is ``[{seed: 0}, {seed: 1}, {seed: 2}]``; a list of
+mappings such as ``protocols: [{head: linear}, {unfreeze: all}]`` pairs options instead of
+crossing them. This module imports nothing heavy: it is used to build the argument parser.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from ..errors import UserError, did_you_mean
+
+# plural spellings accepted in YAML for the common axes
+ALIASES = {"backbones": "backbone", "datasets": "dataset", "sizes": "size", "heads": "head",
+           "seeds": "seed", "variants": "variant", "readouts": "readout", "input_sizes": "input_size"}
+# RunOptions fields a sweep may set (force is left out: delete result files to redo a run)
+EXEC_KEYS = ("results_dir", "data_root", "cache_dir", "device", "skip_md5", "extract_batch_size", "quiet",
+             "save_model")
+# settings of the sweep itself (YAML top level; flags win)
+SWEEP_KEYS = ("executor", "workers", "gpus", "threads", "retry_failed", "shard", "slurm")
+SLURM_KEYS = ("cluster", "partition", "time", "gpus_per_task", "cpus_per_task", "mem", "array_parallelism",
+              "tasks", "account", "qos", "constraint", "setup", "params", "max_requeue", "log_dir", "wait")
+META_KEYS = ("name", "description")
+# YAML keys holding lists of option mappings (paired options, not crossed)
+PAIRED_AXES = ("protocols",)
+
+
+def run_parser_groups() -> list[tuple[str, list[argparse.Action]]]:
+    """(group title, actions) of `bench run`'s options, so a sweep always offers the same ones."""
+    from ..cli import _add_run_options
+
+    tmp = argparse.ArgumentParser(add_help=False)
+    _add_run_options(tmp)
+    return [(g.title or "", list(g._group_actions)) for g in tmp._action_groups if g._group_actions]
+
+
+def run_keys() -> tuple[str, ...]:
+    from ..cli import FINETUNE_KEYS, RUN_KEYS
+
+    return ("backbone", "dataset") + tuple(RUN_KEYS) + tuple(FINETUNE_KEYS)
+
+
+def option_types() -> dict[str, Callable | None]:
+    return {a.dest: a.type for _, actions in run_parser_groups() for a in actions}
+
+
+def canonical(key: str) -> str:
+    return ALIASES.get(key, key)
+
+
+def coerce(key: str, value: Any, types: dict[str, Callable | None]) -> Any:
+    """Values from YAML to the type the flag would give (YAML reads 1e-4 as a string)."""
+    if value is None:
+        return None
+    t = types.get(key)
+    if key in ("skip_md5", "quiet", "save_model", "retry_failed"):
+        if not isinstance(value, bool):
+            raise UserError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if isinstance(value, (list, dict)) or (isinstance(value, bool) and t in (int, float)):
+        raise UserError(f"{key}: expected a single value, got {value!r}")
+    try:
+        if t is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        if t is float:
+            return float(value)
+        if t is Path or (t is not None and isinstance(t, type) and issubclass(t, Path)):
+            return Path(os.path.expanduser(str(value)))
+    except (TypeError, ValueError):
+        raise UserError(f"{key}: {value!r} is not a valid {t.__name__}") from None
+    return str(value)
+
+
+@dataclass
+class Axis:
+    name: str
+    items: list[dict]
+
+    @property
+    def keys(self) -> set[str]:
+        return {k for item in self.items for k in item}
+
+
+@dataclass
+class Grid:
+    fixed: dict = field(default_factory=dict)
+    axes: list[Axis] = field(default_factory=list)
+    execution: dict = field(default_factory=dict)
+    sweep: dict = field(default_factory=dict)
+    slurm: dict = field(default_factory=dict)
+    source: str = "flags"
+
+    def points(self) -> list[dict]:
+        """Every grid point as an option dict (axes override fixed options)."""
+        self._check_overlap()
+        out = []
+        for combo in itertools.product(*(a.items for a in self.axes)):
+            point = dict(self.fixed)
+            for part in combo:
+                point.update(part)
+            out.append(point)
+        return out
+
+    def _check_overlap(self) -> None:
+        seen: dict[str, str] = {}
+        for axis in self.axes:
+            for k in axis.keys:
+                if k in seen:
+                    raise UserError(f"{k} is set by two grid axes ({seen[k]} and {axis.name}); "
+                                    f"list it in one of them")
+                seen[k] = axis.name
+
+    def set_option(self, key: str, values: list) -> None:
+        """A flag for `key` replaces whatever the YAML said about it (fixed, axis or inside pairs)."""
+        self.fixed.pop(key, None)
+        self.axes = [a for a in self.axes if not (a.name == key)]
+        for axis in self.axes:
+            if key in axis.keys:
+                items = [{k: v for k, v in item.items() if k != key} for item in axis.items]
+                axis.items = _unique(items)
+        if len(values) == 1:
+            self.fixed[key] = values[0]
+        else:
+            self.axes.append(Axis(key, [{key: v} for v in _unique_values(values)]))
+
+
+def _unique(items: list[dict]) -> list[dict]:
+    out: list[dict] = []
+    for item in items:
+        if item not in out:
+            out.append(item)
+    return out
+
+
+def _unique_values(values: list) -> list:
+    out: list = []
+    for v in values:
+        if v not in out:
+            out.append(v)
+    return out
+
+
+def _expand_special(key: str, value: Any) -> Any:
+    # `datasets: all` and `sizes: all` spare typing the 12 flags / 4 sizes
+    if value == "all" and key == "dataset":
+        from ..data import flags
+
+        return flags()
+    if value == "all" and key == "size":
+        from ..data import SIZES
+
+        return list(SIZES)
+    return value
+
+
+def _axis(name: str, values: Any, keys: tuple[str, ...], types: dict) -> Axis:
+    if not isinstance(values, list) or not values:
+        raise UserError(f"{name}: expected a non-empty list, got {values!r}")
+    key = canonical(name)
+    items = []
+    for v in values:
+        if isinstance(v, dict):
+            item = {}
+            for k, x in v.items():
+                ck = canonical(str(k))
+                if ck not in keys:
+                    raise UserError(f"{name}: unknown run option {k!r}; {did_you_mean(str(k), keys)}")
+                item[ck] = coerce(ck, x, types)
+            if key in keys and key not in item:
+                raise UserError(f"{name}: entry {v!r} does not say which {key}")
+            items.append(item)
+        elif key in keys:
+            items.append({key: coerce(key, v, types)})
+        else:
+            raise UserError(f"{name}: entries must be mappings of run options, e.g. {{head: linear}}; got {v!r}")
+    return Axis(key, _unique(items))
+
+
+def from_mapping(doc: dict, source: str = "<yaml>") -> Grid:
+    """Read a sweep YAML document (already parsed)."""
+    if not isinstance(doc, dict):
+        raise UserError(f"{source}: a sweep file is a mapping of options (backbones:, datasets:, ...)")
+    keys, types = run_keys(), option_types()
+    grid = Grid(source=source)
+
+    def run_option(name: str, value: Any, where: str) -> None:
+        key = canonical(name)
+        value = _expand_special(key, value)
+        if isinstance(value, list) or name in PAIRED_AXES:
+            grid.axes.append(_axis(name, value, keys, types))
+        elif isinstance(value, dict):
+            raise UserError(f"{where}{name}: expected a value or a list, got a mapping")
+        else:
+            grid.fixed[key] = coerce(key, value, types)
+
+    for name, value in doc.items():
+        name = str(name)
+        if name == "grid":
+            if not isinstance(value, dict):
+                raise UserError(f"{source}: grid: expected a mapping of option lists")
+            for k, v in value.items():
+                if canonical(str(k)) in keys or isinstance(v, list) and v and all(isinstance(x, dict) for x in v):
+                    run_option(str(k), v, "grid: ")
+                else:
+                    raise UserError(f"grid: unknown run option {k!r}; {did_you_mean(str(k), keys)}")
+        elif name == "fixed":
+            if not isinstance(value, dict):
+                raise UserError(f"{source}: fixed: expected a mapping of options")
+            for k, v in value.items():
+                k = canonical(str(k))
+                if k in EXEC_KEYS:
+                    grid.execution[k] = coerce(k, v, types)
+                elif k in keys:
+                    grid.fixed[k] = coerce(k, _expand_special(k, v), types)
+                else:
+                    raise UserError(f"fixed: unknown option {k!r}; {did_you_mean(k, keys + EXEC_KEYS)}")
+        elif name in PAIRED_AXES or canonical(name) in keys:
+            run_option(name, value, "")
+        elif name in EXEC_KEYS:
+            grid.execution[name] = coerce(name, value, types)
+        elif name == "slurm":
+            if not isinstance(value, dict):
+                raise UserError(f"{source}: slurm: expected a mapping ({', '.join(SLURM_KEYS)})")
+            for k in value:
+                if k not in SLURM_KEYS:
+                    raise UserError(f"slurm: unknown setting {k!r}; {did_you_mean(str(k), SLURM_KEYS)}")
+            grid.slurm.update(value)
+        elif name in SWEEP_KEYS:
+            grid.sweep[name] = value
+        elif name in META_KEYS:
+            pass
+        else:
+            known = keys + EXEC_KEYS + SWEEP_KEYS + META_KEYS + tuple(ALIASES) + PAIRED_AXES + ("grid", "fixed")
+            raise UserError(f"{source}: unknown key {name!r}; {did_you_mean(name, known)}")
+    return grid
+
+
+def load(path: Path) -> Grid:
+    import yaml
+
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise UserError(f"cannot read sweep file {path}: {e.strerror}") from None
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise UserError(f"{path}:{where} is not valid YAML ({getattr(e, 'problem', None) or e})") from None
+    return from_mapping(doc or {}, str(path))
+
+
+def from_args(args: argparse.Namespace) -> Grid:
+    """The YAML file (if any) with every flag that was given applied over it."""
+    grid = load(args.config) if getattr(args, "config", None) else Grid()
+    for key in run_keys():
+        values = getattr(args, key, None)
+        if values is not None:
+            if key == "dataset" and values == ["all"]:
+                values = _expand_special("dataset", "all")
+            grid.set_option(key, list(values))
+    for key in EXEC_KEYS:
+        value = getattr(args, key, None)
+        if value is not None:
+            grid.execution[key] = value
+    return grid
+
+
+def describe(point: dict) -> str:
+    """A short 'backbone=... dataset=...' for error messages."""
+    return " ".join(f"{k}={v}" for k, v in point.items() if v is not None)

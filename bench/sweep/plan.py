@@ -1,0 +1,280 @@
+"""From grid points to a plan: validated run configs, extraction groups, bundles, shards, status.
+
+A *group* is the set of probe runs that read the same frozen features (same backbone, variant,
+weights, readout, input size, resize, gray policy, dataset, size and limit): its first run
+extracts, the others hit the cache. A *bundle* is what one worker runs in sequence: a whole
+group, or a single trained run. Bundles are assigned to shards/tasks by a deterministic
+longest-first rule over the *full* plan, so every shard computes the same split.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..config import RunConfig, RunOptions
+from ..errors import UserError
+from .grid import describe
+
+# relative cost used to balance shards: a trained run is much longer than a probe on cached features
+PROBE_COST, TRAINED_COST = 1, 10
+
+
+def resolve_points(points: list[dict]) -> tuple[list[RunConfig], int]:
+    """Validate every point with bench.run.resolve (fail fast, one line); drop duplicates.
+
+    Returns (configs in grid order, number of points that collapsed onto an earlier run id, e.g.
+    head_epochs listed for a kNN run)."""
+    from ..run import resolve
+
+    out: dict[str, RunConfig] = {}
+    for point in points:
+        p = dict(point)
+        backbone, dataset = p.pop("backbone", None), p.pop("dataset", None)
+        if not backbone or not dataset:
+            raise UserError("a sweep needs backbones and datasets (--backbone/--dataset or backbones:/datasets: "
+                            "in the YAML)")
+        p = {k: v for k, v in p.items() if v is not None}
+        try:
+            cfg = resolve(backbone, dataset, **p)
+        except UserError as e:
+            raise UserError(f"{e} [in sweep point {describe(point)}]") from None
+        out.setdefault(cfg.run_id, cfg)
+    return list(out.values()), len(points) - len(out)
+
+
+def group_key(cfg: RunConfig) -> tuple:
+    """Runs with equal keys share one frozen extraction (trained runs are their own group)."""
+    if not cfg.is_probe:
+        return ("run", cfg.run_id)
+    # a random init is drawn from the seed, so its features depend on it
+    seed = cfg.seed if cfg.weights == "random" else None
+    return ("features", cfg.backbone, cfg.variant, cfg.weights, cfg.weights_fingerprint, cfg.readout,
+            cfg.input_size, cfg.resize, cfg.gray, cfg.dataset, cfg.size, cfg.limit, seed)
+
+
+def group_id(key: tuple) -> str:
+    return hashlib.sha256(json.dumps(key, default=str).encode()).hexdigest()[:8]
+
+
+def group_label(cfg: RunConfig) -> str:
+    w = cfg.weights if cfg.weights in ("default", "random") else Path(cfg.weights).name
+    return (f"{cfg.backbone}/{cfg.variant} weights={w} readout={cfg.readout} in={cfg.input_size} "
+            f"{cfg.resize} gray={cfg.gray} {cfg.dataset}_{cfg.size}" + (f" limit={cfg.limit}" if cfg.limit else ""))
+
+
+def cost(bundle: list[RunConfig]) -> int:
+    return sum(PROBE_COST if c.is_probe else TRAINED_COST for c in bundle)
+
+
+def make_bundles(cfgs: list[RunConfig]) -> list[list[RunConfig]]:
+    """One bundle per extraction group (runs in a stable order), longest first."""
+    groups: dict[tuple, list[RunConfig]] = {}
+    for c in cfgs:
+        groups.setdefault(group_key(c), []).append(c)
+    bundles = [sorted(g, key=lambda c: (c.head, c.seed, c.run_id)) for g in groups.values()]
+    return sorted(bundles, key=lambda b: (-cost(b), b[0].run_id))
+
+
+def assign(bundles: list[list[RunConfig]], n: int) -> list[list[list[RunConfig]]]:
+    """Longest-processing-time-first: each bundle to the currently lightest of n parts."""
+    parts: list[list[list[RunConfig]]] = [[] for _ in range(n)]
+    load = [0] * n
+    for b in sorted(bundles, key=lambda b: (-cost(b), b[0].run_id)):
+        i = min(range(n), key=lambda j: (load[j], j))
+        parts[i].append(b)
+        load[i] += cost(b)
+    return parts
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    try:
+        i, n = (int(x) for x in str(text).split("/"))
+    except ValueError:
+        raise UserError(f"--shard {text!r}: expected I/N, e.g. 0/4 (0 <= I < N)") from None
+    if n < 1 or not 0 <= i < n:
+        raise UserError(f"--shard {text}: need 0 <= I < N (shards are numbered from 0, like SLURM_PROCID)")
+    return i, n
+
+
+# -- status at plan time ---------------------------------------------------------------------------
+
+@dataclass
+class Status:
+    done: set[str] = field(default_factory=set)
+    failed: dict[str, int] = field(default_factory=dict)  # run_id -> failure file mtime_ns
+
+    @classmethod
+    def scan(cls, results_dir: Path, cfgs: list[RunConfig]) -> "Status":
+        from ..results import ResultStore
+
+        store = ResultStore(results_dir)
+        st = cls()
+        for c in cfgs:
+            if store.is_done(c.run_id):
+                st.done.add(c.run_id)
+                continue
+            f = store.failures / f"{c.run_id}.json"
+            try:
+                st.failed[c.run_id] = f.stat().st_mtime_ns
+            except FileNotFoundError:
+                pass
+        return st
+
+    def pending(self, cfg: RunConfig, retry_failed: bool) -> bool:
+        return cfg.run_id not in self.done and (retry_failed or cfg.run_id not in self.failed)
+
+
+# -- frozen feature cache status -------------------------------------------------------------------
+
+def known_weights_ids(results_dir: Path) -> dict[tuple[str, str], str]:
+    """(backbone, variant) -> weights_id of --weights default, learned from finished runs' JSON.
+
+    The id of default weights is only known to the adapter once it has built the model; rather than
+    building (and downloading) models for a dry run, reuse what earlier runs recorded."""
+    out: dict[tuple[str, str], str] = {}
+    for p in sorted((Path(results_dir) / "runs").glob("*.json")):
+        try:
+            meta = json.loads(p.read_text())
+            c = meta["config"]
+            if c.get("weights") == "default":
+                out[(c["backbone"], c["variant"])] = meta["backbone"]["weights_id"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return out
+
+
+def weights_key_for(cfg: RunConfig, known: dict[tuple[str, str], str]) -> str | None:
+    """What bench.run.weights_key would return for this config's model, without building it."""
+    if cfg.weights == "random":
+        wid: str | None = "random"
+    elif cfg.weights != "default":
+        wid = cfg.weights_fingerprint  # adapters fingerprint a weights file the same way
+    else:
+        wid = known.get((cfg.backbone, cfg.variant))
+        if wid is None:
+            import backbones
+
+            hook = getattr(backbones.get(cfg.backbone), "default_weights_id", None)
+            wid = hook(cfg.variant) if callable(hook) else None
+    if wid is None:
+        return None
+    return f"random-seed{cfg.seed}" if wid == "random" else wid
+
+
+def dataset_md5(cfg: RunConfig, opts: RunOptions, memo: dict) -> str | None:
+    from .. import data
+
+    k = (cfg.dataset, cfg.size)
+    if k not in memo:
+        path = Path(opts.data_root or data.default_root()) / data.file_name(cfg.dataset, cfg.size)
+        if not path.exists():
+            memo[k] = None
+        elif not opts.skip_md5:
+            memo[k] = data.expected_md5(cfg.dataset, cfg.size)  # a run would refuse any other file
+        else:
+            memo[k] = data.md5sum(path)
+    return memo[k]
+
+
+def feature_parts(cfg: RunConfig, weights_key: str, md5: str, split: str) -> dict:
+    # must equal the dict bench.run.frozen_features builds (test_sweep checks a real run hits it)
+    return {"what": "readout", "backbone": cfg.backbone, "variant": cfg.variant, "weights": weights_key,
+            "readout": cfg.readout, "input_size": cfg.input_size, "resize": cfg.resize, "gray": cfg.gray,
+            "dataset_md5": md5, "split": split, "limit": cfg.limit}
+
+
+def features_cached(cfg: RunConfig, opts: RunOptions, known: dict, md5_memo: dict) -> bool | None:
+    """True/False when the train/val/test features of this probe run are/aren't cached; None if
+    that cannot be known yet (default weights never run here, or the dataset file is missing)."""
+    from ..data import SPLITS
+    from ..features import FeatureCache, default_cache_dir
+
+    wkey, md5 = weights_key_for(cfg, known), dataset_md5(cfg, opts, md5_memo)
+    if wkey is None or md5 is None:
+        return None
+    cache = FeatureCache(Path(opts.cache_dir or default_cache_dir()))
+    return all(cache.exists(feature_parts(cfg, wkey, md5, s)) for s in SPLITS)
+
+
+# -- the plan --------------------------------------------------------------------------------------
+
+@dataclass
+class Plan:
+    runs: list[RunConfig]           # this shard's runs, grid order
+    bundles: list[list[RunConfig]]  # this shard's bundles
+    total: int                      # runs in the whole grid (all shards)
+    collapsed: int                  # grid points that were duplicates of another run
+    shard: tuple[int, int] = (0, 1)
+
+    @classmethod
+    def build(cls, points: list[dict], shard: tuple[int, int] = (0, 1)) -> "Plan":
+        cfgs, collapsed = resolve_points(points)
+        bundles = make_bundles(cfgs)
+        i, n = shard
+        mine = assign(bundles, n)[i] if n > 1 else bundles
+        ids = {c.run_id for b in mine for c in b}
+        return cls([c for c in cfgs if c.run_id in ids], mine, len(cfgs), collapsed, shard)
+
+
+def summarize(plan: Plan, opts: RunOptions, retry_failed: bool) -> dict:
+    """Everything --dry-run reports, as plain data (printed as text or --json)."""
+    from .. import data
+
+    st = Status.scan(opts.results_dir, plan.runs)
+    known = known_weights_ids(opts.results_dir)
+    memo: dict = {}
+    groups = []
+    for b in plan.bundles:
+        if not b[0].is_probe:
+            continue
+        cached = features_cached(b[0], opts, known, memo)
+        groups.append({"group": group_id(group_key(b[0])), "label": group_label(b[0]), "cached": cached,
+                       "runs": [c.run_id for c in b], "done": sum(c.run_id in st.done for c in b)})
+    root = Path(opts.data_root or data.default_root())
+    missing = sorted({data.file_name(c.dataset, c.size) for c in plan.runs
+                      if not (root / data.file_name(c.dataset, c.size)).exists()})
+    runs = []
+    for c in plan.runs:
+        state = "done" if c.run_id in st.done else "failed" if c.run_id in st.failed else "todo"
+        runs.append({"run_id": c.run_id, "status": state, "probe": c.is_probe,
+                     "group": group_id(group_key(c)) if c.is_probe else None})
+    return {
+        "runs": len(plan.runs), "grid_runs": plan.total, "collapsed_points": plan.collapsed,
+        "shard": f"{plan.shard[0]}/{plan.shard[1]}",
+        "done": len(st.done), "failed": len(st.failed),
+        "to_run": sum(st.pending(c, retry_failed) for c in plan.runs),
+        "probe_runs": sum(c.is_probe for c in plan.runs), "trained_runs": sum(not c.is_probe for c in plan.runs),
+        "feature_groups": len(groups), "features_cached": sum(g["cached"] is True for g in groups),
+        "features_unknown": sum(g["cached"] is None for g in groups),
+        "missing_data_files": missing, "data_root": str(root), "results_dir": str(opts.results_dir),
+        "groups": groups, "run_list": runs,
+    }
+
+
+def print_summary(s: dict, list_runs: bool, extra: list[str]) -> None:
+    shard = "" if s["shard"] == "0/1" else f" (shard {s['shard']} of a {s['grid_runs']}-run grid)"
+    print(f"sweep: {s['runs']} runs{shard}: {s['probe_runs']} probes on frozen features, "
+          f"{s['trained_runs']} trained" + (f"; {s['collapsed_points']} grid points were duplicates"
+                                            if s["collapsed_points"] else ""))
+    print(f"  results {s['results_dir']}: {s['done']} done, {s['failed']} with a recorded failure, "
+          f"{s['to_run']} to run")
+    shared = sum(len(g["runs"]) > 1 for g in s["groups"])
+    unknown = f", {s['features_unknown']} unknown (default weights not run yet here)" if s["features_unknown"] else ""
+    print(f"  frozen features: {s['feature_groups']} extractions ({shared} shared by several runs), "
+          f"{s['features_cached']} cached{unknown}")
+    if s["missing_data_files"]:
+        print(f"  not in {s['data_root']} (downloaded before the sweep starts): {', '.join(s['missing_data_files'])}")
+    for line in extra:
+        print(f"  {line}")
+    multi = [g for g in s["groups"] if len(g["runs"]) > 1]
+    if multi:
+        print("groups sharing one extraction:")
+        for g in multi:
+            cached = {True: "cached", False: "to extract", None: "unknown"}[g["cached"]]
+            print(f"  [{g['group']}] {g['label']}: {len(g['runs'])} runs ({g['done']} done), features {cached}")
+    if list_runs:
+        print("runs:")
+        for r in s["run_list"]:
+            print(f"  [{r['status']:<6}] {r['run_id']}" + (f"  group {r['group']}" if r["group"] else ""))
