@@ -62,7 +62,7 @@ SPEC = Spec(
                         "ViT-L-14/datacomp_xl_s13b_b90k", "tiny")),
     default_variant=DEFAULT, input_size=224, mean=OPENAI_MEAN, std=OPENAI_STD,
     weights_source="open_clip pretrained tag (HF hub); any ARCH/TAG of open_clip.list_pretrained()",
-    license="mit (open_clip); weights per tag (LAION: mit, OpenAI: mit)",
+    license="mit (open_clip code and LAION / OpenAI weights; other tags: see their cards)",
     readouts=("cls", "proj"),
     description="OpenCLIP image tower (ViT-B/16 LAION-2B by default), text tower dropped",
     facts={"blocks": 12, "embed_dim": "768 (proj: 512)", "params": "86M"},

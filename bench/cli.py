@@ -178,7 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     rep.set_defaults(fn=cmd_report)
 
     sw = sub.add_parser("sweep", help="a grid of runs from a YAML file and/or flags")
-    sw.add_argument("config", nargs="?", type=Path)
+    from .sweep import add_sweep_arguments  # light import (no torch): bench --help stays fast
+    add_sweep_arguments(sw)
     sw.set_defaults(fn=cmd_sweep)
     return p
 

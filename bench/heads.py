@@ -103,7 +103,7 @@ def train_linear_grid(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarra
     n = len(xtr)
     steps_per_epoch = max(1, math.ceil(n / batch_size))
     eval_at = set(np.unique(np.linspace(1, epochs, min(evals, epochs)).round().astype(int)).tolist())
-    best = (-math.inf, 0, 0, None, None)  # value, head, epoch, w, b
+    best = (-math.inf, math.inf, 0, 0, None, None)  # value, val loss, head, epoch, w, b
     grid: list[dict] = []
     step = 0
     for epoch in tqdm(range(1, epochs + 1), desc="linear grid", disable=quiet or None, leave=False):
@@ -135,9 +135,10 @@ def train_linear_grid(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarra
             for h, (lr, wd) in enumerate(pairs):
                 grid.append({"lr": lr, "wd": wd, "epoch": epoch, "val_loss": float(losses[h]),
                              f"val_{select}": float(values[h])})
-                if values[h] > best[0]:
-                    best = (float(values[h]), h, epoch, w[h].clone(), b[h, 0].clone())
-    value, h, epoch, bw, bb = best
+                # ties on the criterion (AUC saturates on easy data) go to the lower val loss
+                if (values[h], -float(losses[h])) > (best[0], -best[1]):
+                    best = (float(values[h]), float(losses[h]), h, epoch, w[h].clone(), b[h, 0].clone())
+    value, _, h, epoch, bw, bb = best
     if bw is None:  # every evaluation was -inf (degenerate val split): keep the last state of head 0
         h, epoch, bw, bb = 0, epochs, w[0].clone(), b[0, 0].clone()
     return LinearGridResult(bw, bb, mean, std, pairs[h][0], pairs[h][1], epoch, value, grid)

@@ -108,6 +108,21 @@ def test_clip_decomposition_matches_open_clip(clip_model, clip_file):
     assert b.weights_id.startswith("sha256:")
 
 
+def test_clip_avg_pool_tower_matches_open_clip():
+    # CLIPA-style towers: mean of patch tokens, ln_post after pooling, no ln_pre
+    from open_clip.model import _build_vision_tower
+
+    from backbones.clip import TINY_CFG, CLIPBackbone, SPEC
+
+    vision = dict(TINY_CFG["vision_cfg"], pool_type="avg", final_ln_after_pool=True, no_ln_pre=True)
+    torch.manual_seed(0)
+    visual = _build_vision_tower(16, vision).eval()
+    b = CLIPBackbone(copy.deepcopy(visual), SPEC, "tiny", "proj").eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert close(forward_split(b, x), visual(x))
+
+
 def test_clip_loads_visual_only_and_resizes_like_open_clip(clip_model, tmp_path):
     import open_clip
 

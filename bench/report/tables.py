@@ -42,6 +42,9 @@ class SectionKey:
         return (_HEAD_ORDER.get(self.head, 9), self.head, unfreeze_order(self.unfreeze), self.size,
                 self.input_size or 0, self.resize, self.limit)
 
+    def __lt__(self, other: "SectionKey") -> bool:  # pandas sorts group keys
+        return self.sort_key < other.sort_key
+
     @property
     def slug(self) -> str:
         parts = [self.head, self.unfreeze, str(self.size)]
@@ -79,21 +82,23 @@ def section_title(k: SectionKey) -> str:
     return f"{protocol_label(k.head, k.unfreeze)} · {setting_label(k)}"
 
 
+# MedMNIST's own order and names (medmnist.INFO), kept here so a report never imports torch
+MEDMNIST = {"pathmnist": "PathMNIST", "chestmnist": "ChestMNIST", "dermamnist": "DermaMNIST",
+            "octmnist": "OCTMNIST", "pneumoniamnist": "PneumoniaMNIST", "retinamnist": "RetinaMNIST",
+            "breastmnist": "BreastMNIST", "bloodmnist": "BloodMNIST", "tissuemnist": "TissueMNIST",
+            "organamnist": "OrganAMNIST", "organcmnist": "OrganCMNIST", "organsmnist": "OrganSMNIST",
+            "organmnist3d": "OrganMNIST3D", "nodulemnist3d": "NoduleMNIST3D",
+            "adrenalmnist3d": "AdrenalMNIST3D", "fracturemnist3d": "FractureMNIST3D",
+            "vesselmnist3d": "VesselMNIST3D", "synapsemnist3d": "SynapseMNIST3D"}
+_ORDER = {f: i for i, f in enumerate(MEDMNIST)}
+
+
 def dataset_order(flags) -> list[str]:
-    try:
-        from medmnist import INFO
-        order = {f: i for i, f in enumerate(INFO)}
-    except ImportError:  # pragma: no cover - medmnist is a dependency
-        order = {}
-    return sorted(set(flags), key=lambda f: (order.get(f, 10**6), f))
+    return sorted(set(flags), key=lambda f: (_ORDER.get(f, len(_ORDER)), f))
 
 
 def dataset_label(flag: str) -> str:
-    try:
-        from medmnist import INFO
-        return INFO[flag]["python_class"]
-    except (ImportError, KeyError):
-        return flag
+    return MEDMNIST.get(flag, flag)
 
 
 def fmt(v: float, digits: int = 3) -> str:
@@ -136,6 +141,7 @@ class Analysis:
         g = ps.groupby(keys, dropna=False)
         summ = g.value.agg(lambda v: S.seed_summary(list(v))).apply(pd.Series)
         summ.columns = ["mean", "std", "n"]
+        summ["n"] = summ["n"].astype(int)
         summ["seeds"] = g.seed.agg(lambda s: sorted(int(x) for x in s))
         summ["run_ids"] = g.run_id.agg(list)
         summ = summ.reset_index()

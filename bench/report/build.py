@@ -1,0 +1,204 @@
+"""`bench report`: read the results folder, compute tables and figures, write the report files."""
+from __future__ import annotations
+
+from collections import Counter
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+import pandas as pd
+
+from ..errors import UserError, did_you_mean
+from . import render
+from . import tables as T
+from .doc import Cell, Report, Section, Table
+from .load import RunSet, load_results
+
+FORMATS = ("md", "html", "png", "latex")
+_ALIASES = {"markdown": "md", "tex": "latex", "htm": "html"}
+
+
+def make_report(results_dir: Path, out: Path, *, baseline: str = "resnet50", filters: list[str] | tuple[str, ...] = (),
+                formats: tuple[str, ...] | list[str] = ("md", "html", "png"), with_reference: bool = False,
+                metric: str = "auc", n_boot: int = 1000, seed: int = 0) -> Path:
+    """Aggregate every completed run under ``results_dir`` and write the report into ``out``.
+
+    Writes ``report.md`` / ``report.html`` / ``report.tex`` (per ``formats``), ``figures/*.png``
+    (``png``) and, always, ``tables/*.csv`` with the numbers behind every table. Returns the
+    main document (HTML if written, else Markdown, else LaTeX, else the output folder).
+    Raises UserError for an empty or missing results folder, an unknown baseline, metric,
+    filter key or format.
+    """
+    fmts = _check_formats(formats)
+    if n_boot < 10:
+        raise UserError(f"--n-boot {n_boot}: use at least 10 resamples (1000 or more for a paper)")
+    rs = load_results(Path(results_dir), list(filters or ()))
+    a = T.Analysis(rs, metric, baseline, n_boot=n_boot, seed=seed)
+    draw = "png" in fmts or "html" in fmts
+    report = build(a, with_reference=with_reference, figures=draw)
+    return write(report, Path(out), fmts)
+
+
+def _check_formats(formats) -> list[str]:
+    out = []
+    for f in formats or ():
+        for part in str(f).split(","):  # accept "md,html" as well as repeated --format
+            p = _ALIASES.get(part.strip().lower(), part.strip().lower())
+            if not p:
+                continue
+            if p not in FORMATS:
+                raise UserError(f"unknown --format {part!r}; {did_you_mean(part, FORMATS)}")
+            out.append(p)
+    if not out:
+        raise UserError(f"no --format given; choose from {', '.join(FORMATS)}")
+    return list(dict.fromkeys(out))
+
+
+def build(a: T.Analysis, *, with_reference: bool = False, figures: bool = True) -> Report:
+    from . import figures as F  # matplotlib only when figures are drawn
+
+    rs = a.rs
+    secs = a.sections()
+    sections: list[Section] = []
+
+    overview = Section("Average over datasets", intro="The MedMNIST+ layout: one row per model, one column "
+                       "per image size, the mean over datasets of each model's seed means.")
+    overview.tables += T.average_tables(a)
+    sections.append(overview)
+
+    gain = Section(f"Gain over {a.baseline}", intro="Relative change of the seed means against the baseline, "
+                   "averaged over datasets. Read it together with the paired comparisons of each section: "
+                   "a gain inside the noise is not a ranking.")
+    if figures:
+        fig, note = F.gain_figure(a)
+        gain.figures += [fig] if fig else []
+        gain.notes += [note] if note else []
+    sections.append(gain)
+
+    for sec in secs:
+        s = Section(T.section_title(sec), level=2)
+        s.tables.append(T.seed_table(a, sec))
+        gt, notes = T.gain_table(a, sec)
+        s.tables += [gt] if not gt.empty else []
+        s.notes += notes
+        ct, notes = T.ci_table(a, sec)
+        s.tables.append(ct)
+        s.notes += notes
+        for t in (T.paired_table(a, sec), T.wilcoxon_table(a, sec)):
+            if t is not None and not t.empty:
+                s.tables.append(t)
+        rt, n_checked = T.recall_table(a, sec)
+        if rt is not None:
+            s.tables.append(rt)
+            if rt.empty:
+                s.notes.append(f"No class recall falls below {T.LOW_RECALL} or {T.RECALL_GAP} under the balanced "
+                               f"accuracy ({n_checked} class recalls checked).")
+        if figures:
+            fig, note = F.heatmap_figure(a, sec)
+            s.figures += [fig] if fig else []
+            s.notes += [note] if note else []
+        sections.append(s)
+
+    if figures:
+        trends = Section("Trends", intro="Averages over the datasets each model covers at every plotted level.")
+        for make in (F.unfreeze_figure, F.resolution_figure):
+            fig, note = make(a)
+            trends.figures += [fig] if fig else []
+            trends.notes += [note] if note else []
+        sections.append(trends)
+
+    if with_reference:
+        from .reference import load_reference
+
+        ref = Section("Published reference numbers")
+        t, notes = T.reference_table(a, load_reference())
+        ref.tables.append(t)
+        ref.notes += notes
+        sections.append(ref)
+
+    summary = _summary(a, secs)
+    return Report(f"medfm-bench report — test {a.metric.upper()}", summary, sections, provenance(a))
+
+
+def _summary(a: T.Analysis, secs) -> list[str]:
+    rs = a.rs
+    n_runs = rs.runs.shape[0]
+    out = [f"{n_runs} run(s) of {rs.runs.model.nunique()} model(s) on {rs.runs.dataset.nunique()} dataset(s), "
+           f"{len(secs)} protocol/setting section(s); metric: test {a.metric}; baseline: {a.baseline}.",
+           f"Seeds: {', '.join(map(str, sorted(set(int(s) for s in rs.runs.seed.dropna()))))}."]
+    if rs.filters:
+        out.append(f"Filters: {'; '.join(rs.filters)} ({n_runs} of {rs.n_total_runs} runs kept).")
+    if rs.failures:
+        out.append(f"{len(rs.failures)} failed run(s) in {rs.root / 'failures'} are not in the tables.")
+    partial = a.summary[a.summary.n < a.summary.expected_n]
+    if len(partial):
+        out.append(f"{len(partial)} cell(s) have fewer seeds than their section (marked †).")
+    return out
+
+
+def _counts(values) -> str:
+    c = Counter(values)
+    if not c:
+        return "—"
+    return ", ".join(f"{k} ({n} run{'s' if n > 1 else ''})" for k, n in sorted(c.items(), key=lambda kv: str(kv[0])))
+
+
+def provenance(a: T.Analysis) -> Table:
+    """What the report was made from: runs, seeds, versions, git revisions, dates."""
+    rs: RunSet = a.rs
+    metas = [rs.meta.get(r, {}) for r in rs.runs.run_id]
+    rows = [("results folder", str(rs.root.resolve())),
+            ("runs in report", f"{len(rs.runs)} (of {rs.n_total_runs} completed; {len(rs.failures)} failed)"),
+            ("filters", "; ".join(rs.filters) or "none"),
+            ("models", ", ".join(sorted(set(rs.runs.model)))),
+            ("datasets", ", ".join(T.dataset_order(set(rs.runs.dataset)))),
+            ("seeds", ", ".join(map(str, sorted(set(int(s) for s in rs.runs.seed.dropna()))))),
+            ("runs without provenance JSON", str(sum(1 for m in metas if not m)))]
+    keys = sorted({k for m in metas for k in (m.get("versions") or {})}, key=lambda k: (k != "python", k))
+    for k in keys:
+        rows.append((f"version: {k}", _counts((m.get("versions") or {}).get(k, "unknown") for m in metas)))
+    rows.append(("git revision", _counts(m.get("git") or "unknown" for m in metas)))
+    rows.append(("device", _counts(m.get("device") or "unknown" for m in metas)))
+    created = sorted(c for c in (m.get("created") for m in metas) if c)
+    rows.append(("runs created", f"{created[0]} to {created[-1]}" if created else "unknown"))
+    rows.append(("bootstrap", f"{a.n_boot} resamples, seed {a.seed}"))
+    try:
+        mine = metadata.version("medfm-bench")
+    except metadata.PackageNotFoundError:
+        mine = "unknown"
+    rows.append(("report made", f"{datetime.now(timezone.utc).isoformat(timespec='seconds')} "
+                                f"with medfm-bench {mine}"))
+    data = pd.DataFrame(rows, columns=["item", "value"])
+    return Table("provenance", "What this report was made from", ["item", "value"],
+                 [[Cell(k), Cell(v)] for k, v in rows], data=data)
+
+
+def write(report: Report, out: Path, fmts: list[str]) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    fig_dir, tab_dir = out / "figures", out / "tables"
+    # files from an earlier report in the same folder would otherwise linger as stale results
+    for d, pattern in ((fig_dir, "*.png"), (tab_dir, "*.csv")):
+        for old in d.glob(pattern) if d.is_dir() else []:
+            old.unlink()
+    tab_dir.mkdir(exist_ok=True)
+    for t in report.tables():
+        if t.data is not None and not t.data.empty:
+            t.data.to_csv(tab_dir / f"{t.name}.csv", index=False)
+    if "png" in fmts:
+        fig_dir.mkdir(exist_ok=True)
+        for f in report.figures():
+            (fig_dir / f"{f.name}.png").write_bytes(f.png)
+    written = {}
+    if "md" in fmts:
+        written["md"] = out / "report.md"
+        written["md"].write_text(render.to_markdown(report, "figures" if "png" in fmts else None))
+    if "html" in fmts:
+        written["html"] = out / "report.html"
+        written["html"].write_text(render.to_html(report))
+    if "latex" in fmts:
+        written["latex"] = out / "report.tex"
+        written["latex"].write_text(render.to_latex(report))
+    for k in ("html", "md", "latex"):
+        if k in written:
+            return written[k]
+    return out

@@ -1,0 +1,338 @@
+"""Fine-tuning: `--unfreeze lastN|all` and trained heads (linear, mlp, deit), through the
+stem/blocks/readout contract only.
+
+With N of L blocks unfrozen, the frozen prefix stem + blocks[:L-N] does not change during training;
+without augmentation its output is computed once (prefix caching) and every epoch starts from it.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from backbones.base import Backbone
+
+from . import augment, heads, metrics
+from .config import RunConfig, RunOptions, parse_unfreeze
+from .features import FeatureCache, autocast, extract
+from .preprocess import Preprocess
+from .trained_heads import build_head as _build_head
+
+PREFIX_MEMORY_BYTES = int(float(os.environ.get("BENCH_PREFIX_MEMORY_GB", "4")) * (1 << 30))
+
+
+def build_head(cfg: RunConfig, model: Backbone, n_out: int) -> nn.Module:
+    return _build_head(cfg.head, model, n_out, cfg.input_size, arch=cfg.head_arch,
+                       pretrained=cfg.weights != "random")
+
+
+class Trainable(nn.Module):
+    """blocks[k:] -> readout (or tokens) -> head. With k == 0 and the stem unfrozen, starts from images."""
+
+    def __init__(self, backbone: Backbone, k: int, head: nn.Module, with_stem: bool) -> None:
+        super().__init__()
+        self.backbone, self.k, self.head, self.with_stem = backbone, k, head, with_stem
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        if self.with_stem:
+            h = self.backbone.stem(h)
+        h = self.backbone.run_blocks(h, self.k)
+        z = self.backbone.tokens(h) if getattr(self.head, "wants_tokens", False) else self.backbone.readout(h)
+        return self.head(z)
+
+
+@dataclass
+class Plan:
+    k: int                  # first trainable block
+    train_stem: bool
+    cache_prefix: bool      # prefix output computed once and reused every epoch
+
+
+def plan_for(cfg: RunConfig, model: Backbone) -> Plan:
+    n = parse_unfreeze(cfg.unfreeze, model.num_blocks)
+    k = model.num_blocks - n
+    train_stem = n == model.num_blocks
+    return Plan(k, train_stem, cache_prefix=not train_stem and cfg.augment == "none")
+
+
+def param_groups(cfg: RunConfig, model: Backbone, head: nn.Module, plan: Plan) -> list[dict]:
+    """AdamW groups: no weight decay on norms, biases, tokens and position embeddings (ndim <= 1
+    or named *token/pos_embed*), and layer-wise lr decay from the head down to the stem."""
+    trainable = model.trainable_parameters(model.num_blocks - plan.k)
+    depth_of: dict[int, int] = {}
+    for i, block in enumerate(model.blocks):
+        for p in block.parameters():
+            depth_of[id(p)] = i + 1
+    top = model.num_blocks + 1
+    names = {id(p): n for n, p in model.named_parameters()}
+    groups: dict[tuple[int, bool], list] = {}
+    for p in list(trainable) + list(head.parameters()):
+        is_head = any(p is q for q in head.parameters())
+        depth = top if is_head else depth_of.get(id(p), 0 if plan.train_stem and id(p) not in depth_of else top)
+        if not is_head and id(p) not in depth_of and any(p is q for m in model.readout_modules() for q in m.parameters()):
+            depth = top
+        no_decay = p.ndim <= 1 or any(t in names.get(id(p), "") for t in ("token", "pos_embed"))
+        groups.setdefault((depth, no_decay), []).append(p)
+    out = []
+    for (depth, no_decay), params in sorted(groups.items(), key=lambda kv: kv[0]):
+        scale = cfg.layer_decay ** (top - depth)
+        out.append({"params": params, "lr": cfg.lr * scale, "base_lr": cfg.lr * scale,
+                    "weight_decay": 0.0 if no_decay else cfg.weight_decay})
+    return out
+
+
+def lr_factor(cfg: RunConfig, step: int, steps_per_epoch: int) -> float:
+    total = cfg.epochs * steps_per_epoch
+    warm = cfg.warmup * steps_per_epoch
+    if step < warm:
+        return (step + 1) / warm
+    if cfg.schedule == "constant":
+        return 1.0
+    if cfg.schedule == "step":  # MedMNIST v2: x0.1 at 50% and 75% of the epochs
+        epoch = step / steps_per_epoch
+        return 0.1 ** ((epoch >= 0.5 * cfg.epochs) + (epoch >= 0.75 * cfg.epochs))
+    progress = (step - warm) / max(1, total - warm)
+    return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def class_weights(task: str, labels: np.ndarray, n_out: int) -> torch.Tensor:
+    if metrics.is_multilabel(task):
+        pos = labels.sum(0).clip(min=1)
+        return torch.tensor((len(labels) - pos) / pos, dtype=torch.float32)  # pos_weight
+    counts = np.bincount(labels[:, 0], minlength=n_out).clip(min=1)
+    return torch.tensor(len(labels) / (n_out * counts), dtype=torch.float32)
+
+
+def epoch_order(cfg: RunConfig, task: str, labels: np.ndarray, n: int, gen: torch.Generator) -> torch.Tensor:
+    if cfg.balance == "sampler" and not metrics.is_multilabel(task):
+        counts = np.bincount(labels[:, 0])
+        w = torch.tensor(1.0 / counts[labels[:, 0]], dtype=torch.float64)
+        return torch.multinomial(w, n, replacement=True, generator=gen)
+    return torch.randperm(n, generator=gen)
+
+
+def finetune(cfg: RunConfig, opts: RunOptions, ds, model: Backbone, pre: Preprocess, device: torch.device,
+             cache: FeatureCache, timings: dict):
+    from .run import log, weights_key  # run imports train lazily; no cycle at import time
+
+    plan = plan_for(cfg, model)
+    torch.manual_seed(cfg.seed)
+    head = build_head(cfg, model, ds.n_outputs).to(device)
+    trainable = Trainable(model, plan.k, head, plan.train_stem).to(device)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for group in param_groups(cfg, model, head, plan):
+        for p in group["params"]:
+            p.requires_grad_(True)
+    policy = augment.policy_for(cfg.augment, cfg.dataset)
+
+    def prefix(x: torch.Tensor) -> torch.Tensor:
+        return model.run_blocks(model.stem(x), 0, plan.k)
+
+    inputs: dict[str, np.ndarray] = {}
+    if plan.cache_prefix:
+        parts = {"what": f"prefix:{plan.k}", "backbone": cfg.backbone, "variant": cfg.variant,
+                 "weights": weights_key(model, cfg), "readout": cfg.readout, "input_size": cfg.input_size,
+                 "resize": cfg.resize, "gray": cfg.gray, "dataset_md5": ds.md5, "limit": cfg.limit}
+        t = time.perf_counter()
+        for split in ("train", "val", "test"):
+            model.eval()
+            arr, hit = cache.get_or_compute({**parts, "split": split}, lambda: extract(
+                prefix, ds.splits[split].images, pre, device, opts.extract_batch_size, f"prefix {split}", opts.quiet))
+            if arr.nbytes > PREFIX_MEMORY_BYTES:  # spill: read batches from the cached file on disk
+                arr = np.load(cache.path(cache.key({**parts, "split": split})), mmap_mode="r")
+            inputs[split] = arr
+            log(f"prefix stem+blocks[:{plan.k}] {split}: {'cache hit' if hit else 'computed once'} "
+                f"{tuple(arr.shape)}", opts.quiet)
+        timings["prefix_s"] = time.perf_counter() - t
+
+    def forward_batch(split: str, idx: np.ndarray, train: bool) -> torch.Tensor:
+        if plan.cache_prefix:
+            h = torch.from_numpy(np.ascontiguousarray(inputs[split][idx])).to(device)
+            return trainable(h)
+        x = pre(pre.to_device(ds.splits[split].images[idx], device))
+        if train and policy is not None:
+            x = augment.apply(x, policy, aug_gen)
+        if plan.train_stem:
+            return trainable(x)
+        with torch.no_grad():
+            h = prefix(x)
+        return trainable(h)
+
+    def set_train_mode() -> None:
+        model.eval()  # frozen BatchNorm keeps its running statistics
+        if plan.train_stem:
+            model.train()
+        else:
+            for block in model.blocks[plan.k:]:
+                block.train()
+            for m in model.readout_modules():
+                m.train()
+        head.train()
+
+    @torch.no_grad()
+    def predict(split: str) -> tuple[np.ndarray, float]:
+        model.eval()
+        head.eval()
+        n = len(ds.splits[split])
+        out, loss_sum = [], 0.0
+        y_all = torch.from_numpy(ds.splits[split].labels)
+        for start in range(0, n, cfg.batch_size):
+            idx = np.arange(start, min(start + cfg.batch_size, n))
+            with autocast(device):
+                logits = forward_batch(split, idx, train=False).float()
+            loss_sum += float(heads.loss_fn(ds.task, logits, y_all[idx].to(device), reduction="sum"))
+            out.append(heads.scores_from_logits(ds.task, logits).cpu().numpy())
+        denom = n * (ds.n_outputs if metrics.is_multilabel(ds.task) else 1)
+        return np.concatenate(out), loss_sum / denom
+
+    groups = param_groups(cfg, model, head, plan)
+    opt = torch.optim.AdamW(groups, lr=cfg.lr)
+    use_scaler = device.type == "cuda" and not torch.cuda.is_bf16_supported()
+    scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+    weight = class_weights(ds.task, ds.splits["train"].labels, ds.n_outputs).to(device) \
+        if cfg.balance == "weighted-loss" else None
+    gen = torch.Generator().manual_seed(cfg.seed)
+    aug_gen = torch.Generator().manual_seed(cfg.seed + 1)
+    train_labels = ds.splits["train"].labels
+    n_train = len(train_labels)
+    steps_per_epoch = max(1, math.ceil(n_train / cfg.batch_size))
+    y_val = ds.splits["val"].labels if metrics.is_multilabel(ds.task) else ds.splits["val"].labels[:, 0]
+
+    ckpt = Checkpoint(Path(opts.results_dir) / "checkpoints" / f"{cfg.run_id}.pt")
+    state = ckpt.load(trainable, opt, gen, aug_gen) if not opts.force else None
+    start_epoch, best, curves = (state or {}).get("epoch", 0), (state or {}).get("best"), (state or {}).get("curves", [])
+    if state:
+        log(f"resuming fine-tune from epoch {start_epoch} ({ckpt.path})", opts.quiet)
+    step = start_epoch * steps_per_epoch
+    t_train = time.perf_counter()
+    bad_epochs = (state or {}).get("bad_epochs", 0)
+    for epoch in tqdm(range(start_epoch + 1, cfg.epochs + 1), desc="fine-tune", disable=opts.quiet or None, leave=False):
+        set_train_mode()
+        order = epoch_order(cfg, ds.task, train_labels, n_train, gen).numpy()
+        loss_sum = 0.0
+        for i in range(steps_per_epoch):
+            idx = np.sort(order[i * cfg.batch_size:(i + 1) * cfg.batch_size])
+            for g in opt.param_groups:
+                g["lr"] = g["base_lr"] * lr_factor(cfg, step, steps_per_epoch)
+            with autocast(device):
+                logits = forward_batch("train", idx, train=True).float()
+            loss = heads.loss_fn(ds.task, logits, torch.from_numpy(train_labels[idx]).to(device), class_weight=weight)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if cfg.grad_clip:
+                scaler.unscale_(opt)
+                torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], cfg.grad_clip)
+            scaler.step(opt)
+            scaler.update()
+            loss_sum += loss.item()
+            step += 1
+        val_scores, val_loss = predict("val")
+        value = float(heads._selection_values(cfg.select, ds.task, y_val, val_scores[None],
+                                              torch.tensor([val_loss]))[0])
+        curves.append({"epoch": epoch, "train_loss": loss_sum / steps_per_epoch, "val_loss": val_loss,
+                       "val_auc": _safe_auc(ds.task, y_val, val_scores), "val_acc": metrics.acc(ds.task, y_val, val_scores),
+                       "lr": opt.param_groups[-1]["lr"]})
+        # ties on the criterion (AUC saturates on easy data) go to the lower val loss
+        if best is None or (value, -val_loss) > (best["value"], -best["val_loss"]):
+            best = {"value": value, "val_loss": val_loss, "epoch": epoch, "state": _trainable_state(trainable)}
+            bad_epochs = 0
+        else:
+            bad_epochs += 1
+        ckpt.save(trainable, opt, gen, aug_gen, epoch=epoch, best=best, curves=curves, bad_epochs=bad_epochs)
+        if cfg.patience and bad_epochs >= cfg.patience:
+            log(f"early stop at epoch {epoch}: val {cfg.select} has not improved for {cfg.patience} epochs", opts.quiet)
+            break
+    timings["train_s"] = time.perf_counter() - t_train
+    trainable.load_state_dict(best["state"], strict=False)  # best epoch on val, then test once
+    val_scores, _ = predict("val")
+    test_scores, _ = predict("test")
+    if opts.save_model:
+        save_model(Path(opts.results_dir) / "models" / cfg.run_id, model, head)
+    ckpt.remove()
+    n_train_params = sum(p.numel() for g in groups for p in g["params"])
+    selected = {"head": cfg.head, "unfreeze": cfg.unfreeze, "epoch": best["epoch"], f"val_{cfg.select}": best["value"],
+                "trainable_params": n_train_params, "prefix_cached": plan.cache_prefix}
+    return val_scores, test_scores, selected, [{"split": "val", **c} for c in curves]
+
+
+def _safe_auc(task: str, y: np.ndarray, s: np.ndarray) -> float:
+    try:
+        return metrics.auc(task, y, s)
+    except ValueError:
+        return float("nan")
+
+
+def _trainable_state(trainable: nn.Module) -> dict[str, torch.Tensor]:
+    """Copies of the tensors that can change: trainable parameters and all buffers."""
+    keep = {n for n, p in trainable.named_parameters() if p.requires_grad} | {n for n, _ in trainable.named_buffers()}
+    return {n: t.detach().clone() for n, t in trainable.state_dict().items() if n in keep}
+
+
+class Checkpoint:
+    """Per-epoch training state so a killed fine-tune resumes where it stopped. Loaded with
+    weights_only=True: only tensors and plain containers."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def save(self, trainable, opt, gen, aug_gen, **extra) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.tmp{os.getpid()}")
+        torch.save({"trainable": _trainable_state(trainable), "optim": opt.state_dict(),
+                    "gen": gen.get_state(), "aug_gen": aug_gen.get_state(), **extra}, tmp)
+        os.replace(tmp, self.path)
+
+    def load(self, trainable, opt, gen, aug_gen) -> dict | None:
+        if not self.path.exists():
+            return None
+        try:
+            state = torch.load(self.path, map_location="cpu", weights_only=True)
+            trainable.load_state_dict(state["trainable"], strict=False)
+            opt.load_state_dict(state["optim"])
+            gen.set_state(state["gen"])
+            aug_gen.set_state(state["aug_gen"])
+            return state
+        except Exception:  # unreadable or from other code: start over rather than fail
+            return None
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def save_model(folder: Path, model: Backbone, head: nn.Module) -> None:
+    """Backbone (loadable later with --weights) and head as safetensors."""
+    from safetensors.torch import save_file
+
+    from backbones.registry import BENCH_FORMAT
+
+    folder.mkdir(parents=True, exist_ok=True)
+    meta = {"format": BENCH_FORMAT, "backbone": model.spec.name, "variant": model.variant}
+    for name, module, fmt in (("backbone", model, BENCH_FORMAT), ("head", head, "medfm-bench-head")):
+        sd = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+        sd = _dedupe_shared(sd)
+        tmp = folder / f".{name}.tmp{os.getpid()}.safetensors"
+        save_file(sd, str(tmp), metadata={**meta, "format": fmt})
+        os.replace(tmp, folder / f"{name}.safetensors")
+
+
+def _dedupe_shared(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    # safetensors refuses tensors that share memory; clone them apart
+    seen: set[int] = set()
+    out = {}
+    for k, v in sd.items():
+        ptr = v.data_ptr()
+        out[k] = v.clone() if ptr in seen else v
+        seen.add(ptr)
+    return out
+
+
+__all__ = ["finetune", "build_head", "plan_for", "save_model", "copy"]

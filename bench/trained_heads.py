@@ -1,0 +1,97 @@
+"""Heads trained by gradient descent with (part of) the backbone: linear, MLP, and the paper's
+DeiT head ("Y-model") on frozen tokens."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from backbones.base import Backbone
+
+DEIT_ARCHS = {"deit_tiny": "deit_tiny_patch16_224.fb_in1k", "deit_small": "deit_small_patch16_224.fb_in1k",
+              "deit_base": "deit_base_patch16_224.fb_in1k"}
+DEIT_HEAD_DEPTH = 2  # DeiT blocks in the head: the first blocks of the pretrained DeiT
+
+
+class LinearHead(nn.Module):
+    wants_tokens = False
+
+    def __init__(self, dim: int, n_out: int) -> None:
+        super().__init__()
+        self.fc = nn.Linear(dim, n_out)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.fc(z)
+
+
+class MLPHead(nn.Module):
+    wants_tokens = False
+
+    def __init__(self, dim: int, n_out: int, hidden: int = 512, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, n_out))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z)
+
+
+class DeiTHead(nn.Module):
+    """Tokens (B, N, C) -> Linear+LayerNorm projector -> own CLS + position embeddings ->
+    DeiT blocks -> norm -> classifier on CLS. CNN feature maps arrive as flattened tokens."""
+
+    wants_tokens = True
+
+    def __init__(self, in_dim: int, n_tokens: int, n_out: int, arch: str = "deit_small",
+                 pretrained: bool = True, depth: int = DEIT_HEAD_DEPTH) -> None:
+        super().__init__()
+        from backbones import timm_common
+
+        name = DEIT_ARCHS[arch]
+        deit, self.weights_id = timm_common.create(name, "default" if pretrained else "random",
+                                                   name=f"--head deit ({arch})")
+        dim = deit.embed_dim
+        self.proj = nn.Sequential(nn.Linear(in_dim, dim), nn.LayerNorm(dim))
+        self.cls_token = nn.Parameter(deit.cls_token.detach().clone())
+        self.pos_embed = nn.Parameter(_resize_pos_embed(deit.pos_embed.detach(), n_tokens))
+        self.blocks = nn.Sequential(*list(deit.blocks)[:depth])
+        self.norm = deit.norm
+        self.fc = nn.Linear(dim, n_out)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        x = self.proj(tokens)
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
+        return self.fc(self.norm(self.blocks(x))[:, 0])
+
+
+def _resize_pos_embed(pos: torch.Tensor, n_tokens: int) -> torch.Tensor:
+    """DeiT's (1, 1+G*G, C) position embeddings -> (1, 1+n_tokens, C): 2D bicubic when the token
+    count is square (a patch grid), else 1D linear over the flattened grid."""
+    cls, grid = pos[:, :1], pos[:, 1:]
+    g = int(math.isqrt(grid.shape[1]))
+    side = math.isqrt(n_tokens)
+    if side * side == n_tokens:
+        img = grid.reshape(1, g, g, -1).permute(0, 3, 1, 2)
+        grid = F.interpolate(img, size=(side, side), mode="bicubic", align_corners=False)
+        grid = grid.permute(0, 2, 3, 1).reshape(1, n_tokens, -1)
+    else:
+        grid = F.interpolate(grid.transpose(1, 2), size=n_tokens, mode="linear", align_corners=False).transpose(1, 2)
+    return torch.cat([cls, grid], dim=1)
+
+
+def build_head(head: str, backbone: Backbone, n_out: int, input_size: int, *, arch: str | None = None,
+               pretrained: bool = True) -> nn.Module:
+    if head == "linear":
+        return LinearHead(backbone.embed_dim, n_out)
+    if head == "mlp":
+        return MLPHead(backbone.embed_dim, n_out)
+    # the DeiT head needs the token count and width of this backbone at this input size
+    with torch.no_grad():
+        was_training = backbone.training
+        backbone.eval()
+        x = torch.zeros(1, 3, input_size, input_size,
+                        device=next(backbone.parameters()).device)
+        tokens = backbone.tokens(backbone.run_blocks(backbone.stem(x)))
+        backbone.train(was_training)
+    return DeiTHead(tokens.shape[-1], tokens.shape[1], n_out, arch or "deit_small", pretrained)

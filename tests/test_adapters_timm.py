@@ -1,0 +1,269 @@
+"""timm-based adapters (deit, dino, dinov2, timm:NAME) on tiny random models and self-made files.
+
+Checks: the stem/blocks/readout split reproduces timm's own pooled output; weight files (timm
+layout, official DINOv2 release layout) load; wrong architectures fail with a UserError; other
+input sizes run; `--unfreeze` picks the right parameters; `--weights default` fails fast offline.
+"""
+from __future__ import annotations
+
+import re
+import time
+
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+
+import backbones
+from backbones import deit, dino, dinov2
+from bench.errors import UserError
+
+
+def _tiny(module, variant: str, size: int = 224, **override) -> torch.nn.Module:
+    """The timm model an adapter's tiny variant builds (same class and kwargs), as a reference."""
+    v = module.VARIANTS[variant]
+    return timm.create_model(v.model, num_classes=0, img_size=size, **{**v.tiny, **override})
+
+
+# case -> (backbone name, variant, reference factory, patch size or None for CNNs)
+CASES = {
+    "deit": ("deit", "tiny", lambda: _tiny(deit, "tiny"), 16),
+    "deit_distilled": ("deit", "tiny_distilled", lambda: _tiny(deit, "tiny_distilled"), 16),
+    "dino": ("dino", "tiny", lambda: _tiny(dino, "tiny"), 16),
+    "dinov2": ("dinov2", "tiny", lambda: _tiny(dinov2, "tiny"), 14),
+    "dinov2_reg": ("dinov2", "tiny_reg", lambda: _tiny(dinov2, "tiny_reg"), 14),
+    "timm_vit": ("timm:vit_tiny_patch16_224", None,
+                 lambda: timm.create_model("vit_tiny_patch16_224", num_classes=0), 16),
+    # no class token, a register token and an attention-pool head: readout "default" is timm's
+    "timm_vit_map": ("timm:test_vit3", None, lambda: timm.create_model("test_vit3", num_classes=0, img_size=224), 16),
+    "timm_convnext": ("timm:convnext_atto", None, lambda: timm.create_model("convnext_atto", num_classes=0), None),
+    "timm_resnet": ("timm:resnet10t", None, lambda: timm.create_model("resnet10t", num_classes=0), None),
+}
+VITS = [c for c, (*_, patch) in CASES.items() if patch and c != "timm_vit_map"]
+
+
+def _reference(case: str, seed: int = 1) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return CASES[case][2]().eval()
+
+
+def _save(sd: dict[str, torch.Tensor], path) -> str:
+    if str(path).endswith(".safetensors"):
+        save_file({k: v.contiguous() for k, v in sd.items()}, str(path))
+    else:
+        torch.save(sd, str(path))
+    return str(path)
+
+
+def _pooled(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return model.forward_head(model.forward_features(x), pre_logits=True)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_split_and_loading_reproduce_timm(case, tmp_path):
+    """(1) readout(blocks(stem(x))) == timm's pooled output, (2) for weights loaded from a file."""
+    name, variant, _, _ = CASES[case]
+    ref = _reference(case)
+    ext = ".pth" if case in ("deit", "dinov2_reg", "timm_resnet") else ".safetensors"
+    path = _save(ref.state_dict(), tmp_path / f"ref{ext}")
+    bb = backbones.build(name, variant, weights=path, input_size=224).eval()
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        want = _pooled(ref, x)
+        k = bb.num_blocks // 2
+        got = bb.readout(bb.run_blocks(bb.run_blocks(bb.stem(x), 0, k), k))
+        random = backbones.build(name, variant, weights="random", input_size=224).eval()(x)
+    assert got.shape == (2, bb.embed_dim)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(random, want, atol=1e-3)  # the file really was loaded
+    assert bb.weights_id.startswith("sha256:")
+    if CASES[case][3]:  # ViTs keep timm's key names, so a saved backbone is a timm checkpoint
+        assert set(bb.state_dict()) == set(ref.state_dict())
+
+
+def test_generic_block_granularity():
+    # ConvNeXt stages split into their blocks (2+2+6+2), ResNet layers into residual blocks
+    assert backbones.build("timm:convnext_atto", weights="random").num_blocks == 12
+    assert backbones.build("timm:resnet10t", weights="random").num_blocks == 4
+
+
+@pytest.mark.parametrize("case", VITS)
+@pytest.mark.parametrize("readout", ["cls", "mean", "cls+mean"])
+def test_vit_readouts_and_tokens(case, readout, tmp_path):
+    name, variant, _, _ = CASES[case]
+    ref = _reference(case)
+    bb = backbones.build(name, variant, weights=_save(ref.state_dict(), tmp_path / "w.safetensors"),
+                         readout=readout).eval()
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        feats = ref.forward_features(x)  # tokens after the final norm
+        h = bb.run_blocks(bb.stem(x))
+        got, tokens = bb.readout(h), bb.tokens(h)
+    n_cls = 2 if "distilled" in variant else 1  # DeiT predicts from class + distillation token
+    parts = {"cls": feats[:, :n_cls].mean(1), "mean": feats[:, ref.num_prefix_tokens:].mean(1)}
+    want = torch.cat([parts[p] for p in readout.split("+")], dim=-1)
+    assert bb.embed_dim == want.shape[-1]
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(tokens, feats, atol=1e-5, rtol=1e-5)
+
+
+def _official_dinov2(sd: dict[str, torch.Tensor], registers: bool) -> dict[str, torch.Tensor]:
+    """A timm DINOv2 state dict renamed the way facebookresearch/dinov2 releases it.
+
+    dinov2_vit*14[_reg4]_pretrain.pth: plus ``mask_token`` (1, D); registers are
+    ``register_tokens``, and the position embedding keeps an entry for the class token (timm folds
+    it into ``cls_token``). Block keys (norm1, attn.qkv, attn.proj, ls1.gamma, mlp.fc1, ...) and
+    ``patch_embed``/``norm`` are named alike in both.
+    """
+    sd = {k: v.clone() for k, v in sd.items()}
+    dim = sd["cls_token"].shape[-1]
+    sd["mask_token"] = torch.zeros(1, dim)
+    if registers:
+        pos_cls = 0.02 * torch.randn(1, 1, dim)
+        sd["register_tokens"] = sd.pop("reg_token")
+        sd["cls_token"] = sd["cls_token"] - pos_cls
+        sd["pos_embed"] = torch.cat([pos_cls, sd["pos_embed"]], dim=1)
+    return sd
+
+
+@pytest.mark.parametrize("variant", ["tiny", "tiny_reg"])
+def test_dinov2_official_release_layout(variant, tmp_path):
+    """An official-layout file at the release's 518 px grid loads into a 224 px backbone."""
+    torch.manual_seed(2)
+    ref = _tiny(dinov2, variant, size=518, dynamic_img_size=True).eval()  # resamples per batch
+    sd = _official_dinov2(ref.state_dict(), registers=variant.endswith("reg"))
+    assert {"cls_token", "pos_embed", "mask_token", "patch_embed.proj.weight", "blocks.0.norm1.weight",
+            "blocks.0.attn.qkv.weight", "blocks.0.ls1.gamma", "blocks.0.mlp.fc1.weight", "norm.weight"} <= set(sd)
+    assert sd["pos_embed"].shape[1] == 1 + 37 * 37 and "reg_token" not in sd
+    path = _save(sd, tmp_path / "dinov2_vits14_pretrain.pth")
+    bb = backbones.build("dinov2", variant, weights=path).eval()
+    assert bb.input_size == 224 and bb.pos_embed.shape[1] == 16 * 16 + (0 if variant.endswith("reg") else 1)
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(bb(x), _pooled(ref, x), atol=1e-5, rtol=1e-5)
+
+
+def test_wrong_architecture_is_a_user_error(tmp_path):
+    deit_file = _save(_tiny(deit, "tiny").state_dict(), tmp_path / "deit.pth")
+    with pytest.raises(UserError, match=r"do not fit backbone 'dinov2@tiny'.*missing keys.*ls1\.gamma"):
+        backbones.build("dinov2", "tiny", weights=deit_file)
+    with pytest.raises(UserError, match=r"'deit@tiny_distilled'.*missing keys.*dist_token"):
+        backbones.build("deit", "tiny_distilled", weights=deit_file)
+    wide = _save(_tiny(dinov2, "tiny", embed_dim=64).state_dict(), tmp_path / "wide.safetensors")
+    with pytest.raises(UserError, match=r"shape mismatches.*file \(.*64.*\) vs model"):
+        backbones.build("dinov2", "tiny", weights=wide)
+    resnet = _save(timm.create_model("resnet10t", num_classes=0).state_dict(), tmp_path / "r.pth")
+    with pytest.raises(UserError, match=r"do not fit backbone 'timm:convnext_atto'"):
+        backbones.build("timm:convnext_atto", weights=resnet)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_input_sizes(case):
+    name, variant, _, patch = CASES[case]
+    other = 98 if patch == 14 else 112
+    for size in (224, other):
+        bb = backbones.build(name, variant, weights="random", input_size=size).eval()
+        assert bb.input_size == size
+        with torch.no_grad():
+            assert bb(torch.randn(1, 3, size, size)).shape == (1, bb.embed_dim)
+    if patch:  # ViTs also run other sizes than built for, and sizes off the patch grid (padded)
+        with torch.no_grad():
+            assert bb(torch.randn(1, 3, 224, 224)).shape == (1, bb.embed_dim)
+            small = backbones.build(name, variant, weights="random", input_size=28).eval()
+            assert small(torch.randn(1, 3, 28, 28)).shape == (1, small.embed_dim)
+        assert small.pos_embed.shape[1] - (small.num_prefix_tokens if not small.no_embed_class else 0) \
+            == (-(-28 // patch)) ** 2
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_unfreeze_sets(case):
+    name, variant, _, patch = CASES[case]
+    bb = backbones.build(name, variant, weights="random")
+    names = {id(p): n for n, p in bb.named_parameters()}
+    L = bb.num_blocks
+    readout = {names[id(p)] for m in bb.readout_modules() for p in m.parameters()}
+
+    def chosen(k: int) -> set[str]:
+        return {names[id(p)] for p in bb.trainable_parameters(k)}
+
+    def last(k: int) -> set[str]:
+        return {n for n in names.values() if n.startswith("blocks.") and int(n.split(".")[1]) >= L - k}
+
+    assert L >= 3 and last(1) and last(2) > last(1)
+    assert chosen(0) == set()
+    assert chosen(1) == last(1) | readout
+    assert chosen(2) == last(2) | readout
+    assert chosen(L) == set(names.values())
+    stem = chosen(L) - chosen(L - 1) - last(L)
+    if case == "timm_vit_map":
+        assert readout == {"norm.weight", "norm.bias"} | {n for n in names.values() if n.startswith("attn_pool.")}
+        assert {"reg_token", "pos_embed"} <= stem
+    elif patch:
+        assert readout == {"norm.weight", "norm.bias"}
+        assert {"cls_token", "pos_embed", "patch_embed.proj.weight"} <= stem
+        assert ("reg_token" in stem) == (variant == "tiny_reg")
+        assert ("dist_token" in stem) == (variant == "tiny_distilled")
+    elif case == "timm_convnext":
+        assert readout == {"head.norm.weight", "head.norm.bias"} and any(n.startswith("stem_layers.stem.") for n in stem)
+    else:
+        assert any(n.startswith("stem_layers.conv1.") for n in stem)
+
+
+@pytest.mark.parametrize("name,variant,repo", [
+    ("deit", None, "timm/deit_base_patch16_224.fb_in1k"),
+    ("dino", "vits8", "timm/vit_small_patch8_224.dino"),
+    ("dinov2", "vitg14_reg", "timm/vit_giant_patch14_reg4_dinov2.lvd142m"),
+    ("timm:convnext_atto.d2_in1k", None, "timm/convnext_atto.d2_in1k"),
+])
+def test_default_weights_fail_fast_offline(name, variant, repo, tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))  # empty, whatever this machine has
+    t = time.perf_counter()
+    with pytest.raises(UserError, match=re.escape(f"{repo}/model.safetensors") + r".*HF_HUB_OFFLINE"):
+        backbones.build(name, variant, weights="default")
+    assert time.perf_counter() - t < 5  # checked before building (ViT-g is 1.1B parameters)
+
+
+def test_tiny_default_weights_are_a_fixed_seed():
+    x = torch.randn(1, 3, 56, 56)
+    a, b = (backbones.build("dinov2", "tiny", weights="default", input_size=56).eval() for _ in range(2))
+    with torch.no_grad():
+        torch.testing.assert_close(a(x), b(x))
+    assert a.weights_id == "dinov2-tiny-seed0"
+
+
+def test_specs():
+    for module, adapter, default in ((deit, deit.DEIT, "base"), (dino, dino.DINO, "vitb16"),
+                                     (dinov2, dinov2.DINOV2, "vitb14")):
+        spec = adapter.spec
+        assert spec.default_variant == default == spec.variants[0]
+        assert set(spec.variants) == set(module.VARIANTS) and spec.readouts == ("cls", "mean", "cls+mean")
+        assert spec.input_size == 224 and {"blocks", "embed_dim", "params"} <= set(spec.facts)
+        assert adapter.weight_files("tiny") == []
+    [f] = dinov2.DINOV2.weight_files("vitb14_reg")
+    assert (f.location, f.filename) == ("timm/vit_base_patch14_reg4_dinov2.lvd142m", "model.safetensors")
+
+
+def test_timm_names():
+    spec = backbones.get("timm:resnet10t").spec
+    assert spec.variants == ("c3_in1k",) and spec.input_size == 176 and spec.readouts == ("default",)
+    assert backbones.get("timm:vit_small_patch16_224.augreg_in21k").spec.readouts[0] == "default"
+    with pytest.raises(UserError, match="did you mean.*convnext_atto"):
+        backbones.get("timm:convnext_ato")
+    with pytest.raises(UserError, match="no pretrained tag 'fb_in23k'.*fb_in22k"):
+        backbones.get("timm:convnext_tiny.fb_in23k")
+    with pytest.raises(UserError, match="cannot be split into stem -> blocks -> readout"):
+        backbones.build("timm:dla34", weights="random")  # levels, not stages: refused, not guessed
+    with pytest.raises(UserError, match="no class token"):
+        backbones.build("timm:test_vit3", weights="random", readout="cls")
+
+
+def test_mean_readout_skips_register_tokens(tmp_path):
+    ref = _reference("timm_vit_map")
+    bb = backbones.build("timm:test_vit3", weights=_save(ref.state_dict(), tmp_path / "w.pth"),
+                         readout="mean", input_size=160).eval()
+    x = torch.randn(2, 3, 160, 160)
+    with torch.no_grad():
+        want = ref.forward_features(x)[:, 1:].mean(1)  # one register token, no class token
+        torch.testing.assert_close(bb(x), want, atol=1e-5, rtol=1e-5)
