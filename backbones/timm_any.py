@@ -152,7 +152,8 @@ def decompose(model: nn.Module, spec: Spec, variant: str, weights_id: str, input
             order, feats = _trace(model, x)
             ref = model.forward_head(feats, pre_logits=True)
     except Exception as e:
-        raise _refuse(spec, f"it failed on a {input_size} px input: {str(e).splitlines()[0][:200]}") from e
+        raise UserError(f"{spec.name!r} fails on a {input_size} px input "
+                        f"({str(e).splitlines()[0][:200]}); try another --input-size") from e
     idx = [i for i, n in enumerate(order) if n in containers]
     if sorted(order[i] for i in idx) != sorted(containers) or idx != list(range(idx[0], idx[-1] + 1)):
         raise _refuse(spec, f"forward_features does not run {', '.join(containers)} once each, in one run")

@@ -66,7 +66,7 @@ class TimmMethods(nn.Module):
         try:
             return super().__getattr__(name)  # parameters, buffers, submodules
         except AttributeError:
-            fn = getattr(self.__dict__.get("_timm_cls"), name, None)
+            fn = None if name.startswith("__") else getattr(self.__dict__.get("_timm_cls"), name, None)
             if inspect.isfunction(fn):
                 return types.MethodType(fn, self)
             raise

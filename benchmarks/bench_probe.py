@@ -12,24 +12,19 @@ Appends its figures to benchmarks/results.csv.
 from __future__ import annotations
 
 import argparse
-import csv
-import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from common import RESULTS, SHARED, record
 
 from bench import data, heads  # noqa: E402
 from bench.config import RunOptions  # noqa: E402
 from bench.features import extract  # noqa: E402
 from bench.preprocess import Preprocess  # noqa: E402
-from bench.results import git_revision  # noqa: E402
 from bench.run import build_backbone, execute, resolve  # noqa: E402
 
 
@@ -51,13 +46,13 @@ def naive_epoch(model, pre, ds, device, head, opt, batch_size: int) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--data-root", type=Path, default=ROOT.parent / "shared" / "medmnist")
+    p.add_argument("--data-root", type=Path, default=SHARED)
     p.add_argument("--dataset", default="breastmnist")
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--backbone", default="resnet18")
     p.add_argument("--weights", default="random")
     p.add_argument("--naive-epochs", type=int, default=2)
-    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results.csv")
+    p.add_argument("--out", type=Path, default=RESULTS)
     a = p.parse_args()
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -90,19 +85,9 @@ def main() -> None:
         (f"naive_{cfg.head_epochs}_epochs_projected_s", t_naive),
         ("probe_over_extraction", t_probe / t_extract), ("naive_over_probe", t_naive / t_probe),
     ]
-    stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
     context = (f"{a.backbone}/{a.weights} {a.dataset}_{a.size} -> {cfg.input_size}px, {device}, "
                f"{torch.get_num_threads()} threads")
-    new = not a.out.exists()
-    with open(a.out, "a", newline="") as f:
-        w = csv.writer(f)
-        if new:
-            w.writerow(["date", "git", "benchmark", "context", "metric", "value"])
-        for name, value in rows:
-            w.writerow([stamp, git_revision(), "probe", context, name, f"{value:.4f}"])
-    print(context)
-    for name, value in rows:
-        print(f"  {name:<36} {value:10.3f}")
+    record("probe", context, rows, a.out)
 
 
 if __name__ == "__main__":

@@ -230,8 +230,8 @@ def test_bootstrap_interval_and_paired_test_match_independent_numpy(tmp_path):
     [sec] = a.sections()
 
     # independent recomputation: the documented index recipe, accuracy in plain numpy
-    ss = np.random.SeedSequence([3, zlib.crc32(b"breastmnist"), n])
-    idx = np.random.default_rng(ss).integers(0, n, size=(N_BOOT, n))
+    rng_b = np.random.default_rng(np.random.SeedSequence([3, zlib.crc32(b"breastmnist"), n]))
+    idx = np.stack([rng_b.integers(0, n, size=n) for _ in range(N_BOOT)])  # one resample after the other
     def boot(model):
         accs = [((scores[(model, s)][idx, 1] > 0.5).astype(int) == y[idx]).mean(axis=1) for s in (0, 1)]
         return np.mean(accs, axis=0)
@@ -253,6 +253,42 @@ def test_bootstrap_interval_and_paired_test_match_independent_numpy(tmp_path):
     expected_p = min(1.0, 2 * min((np.sum(d <= 0) + 1) / (N_BOOT + 1), (np.sum(d >= 0) + 1) / (N_BOOT + 1)))
     assert row.p == pytest.approx(expected_p)
     assert row.p_holm == pytest.approx(expected_p)  # a family of one comparison
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.UndefinedMetricWarning")
+@pytest.mark.parametrize("task,n_classes", [("binary-class", 2), ("multi-class", 4), ("ordinal-regression", 5),
+                                             ("multi-label, binary-class", 3)])
+@pytest.mark.parametrize("metric", ["auc", "acc", "balanced_acc"])
+def test_bootstrap_metrics_equal_bench_metrics_on_each_resample(task, n_classes, metric):
+    """The vectorised ACC/AUC of the bootstrap give what bench.metrics gives on the same resample,
+    including ties in the scores and resamples that miss a class (NaN, where sklearn raises)."""
+    from bench import metrics as M
+
+    rng = np.random.default_rng(0)
+    n = 30
+    if task.startswith("multi-label"):
+        y = (rng.random((n, n_classes)) < 0.3).astype(int)
+        sc = np.round(rng.random((n, n_classes)), 1)  # rounding makes ties
+    else:
+        y = rng.integers(0, n_classes, n)
+        y[:n_classes] = np.arange(n_classes)
+        sc = np.round(rng.dirichlet(np.ones(n_classes), n), 1)
+    n_boot = 60
+    got = S.bootstrap_samples(metric, task, y, [sc], n_boot, seed=1, key="x")
+    rng_b = np.random.default_rng(np.random.SeedSequence([1, zlib.crc32(b"x"), n]))
+    fn = {"auc": M.auc, "acc": M.acc}.get(metric, lambda t, a, b: M.evaluate(t, a, b)[metric])
+    for b in range(n_boot):
+        ix = rng_b.integers(0, n, size=n)
+        try:
+            want = fn(task, y[ix], sc[ix])
+        except ValueError:
+            want = float("nan")
+        if np.isnan(want):
+            assert np.isnan(got[b])
+        else:
+            assert got[b] == pytest.approx(want, abs=1e-12)
+    if metric == "auc" and task in ("multi-class", "ordinal-regression"):
+        assert np.isnan(got).any() and np.isfinite(got).any()  # both kinds of resample were exercised
 
 
 def test_holm_and_wilcoxon_by_hand():
@@ -320,7 +356,7 @@ def test_skipped_figures_are_explained(tmp_path):
     md = (tmp_path / "rep" / "report.md").read_text()
     assert "Unfreeze figure skipped" in md and "Resolution figure skipped" in md
     assert not (tmp_path / "rep" / "figures" / "metric_vs_resolution.png").exists()
-    assert "no saved test scores" in md  # intervals need the .scores.npz files
+    assert "No saved test scores" in md  # intervals need the .scores.npz files
 
 
 def test_filters_restrict_runs(fixture_results, tmp_path):
@@ -346,7 +382,9 @@ def test_reference_numbers_are_sourced_and_anchors_hold(fixture_results, tmp_pat
     assert ref[ref.dataset != "average"].dataset.nunique() == 12
     make_report(fixture_results, tmp_path / "rep", formats=("md",), with_reference=True, n_boot=N_BOOT)
     md = (tmp_path / "rep" / "report.md").read_text()
-    assert "Published reference" in md and "| ResNet-18 (28) [published] | 0.901 |" in md
+    [row] = [line for line in md.splitlines() if line.startswith("| ResNet-18 (28) [published] |")]
+    assert row.split(" | ")[1:] == ["0.944", "0.901 |"]  # PneumoniaMNIST, BreastMNIST (MedMNIST order)
+    assert "| dinov2 · linear head, frozen backbone · 28 px (input 224 px) |" in md
 
 
 # -- the HTML report in a real browser ---------------------------------------------------------

@@ -82,14 +82,14 @@ def build(a: T.Analysis, *, with_reference: bool = False, figures: bool = True) 
         s.tables += [gt] if not gt.empty else []
         s.notes += notes
         ct, notes = T.ci_table(a, sec)
-        s.tables.append(ct)
+        s.tables += [ct] if not ct.empty else []
         s.notes += notes
         for t in (T.paired_table(a, sec), T.wilcoxon_table(a, sec)):
             if t is not None and not t.empty:
                 s.tables.append(t)
         rt, n_checked = T.recall_table(a, sec)
         if rt is not None:
-            s.tables.append(rt)
+            s.tables += [rt] if not rt.empty else []
             if rt.empty:
                 s.notes.append(f"No class recall falls below {T.LOW_RECALL} or {T.RECALL_GAP} under the balanced "
                                f"accuracy ({n_checked} class recalls checked).")

@@ -53,11 +53,16 @@ def gain_figure(a: Analysis) -> tuple[Figure | None, str | None]:
                     aspect=1.5, sharex=False, legend_out=False)
     for ax in g.axes.flat:
         ax.axvline(0, color="0.2", lw=1)
-        ax.set_xlabel(f"mean relative gain in test {a.metric.upper()} over {a.baseline} (%)")
+        ax.set_xlabel(f"relative gain in test {a.metric.upper()} (%)")
         ax.set_ylabel("")
         for c in ax.containers:
-            ax.bar_label(c, fmt="%+.1f%%", fontsize=8, padding=2)
+            ax.bar_label(c, fmt="%+.1f%%", fontsize=8, padding=3)
+        # room on both sides of zero so the value labels of negative bars clear the model names
+        lo, hi = ax.get_xlim()
+        span = max(hi - lo, 1e-9)
+        ax.set_xlim(min(lo, 0) - 0.22 * span, max(hi, 0) + 0.22 * span)
     g.set_titles(col_template="{col_name}")
+    g.figure.suptitle(f"Mean gain over {a.baseline} across datasets", y=1.08 if g.legend else 1.02)
     if g.legend is not None:
         sns.move_legend(g, "lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, title=None, frameon=False)
     return Figure("gain_over_baseline", f"Gain over {a.baseline}", _png(g.figure),
@@ -75,6 +80,7 @@ def heatmap_figure(a: Analysis, sec: SectionKey) -> tuple[Figure | None, str | N
            .reindex(index=models, columns=datasets))
     mat.columns = [dataset_label(d) for d in mat.columns]
     _theme()
+    sns.set_style("white")  # no grid lines across the grey 'no run' cells
     fig, ax = plt.subplots(figsize=(1.1 * len(datasets) + 2.8, 0.5 * len(models) + 1.6))
     ax.set_facecolor("#d9d9d9")  # missing cells show as grey, labelled below; never as a colour value
     sns.heatmap(mat, annot=True, fmt=".3f", cmap="viridis", ax=ax, linewidths=0.5, linecolor="white",

@@ -206,8 +206,7 @@ class Analysis:
                     continue
                 scores.append(ys)
             if scores and task:
-                idx = S.bootstrap_indices(len(y_true), self.n_boot, self.seed, dataset)
-                samples = S.bootstrap_samples(S.metric_fn(self.metric), task, y_true, scores, idx)
+                samples = S.bootstrap_samples(self.metric, task, y_true, scores, self.n_boot, self.seed, dataset)
                 out = {"samples": samples, "n_seeds": len(scores), "missing": missing, "y_true": y_true,
                        "valid": int(np.isfinite(samples).sum())}
         self._boot[key] = out
@@ -276,7 +275,8 @@ def average_tables(a: Analysis) -> list[Table]:
                 complete = [t[0] for (mm, ss), t in table.items() if ss == s and t[1] == t[2]]
                 partial = k < kk
                 flagged |= partial
-                row.append(Cell(f"{fmt(v)} ({k}/{kk} datasets)" if partial else f"{fmt(v)} ({k} datasets)",
+                row.append(Cell(f"{fmt(v)} ({k}/{kk} datasets)" if partial else
+                                f"{fmt(v)} ({k} dataset{'s' if k > 1 else ''})",
                                 bold=bool(not partial and complete and np.isclose(v, max(complete))), flag=partial))
             rows.append(row)
         legend = ["bold: best among models with every dataset of the setting", "— no run"]
@@ -336,7 +336,7 @@ def ci_table(a: Analysis, sec: SectionKey) -> tuple[Table, list[str]]:
     """Model x dataset: seed mean with a 95% bootstrap interval from the saved test scores."""
     sub = a.summary[a.summary.section == sec]
     datasets = dataset_order(sub.dataset)
-    rows, recs, notes, flagged = [], [], [], False
+    rows, recs, notes, flagged, no_scores = [], [], [], False, []
     for m in a.models(sec):
         row = [Cell(m)]
         for d in datasets:
@@ -345,7 +345,7 @@ def ci_table(a: Analysis, sec: SectionKey) -> tuple[Table, list[str]]:
             if c is None or bt is None:
                 row.append(Cell.empty())
                 if c is not None:
-                    notes.append(f"{m} on {dataset_label(d)}: no saved test scores, no interval.")
+                    no_scores.append(f"{m} on {dataset_label(d)}")
                 continue
             lo, hi = S.percentile_ci(bt["samples"])
             partial = bt["n_seeds"] < c["n"]
@@ -358,6 +358,12 @@ def ci_table(a: Analysis, sec: SectionKey) -> tuple[Table, list[str]]:
                 notes.append(f"{m} on {dataset_label(d)}: only {bt['valid']}/{a.n_boot} resamples could be "
                              f"scored (a class missing from the resample); the interval is approximate.")
         rows.append(row)
+    if no_scores and not recs:
+        notes.append("No saved test scores (.scores.npz) in this section: no bootstrap intervals and no paired "
+                     "bootstrap tests; rerun with a current `bench run` to get them.")
+        rows = []
+    elif no_scores:
+        notes.append(f"No saved test scores, so no interval, for: {'; '.join(no_scores)}.")
     legend = ["— no run or no saved scores"] + (["† interval from fewer seeds than the mean"] if flagged else [])
     t = Table(f"ci_{sec.slug}", "95% bootstrap intervals", ["model", *map(dataset_label, datasets)], rows,
               caption=f"Seed mean of test {a.metric} [2.5%, 97.5%] percentiles over {a.n_boot} bootstrap "
@@ -415,12 +421,12 @@ def wilcoxon_table(a: Analysis, sec: SectionKey) -> Table | None:
         common = mv.index.intersection(b.index)
         d = (mv.loc[common] - b.loc[common]).to_numpy(float)
         p, n = S.wilcoxon_p(mv.loc[common].to_numpy(float), b.loc[common].to_numpy(float))
-        recs.append({"model": m, "pairs": n, "datasets": common.get_level_values(0).nunique(),
+        recs.append({"model": m, "pairs": n, "datasets": int(common.get_level_values(0).nunique()),
                      "median_delta": float(np.median(d)) if n else float("nan"),
                      "wins": int((d > 0).sum()), "losses": int((d < 0).sum()), "p": p})
     df = pd.DataFrame(recs, columns=["model", "pairs", "datasets", "median_delta", "wins", "losses", "p"])
     df["p_holm"] = S.holm(df.p.tolist()) if len(df) else []
-    rows = [[Cell(r.model), Cell(f"{r.pairs} ({r.datasets} datasets)"), Cell(f"{r.median_delta:+.3f}")
+    rows = [[Cell(r.model), Cell(f"{r.pairs} ({r.datasets} dataset{'s' if r.datasets != 1 else ''})"), Cell(f"{r.median_delta:+.3f}")
              if math.isfinite(r.median_delta) else Cell.empty(), Cell(f"{r.wins}/{r.losses}"),
              Cell(S.fmt_p(r.p)), Cell(S.fmt_p(r.p_holm), bold=bool(r.p_holm < ALPHA)),
              Cell(verdict(r.median_delta, r.p_holm))] for r in df.itertuples()]

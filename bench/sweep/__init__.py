@@ -214,8 +214,8 @@ def report(results, pre_done: list[str], pre_failed: list[str], opts, quiet: boo
     by = {k: [r for r in results if r.status == k] for k in (DONE, SKIPPED, FAILED, FAILED_BEFORE, LOST)}
     failed_before = pre_failed + [r.run_id for r in by[FAILED_BEFORE]]
     skipped = len(pre_done) + len(by[SKIPPED])
-    line = (f"bench sweep: {len(by[DONE])} done, {skipped} skipped (already done), {len(by[FAILED])} failed"
-            + (f", {len(failed_before)} skipped with a recorded failure (--retry-failed to rerun)" if failed_before else "")
+    line = (f"bench sweep: {len(by[DONE])} done, {skipped} already done, {len(by[FAILED])} failed"
+            + (f", {len(failed_before)} not run: failure recorded earlier (--retry-failed)" if failed_before else "")
             + (f", {len(by[LOST])} lost (worker or task died; rerun to resume)" if by[LOST] else ""))
     print(line, flush=True)
     if not quiet:
