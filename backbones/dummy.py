@@ -62,4 +62,4 @@ def build(variant: str, weights: str, *, readout: str | None = None, **_: object
     return model
 
 
-DUMMY = Adapter(SPEC, build)
+DUMMY = Adapter(SPEC, build, lambda variant: [])

@@ -255,7 +255,7 @@ def test_bootstrap_interval_and_paired_test_match_independent_numpy(tmp_path):
     assert row.p_holm == pytest.approx(expected_p)  # a family of one comparison
 
 
-@pytest.mark.filterwarnings("ignore::sklearn.exceptions.UndefinedMetricWarning")
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.UndefinedMetricWarning", "ignore::UserWarning")
 @pytest.mark.parametrize("task,n_classes", [("binary-class", 2), ("multi-class", 4), ("ordinal-regression", 5),
                                              ("multi-label, binary-class", 3)])
 @pytest.mark.parametrize("metric", ["auc", "acc", "balanced_acc"])

@@ -30,10 +30,19 @@ class Table:
     caption: str = ""
     legend: list[str] = field(default_factory=list)
     data: pd.DataFrame | None = None  # the numbers behind the cells, exported as CSV
+    text_cols: tuple[int, ...] = ()   # columns always left-aligned (e.g. class names)
 
     @property
     def empty(self) -> bool:
         return not self.rows
+
+    def numeric(self) -> list[bool]:
+        """Per column: right-align (numbers) or left-align (names, words)."""
+        out = []
+        for j in range(len(self.columns)):
+            texts = [r[j].text for r in self.rows if j < len(r) and not r[j].missing]
+            out.append(j > 0 and j not in self.text_cols and all(t[:1].isdigit() or t[:1] in "+-<[" for t in texts))
+        return out
 
 
 @dataclass

@@ -62,7 +62,6 @@ def gain_figure(a: Analysis) -> tuple[Figure | None, str | None]:
         span = max(hi - lo, 1e-9)
         ax.set_xlim(min(lo, 0) - 0.22 * span, max(hi, 0) + 0.22 * span)
     g.set_titles(col_template="{col_name}")
-    g.figure.suptitle(f"Mean gain over {a.baseline} across datasets", y=1.08 if g.legend else 1.02)
     if g.legend is not None:
         sns.move_legend(g, "lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, title=None, frameon=False)
     return Figure("gain_over_baseline", f"Gain over {a.baseline}", _png(g.figure),

@@ -25,7 +25,7 @@ def md_table(t: Table) -> str:
     if t.empty:
         return "\n".join(lines + ["_(no rows)_", ""])
     lines.append("| " + " | ".join(c.replace("|", "\\|") for c in t.columns) + " |")
-    lines.append("|" + "|".join([" --- "] + [" ---: "] * (len(t.columns) - 1)) + "|")
+    lines.append("|" + "|".join(" ---: " if num else " --- " for num in t.numeric()) + "|")
     lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in t.rows]
     if t.legend:
         lines += ["", "_" + "; ".join(t.legend) + "_"]
@@ -60,10 +60,10 @@ h2{font-size:1.35rem;margin-top:2.2rem;border-bottom:1px solid #d0d7de;padding-b
 h3{font-size:1.1rem;margin-top:1.6rem}
 .tbl{overflow-x:auto;margin:1rem 0 1.6rem}
 table{border-collapse:collapse;font-size:.86rem;font-variant-numeric:tabular-nums}
-caption{caption-side:top;text-align:left;font-weight:600;padding-bottom:.3rem}
+caption{caption-side:top;text-align:left;font-weight:600;padding-bottom:.3rem;white-space:nowrap}
 th,td{border-bottom:1px solid #e5e7eb;padding:.3rem .6rem;text-align:right;white-space:nowrap}
 th{background:#f6f8fa;border-bottom:2px solid #d0d7de}
-td:first-child,th:first-child{text-align:left}
+td:first-child,th:first-child,td.txt{text-align:left}
 tr:hover td{background:#fafbfc}
 td.missing{color:#8c959f;text-align:center}
 td.best{font-weight:700;background:#eef6ee}
@@ -85,10 +85,12 @@ def _h(s: str) -> str:
 def html_table(t: Table) -> str:
     parts = ['<div class="tbl">', f"<table><caption>{_h(t.title)}</caption>"]
     parts.append("<thead><tr>" + "".join(f"<th>{_h(c)}</th>" for c in t.columns) + "</tr></thead><tbody>")
+    numeric = t.numeric()
     for row in t.rows:
         cells = []
-        for c in row:
-            cls = "missing" if c.missing else ("best" if c.bold else "")
+        for c, num in zip(row, numeric):
+            cls = " ".join(x for x in ("missing" if c.missing else "", "best" if c.bold and not c.missing else "",
+                                       "" if num else "txt") if x)
             flag = f'<span class="flag" title="see legend">{FLAG}</span>' if c.flag else ""
             attr = f' class="{cls}"' if cls else ""
             cells.append(f"<td{attr}>{_h(c.text)}{flag}</td>")
@@ -161,7 +163,7 @@ def _tex_cell(c: Cell) -> str:
 def latex_table(t: Table) -> str:
     if t.empty:
         return f"% {tex(t.title)}: no rows\n"
-    spec = "l" + "r" * (len(t.columns) - 1)
+    spec = "".join("r" if num else "l" for num in t.numeric())
     lines = [r"\begin{table}[htbp]", r"\centering", r"\small", rf"\caption{{{tex(t.title)}. {tex(t.caption)}}}",
              rf"\label{{tab:{t.name}}}", r"\resizebox{\textwidth}{!}{%", rf"\begin{{tabular}}{{{spec}}}", r"\toprule",
              " & ".join(tex(c) for c in t.columns) + r" \\", r"\midrule"]

@@ -472,7 +472,7 @@ def recall_table(a: Analysis, sec: SectionKey) -> tuple[Table | None, int]:
               caption=f"Test recall per class (mean ± std over seeds), listed when below {LOW_RECALL} or at least "
                       f"{RECALL_GAP} below the model's balanced accuracy on that dataset; "
                       f"{len(df)} class recalls checked, all of them in the CSV export.",
-              data=df)
+              data=df, text_cols=(2,))
     return t, len(df)
 
 

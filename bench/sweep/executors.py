@@ -92,7 +92,7 @@ def run_local(bundles: list[Bundle], settings: Settings, workers: int | None, gp
     of the CPU threads."""
     device = settings.opts.device
     gpu_ids = visible_gpus(device, gpus)
-    workers = workers or len(gpu_ids) or max(1, (os.cpu_count() or 1) // 2)
+    workers = min(workers or len(gpu_ids) or max(1, (os.cpu_count() or 1) // 2), len(bundles))
     if gpu_ids and device.startswith("cuda:"):
         settings = replace(settings, opts=replace(settings.opts, device="cuda"))  # pinned GPU is cuda:0
     ctx = mp.get_context("spawn")  # fork after torch/CUDA initialisation is unsafe
@@ -183,11 +183,12 @@ def submit_slurm(bundles: list[Bundle], settings: Settings, conf: dict) -> list[
         raise UserError(f"job submission failed: {str(e).strip().splitlines()[-1][:300]}") from None
     first = str(jobs[0].job_id).split("_")[0] if jobs else "?"
     n_runs = sum(len(p) for p in parts)
+    logs = folder.parent if "%j" in folder.name else folder
     print(f"bench sweep: submitted {n_runs} runs as {len(jobs)} array tasks (job {first}, cluster {cluster}); "
-          f"logs in {str(folder).replace('%j', first)}", file=sys.stderr, flush=True)
+          f"logs under {logs}", file=sys.stderr, flush=True)
     if not conf.get("wait"):
-        print(f"bench sweep: rerun the same command with --dry-run to follow progress; rerunning it "
-              f"without resubmits only what is missing", file=sys.stderr)
+        print("bench sweep: `--dry-run` shows progress; once the jobs have ended, the same command "
+              "resubmits whatever is missing", file=sys.stderr)
         return None
     results: list[RunResult] = []
     for job, part in zip(jobs, parts):

@@ -194,8 +194,11 @@ def features_cached(cfg: RunConfig, opts: RunOptions, known: dict, md5_memo: dic
     wkey, md5 = weights_key_for(cfg, known), dataset_md5(cfg, opts, md5_memo)
     if wkey is None or md5 is None:
         return None
+    from .. import run
+
+    parts = getattr(run, "feature_parts", feature_parts)  # bench.run's own, once it has one
     cache = FeatureCache(Path(opts.cache_dir or default_cache_dir()))
-    return all(cache.exists(feature_parts(cfg, wkey, md5, s)) for s in SPLITS)
+    return all(cache.exists(parts(cfg, wkey, md5, s)) for s in SPLITS)
 
 
 # -- the plan --------------------------------------------------------------------------------------
