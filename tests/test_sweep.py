@@ -249,6 +249,26 @@ def test_submitit_local_executor(tmp_path, data_root, capsys):
     assert list((tmp_path / "results" / "slurm").rglob("*_result.pkl"))
 
 
+def test_slurm_job_array_parameters(tmp_path, data_root, capsys, monkeypatch):
+    pytest.importorskip("submitit")
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "sbatch").write_text(f'#!/bin/sh\ncp "$1" {tmp_path}/job.sh\necho "Submitted batch job 4242"\n')
+    (fake / "srun").write_text("#!/bin/sh\nexit 0\n")
+    for f in fake.iterdir():
+        f.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}{os.pathsep}{os.environ['PATH']}")
+    argv = base(tmp_path, data_root, "--backbone", "dummy", "--dataset", "breastmnist", "retinamnist",
+                "--executor", "slurm", "--partition", "gpu", "--time", "2:00:00", "--mem", "32",
+                "--setup", "module load cuda", "--slurm-param", "mail_type=FAIL", "--array-parallelism", "1")
+    assert main(argv) == 0  # submitted, not waited for
+    script = (tmp_path / "job.sh").read_text()
+    for line in ("--array=0-1%1", "--partition=gpu", "--time=120", "--mem=32GB", "--mail-type=FAIL",
+                 "--signal=USR2@", "module load cuda"):  # USR2: submitit's requeue-on-preemption hook
+        assert line in script, line
+    assert not csvs(tmp_path / "results")
+
+
 # -- nothing lost, nothing twice -------------------------------------------------------------------
 
 COUNTING_DRIVER = """
