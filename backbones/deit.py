@@ -17,9 +17,9 @@ VARIANTS = {
     "small_distilled": Variant("deit_small_distilled_patch16_224.fb_in1k", 16,
                                {"blocks": 12, "embed_dim": 384, "params": "22M"}),
     # random-only test configs (not DeiT-Ti): same classes, 3 blocks of width 32
-    "tiny": Variant("deit_tiny_patch16_224", 16, {"blocks": 3, "embed_dim": 32, "params": "40k"}, TINY),
+    "tiny": Variant("deit_tiny_patch16_224", 16, {"blocks": 3, "embed_dim": 32, "params": "70k"}, TINY),
     "tiny_distilled": Variant("deit_tiny_distilled_patch16_224", 16,
-                              {"blocks": 3, "embed_dim": 32, "params": "40k"}, TINY),
+                              {"blocks": 3, "embed_dim": 32, "params": "70k"}, TINY),
 }
 
 SPEC = Spec(

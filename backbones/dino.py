@@ -14,7 +14,7 @@ VARIANTS = {
     "vitb8": Variant("vit_base_patch8_224.dino", 8, {"blocks": 12, "embed_dim": 768, "params": "86M"}),
     "vits8": Variant("vit_small_patch8_224.dino", 8, {"blocks": 12, "embed_dim": 384, "params": "22M"}),
     # random-only test config: the same VisionTransformer, 3 blocks of width 32
-    "tiny": Variant("vit_small_patch16_224", 16, {"blocks": 3, "embed_dim": 32, "params": "40k"}, TINY),
+    "tiny": Variant("vit_small_patch16_224", 16, {"blocks": 3, "embed_dim": 32, "params": "70k"}, TINY),
 }
 
 SPEC = Spec(

@@ -421,6 +421,7 @@ def test_html_is_self_contained_and_renders_in_headless_chromium(fixture_results
 
 # -- real runs, end to end ---------------------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("bench.cli") is None, reason="bench.cli is not written yet")
 def test_real_dummy_runs_then_report_end_to_end(tmp_path):
     root = tmp_path / "medmnist"
@@ -441,6 +442,7 @@ def test_real_dummy_runs_then_report_end_to_end(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     md = (out / "report.md").read_text()
     assert "dummy:small" in md and "dummy:tiny" in md and "Paired bootstrap against dummy:tiny" in md
+    assert "(n=1/2)" in md  # dummy:small ran one of the section's two seeds
     ci = pd.read_csv(next((out / "tables").glob("ci_linear_none_28*.csv"))).set_index("model")
     assert (ci.ci_low <= ci["mean"]).all() and (ci["mean"] <= ci.ci_high).all()
     assert ci.loc["dummy:tiny", "seeds_with_scores"] == 2

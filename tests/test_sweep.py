@@ -267,6 +267,12 @@ def test_slurm_job_array_parameters(tmp_path, data_root, capsys, monkeypatch):
                  "--signal=USR2@", "module load cuda"):  # USR2: submitit's requeue-on-preemption hook
         assert line in script, line
     assert not csvs(tmp_path / "results")
+    # preempted or timed out, a task is requeued with the same bundle (done runs then skip)
+    from bench.sweep.slurm_task import SweepTask
+
+    task = SweepTask()
+    again = task.checkpoint([{"backbone": "dummy"}], "settings")
+    assert again.function is task and again.args == ([{"backbone": "dummy"}], "settings")
 
 
 # -- nothing lost, nothing twice -------------------------------------------------------------------

@@ -57,7 +57,6 @@ def _check_formats(formats) -> list[str]:
 def build(a: T.Analysis, *, with_reference: bool = False, figures: bool = True) -> Report:
     from . import figures as F  # matplotlib only when figures are drawn
 
-    rs = a.rs
     secs = a.sections()
     sections: list[Section] = []
 

@@ -92,6 +92,7 @@ def heatmap_figure(a: Analysis, sec: SectionKey) -> tuple[Figure | None, str | N
     ax.set_ylabel("")
     ax.set_title(section_title(sec), fontsize=10)
     plt.setp(ax.get_xticklabels(), rotation=30, ha="right")
+    plt.setp(ax.get_yticklabels(), rotation=0)
     return Figure(f"heatmap_{sec.slug}", f"Heatmap — {section_title(sec)}", _png(fig),
                   f"Seed mean of test {a.metric.upper()}; grey cells had no run."), None
 

@@ -138,7 +138,8 @@ def to_html(r: Report) -> str:
 _TEX_ESCAPE = [("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("$", r"\$"), ("#", r"\#"),
                ("_", r"\_"), ("{", r"\{"), ("}", r"\}"), ("~", r"\textasciitilde{}"), ("^", r"\textasciicircum{}")]
 _TEX_UNICODE = [("±", r"$\pm$"), ("—", "--"), ("–", "--"), ("−", "-"), ("Δ", r"$\Delta$"), ("×", r"$\times$"),
-                ("†", r"$^{\dagger}$"), ("·", r"\textperiodcentered{}"), ("“", "``"), ("”", "''"), ("≥", r"$\geq$"),
+                ("†", r"$^{\dagger}$"), ("·", r"\textperiodcentered{}"), ("“", "``"), ("”", "''"),
+                ("≥", r"$\geq$"),
                 ("<", r"\textless{}"), (">", r"\textgreater{}")]
 
 
@@ -165,7 +166,10 @@ def latex_table(t: Table) -> str:
         return f"% {tex(t.title)}: no rows\n"
     spec = "".join("r" if num else "l" for num in t.numeric())
     lines = [r"\begin{table}[htbp]", r"\centering", r"\small", rf"\caption{{{tex(t.title)}. {tex(t.caption)}}}",
-             rf"\label{{tab:{t.name}}}", r"\resizebox{\textwidth}{!}{%", rf"\begin{{tabular}}{{{spec}}}", r"\toprule",
+             rf"\label{{tab:{t.name}}}",
+             # shrink tables wider than the text, never enlarge narrow ones
+             r"\resizebox{\ifdim\width>\linewidth\linewidth\else\width\fi}{!}{%",
+             rf"\begin{{tabular}}{{{spec}}}", r"\toprule",
              " & ".join(tex(c) for c in t.columns) + r" \\", r"\midrule"]
     lines += [" & ".join(_tex_cell(c) for c in row) + r" \\" for row in t.rows]
     lines += [r"\bottomrule", r"\end{tabular}}"]

@@ -221,13 +221,17 @@ def seed_table(a: Analysis, sec: SectionKey) -> Table:
     datasets = dataset_order(sub.dataset)
     models = a.models(sec)
     best = {d: sub[sub.dataset == d]["mean"].max() for d in datasets}
-    rows, flagged = [], False
+    rows, flagged, undefined = [], False, False
     for m in models:
         row = [Cell(m)]
         for d in datasets:
             c = a.cell(sec, m, d)
-            if c is None or not math.isfinite(c["mean"]):
+            if c is None:
                 row.append(Cell.empty())
+                continue
+            if not math.isfinite(c["mean"]):  # runs exist but the metric is undefined for all of them
+                undefined = True
+                row.append(Cell("undefined", missing=True))
                 continue
             partial = c["n"] < c["expected_n"]
             flagged |= partial
@@ -237,6 +241,8 @@ def seed_table(a: Analysis, sec: SectionKey) -> Table:
                             flag=bool(partial)))
         rows.append(row)
     legend = ["bold: best mean in the column", "— no run for this cell"] + ([FLAG_SEEDS] if flagged else [])
+    if undefined:
+        legend.append("undefined: the metric could not be computed (e.g. AUC with a single class in the test split)")
     data = sub.drop(columns=["section", "run_ids"]).assign(seeds=sub.seeds.map(lambda s: " ".join(map(str, s))))
     return Table(f"seeds_{sec.slug}", f"{a.metric.upper()} by model and dataset",
                  ["model", *map(dataset_label, datasets)], rows,
@@ -426,8 +432,9 @@ def wilcoxon_table(a: Analysis, sec: SectionKey) -> Table | None:
                      "wins": int((d > 0).sum()), "losses": int((d < 0).sum()), "p": p})
     df = pd.DataFrame(recs, columns=["model", "pairs", "datasets", "median_delta", "wins", "losses", "p"])
     df["p_holm"] = S.holm(df.p.tolist()) if len(df) else []
-    rows = [[Cell(r.model), Cell(f"{r.pairs} ({r.datasets} dataset{'s' if r.datasets != 1 else ''})"), Cell(f"{r.median_delta:+.3f}")
-             if math.isfinite(r.median_delta) else Cell.empty(), Cell(f"{r.wins}/{r.losses}"),
+    rows = [[Cell(r.model), Cell(f"{r.pairs} ({r.datasets} dataset{'s' if r.datasets != 1 else ''})"),
+             Cell(f"{r.median_delta:+.3f}") if math.isfinite(r.median_delta) else Cell.empty(),
+             Cell(f"{r.wins}/{r.losses}"),
              Cell(S.fmt_p(r.p)), Cell(S.fmt_p(r.p_holm), bold=bool(r.p_holm < ALPHA)),
              Cell(verdict(r.median_delta, r.p_holm))] for r in df.itertuples()]
     return Table(f"wilcoxon_{sec.slug}", f"Wilcoxon signed-rank against {base} across datasets and seeds",
@@ -464,7 +471,8 @@ def recall_table(a: Analysis, sec: SectionKey) -> tuple[Table | None, int]:
                      "recall_mean": mean, "recall_std": std, "seeds": n, "balanced_acc": macro, "flagged": low})
     df = pd.DataFrame(recs).sort_values(["model", "dataset", "class"], key=_dataset_sort)
     shown = df[df.flagged]
-    rows = [[Cell(r.model), Cell(dataset_label(r.dataset)), Cell(f"{r[2]}: {r.class_name}" if r.class_name else str(r[2])),
+    rows = [[Cell(r.model), Cell(dataset_label(r.dataset)),
+             Cell(f"{r[2]}: {r.class_name}" if r.class_name else str(r[2])),
              Cell(fmt(r.recall_mean) + (f" ± {fmt(r.recall_std)}" if math.isfinite(r.recall_std) else ""), bold=True),
              Cell(fmt(r.balanced_acc))] for r in shown.itertuples(index=False)]
     t = Table(f"recall_{sec.slug}", "Classes a macro number hides", ["model", "dataset", "class",

@@ -120,9 +120,17 @@ def _prefetch(cfgs, opts) -> None:
         path = Path(opts.data_root) / data.file_name(flag, size)
         if path.exists():
             continue
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(path.parent / f".{path.name}.lock")):
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            lock = FileLock(str(path.parent / f".{path.name}.lock"))
+            lock.acquire()
+        except OSError:  # read-only data root: locate explains what to download where
             data.locate(flag, size, Path(opts.data_root), download=True)
+            continue
+        try:
+            data.locate(flag, size, Path(opts.data_root), download=True)
+        finally:
+            lock.release()
 
 
 def main(args: argparse.Namespace) -> int:

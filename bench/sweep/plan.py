@@ -2,8 +2,8 @@
 
 A *group* is the set of probe runs that read the same frozen features (same backbone, variant,
 weights, readout, input size, resize, gray policy, dataset, size and limit): its first run
-extracts, the others hit the cache. A *bundle* is what one worker runs in sequence: a whole
-group, or a single trained run. Bundles are assigned to shards/tasks by a deterministic
+extracts, the others hit the cache (trained runs on the same frozen prefix group likewise). A
+*bundle* is what one worker runs in sequence: a whole group, or a single run. Bundles are assigned to shards/tasks by a deterministic
 longest-first rule over the *full* plan, so every shard computes the same split.
 """
 from __future__ import annotations
@@ -19,6 +19,7 @@ from .grid import describe
 
 # relative cost used to balance shards: a trained run is much longer than a probe on cached features
 PROBE_COST, TRAINED_COST = 1, 10
+GROUPS_SHOWN = 12  # groups a dry run lists without --list
 
 
 def resolve_points(points: list[dict]) -> tuple[list[RunConfig], int]:
@@ -45,13 +46,20 @@ def resolve_points(points: list[dict]) -> tuple[list[RunConfig], int]:
 
 
 def group_key(cfg: RunConfig) -> tuple:
-    """Runs with equal keys share one frozen extraction (trained runs are their own group)."""
-    if not cfg.is_probe:
-        return ("run", cfg.run_id)
+    """Runs with equal keys share one frozen computation, so they are bundled and run in sequence.
+
+    Probes share the readout features; trained runs that keep the first blocks frozen (lastN, or a
+    DeiT/MLP head on a frozen backbone) share bench.train's cached prefix, unless augmentation
+    makes it per-epoch; full fine-tuning shares nothing. Only scheduling depends on this."""
     # a random init is drawn from the seed, so its features depend on it
     seed = cfg.seed if cfg.weights == "random" else None
-    return ("features", cfg.backbone, cfg.variant, cfg.weights, cfg.weights_fingerprint, cfg.readout,
-            cfg.input_size, cfg.resize, cfg.gray, cfg.dataset, cfg.size, cfg.limit, seed)
+    frozen = (cfg.backbone, cfg.variant, cfg.weights, cfg.weights_fingerprint, cfg.readout, cfg.input_size,
+              cfg.resize, cfg.gray, cfg.dataset, cfg.size, cfg.limit, seed)
+    if cfg.is_probe:
+        return ("features",) + frozen
+    if cfg.unfreeze != "all" and (cfg.augment or "none") == "none":
+        return ("prefix", cfg.unfreeze) + frozen
+    return ("run", cfg.run_id)
 
 
 def group_id(key: tuple) -> str:
@@ -60,7 +68,8 @@ def group_id(key: tuple) -> str:
 
 def group_label(cfg: RunConfig) -> str:
     w = cfg.weights if cfg.weights in ("default", "random") else Path(cfg.weights).name
-    return (f"{cfg.backbone}/{cfg.variant} weights={w} readout={cfg.readout} in={cfg.input_size} "
+    what = "readout features" if cfg.is_probe else f"frozen prefix (head {cfg.head}, unfreeze {cfg.unfreeze})"
+    return (f"{what}: {cfg.backbone}/{cfg.variant} weights={w} readout={cfg.readout} in={cfg.input_size} "
             f"{cfg.resize} gray={cfg.gray} {cfg.dataset}_{cfg.size}" + (f" limit={cfg.limit}" if cfg.limit else ""))
 
 
@@ -230,27 +239,32 @@ def summarize(plan: Plan, opts: RunOptions, retry_failed: bool) -> dict:
     memo: dict = {}
     groups = []
     for b in plan.bundles:
-        if not b[0].is_probe:
+        kind = group_key(b[0])[0]
+        if kind == "run":
             continue
-        cached = features_cached(b[0], opts, known, memo)
-        groups.append({"group": group_id(group_key(b[0])), "label": group_label(b[0]), "cached": cached,
-                       "runs": [c.run_id for c in b], "done": sum(c.run_id in st.done for c in b)})
+        # cache status is known for readout features; a prefix's depth needs the built model
+        cached = features_cached(b[0], opts, known, memo) if kind == "features" else None
+        groups.append({"group": group_id(group_key(b[0])), "kind": kind, "label": group_label(b[0]),
+                       "cached": cached, "runs": [c.run_id for c in b], "done": sum(c.run_id in st.done for c in b)})
     root = Path(opts.data_root or data.default_root())
     missing = sorted({data.file_name(c.dataset, c.size) for c in plan.runs
                       if not (root / data.file_name(c.dataset, c.size)).exists()})
     runs = []
     for c in plan.runs:
         state = "done" if c.run_id in st.done else "failed" if c.run_id in st.failed else "todo"
+        key = group_key(c)
         runs.append({"run_id": c.run_id, "status": state, "probe": c.is_probe,
-                     "group": group_id(group_key(c)) if c.is_probe else None})
+                     "group": group_id(key) if key[0] != "run" else None})
     return {
         "runs": len(plan.runs), "grid_runs": plan.total, "collapsed_points": plan.collapsed,
         "shard": f"{plan.shard[0]}/{plan.shard[1]}",
         "done": len(st.done), "failed": len(st.failed),
         "to_run": sum(st.pending(c, retry_failed) for c in plan.runs),
         "probe_runs": sum(c.is_probe for c in plan.runs), "trained_runs": sum(not c.is_probe for c in plan.runs),
-        "feature_groups": len(groups), "features_cached": sum(g["cached"] is True for g in groups),
-        "features_unknown": sum(g["cached"] is None for g in groups),
+        "feature_groups": sum(g["kind"] == "features" for g in groups),
+        "features_cached": sum(g["cached"] is True for g in groups if g["kind"] == "features"),
+        "features_unknown": sum(g["cached"] is None for g in groups if g["kind"] == "features"),
+        "prefix_groups": sum(g["kind"] == "prefix" for g in groups),
         "missing_data_files": missing, "data_root": str(root), "results_dir": str(opts.results_dir),
         "groups": groups, "run_list": runs,
     }
@@ -263,20 +277,25 @@ def print_summary(s: dict, list_runs: bool, extra: list[str]) -> None:
                                             if s["collapsed_points"] else ""))
     print(f"  results {s['results_dir']}: {s['done']} done, {s['failed']} with a recorded failure, "
           f"{s['to_run']} to run")
-    shared = sum(len(g["runs"]) > 1 for g in s["groups"])
+    shared = sum(len(g["runs"]) > 1 for g in s["groups"] if g["kind"] == "features")
     unknown = f", {s['features_unknown']} unknown (default weights not run yet here)" if s["features_unknown"] else ""
     print(f"  frozen features: {s['feature_groups']} extractions ({shared} shared by several runs), "
           f"{s['features_cached']} cached{unknown}")
+    if s["prefix_groups"]:
+        print(f"  trained runs on a cached frozen prefix: {s['prefix_groups']} groups")
     if s["missing_data_files"]:
         print(f"  not in {s['data_root']} (downloaded before the sweep starts): {', '.join(s['missing_data_files'])}")
     for line in extra:
         print(f"  {line}")
     multi = [g for g in s["groups"] if len(g["runs"]) > 1]
+    shown = multi if list_runs else multi[:GROUPS_SHOWN]
     if multi:
-        print("groups sharing one extraction:")
-        for g in multi:
-            cached = {True: "cached", False: "to extract", None: "unknown"}[g["cached"]]
-            print(f"  [{g['group']}] {g['label']}: {len(g['runs'])} runs ({g['done']} done), features {cached}")
+        print("groups sharing one frozen computation (each run in sequence by one worker):")
+        for g in shown:
+            cached = {True: ", cached", False: ", to extract", None: ""}[g["cached"]]
+            print(f"  [{g['group']}] {g['label']}: {len(g['runs'])} runs ({g['done']} done){cached}")
+        if len(shown) < len(multi):
+            print(f"  ... {len(multi) - len(shown)} more (--list shows all groups and runs)")
     if list_runs:
         print("runs:")
         for r in s["run_list"]:

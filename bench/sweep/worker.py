@@ -112,7 +112,8 @@ def attempt(cfg: RunConfig, settings: Settings, block: bool) -> RunResult:
 
 def _remove_stale_tmp(store, run_id: str) -> None:
     # only the lock holder writes this run's files, so temporaries left now are from a killed run
-    for folder in (store.runs, store.failures):
+    # (results, failure record, bench.train's per-epoch checkpoint)
+    for folder in (store.runs, store.failures, store.root / "checkpoints"):
         for p in folder.glob(f".{run_id}.*tmp*"):
             p.unlink(missing_ok=True)
 
