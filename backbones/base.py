@@ -58,6 +58,10 @@ class Backbone(nn.Module):
     def tokens(self, h: torch.Tensor) -> torch.Tensor:  # h -> (B, N, C)
         raise NotImplementedError
 
+    def normalization(self) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+        """(mean, std) the weights were trained with; adapters whose variants differ override."""
+        return getattr(self, "_normalization", None) or (self.spec.mean, self.spec.std)
+
     @property
     def num_blocks(self) -> int:
         return len(self.blocks)

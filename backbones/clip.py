@@ -237,7 +237,10 @@ def build_from_config(cfg: dict, pcfg: dict, variant: str, readout: str,
     # OpenAI-style tags were trained with QuickGELU even when the arch config does not say so
     quick_gelu = bool(cfg.get("quick_gelu", False) or pcfg.get("quick_gelu", False))
     visual = _build_vision_tower(cfg["embed_dim"], vision_cfg, quick_gelu=quick_gelu)
-    return CLIPBackbone(visual, spec, variant, readout)
+    backbone = CLIPBackbone(visual, spec, variant, readout)
+    if pcfg.get("mean") and pcfg.get("std"):  # some tags (LAION ViT-L, CLIPA) use 0.5/0.5
+        backbone._normalization = (tuple(pcfg["mean"]), tuple(pcfg["std"]))
+    return backbone
 
 
 def build(variant: str, weights: str, *, readout: str | None = None,

@@ -36,20 +36,21 @@ def create(model_name: str, weights: str, *, name: str, **kwargs) -> tuple[torch
     """
     import timm
 
-    try:
-        model = timm.create_model(model_name, pretrained=False, num_classes=0, **kwargs)
-    except RuntimeError as e:  # timm: "Unknown model (...)"
-        raise UserError(f"timm cannot create {model_name!r}: {e}") from e
-    if weights == "random":
-        return model, "random"
+    # locate the weights before building: offline, a big model fails in seconds, not after init
     if weights == "default":
         loc = hub_location(model_name)
         if loc is None:
             raise UserError(f"timm model {model_name!r} has no Hugging Face weights; pass --weights PATH")
         path = hub.hf_file(*loc, name=name)
         fingerprint = f"hf:{loc[0]}/{loc[1]}"
-    else:
+    elif weights != "random":
         path, fingerprint = weights, hub.file_fingerprint(weights)
+    try:
+        model = timm.create_model(model_name, pretrained=False, num_classes=0, **kwargs)
+    except RuntimeError as e:  # timm: "Unknown model (...)"
+        raise UserError(f"timm cannot create {model_name!r}: {e}") from e
+    if weights == "random":
+        return model, "random"
     load_timm_state_dict(model, hub.load_state_dict(path), name=name, source=str(path))
     return model, fingerprint
 

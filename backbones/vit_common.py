@@ -85,19 +85,12 @@ def strip_wrappers(sd: dict[str, torch.Tensor], model: nn.Module) -> dict[str, t
 
 
 def create_model(model_name: str, weights: str, *, name: str, **kwargs) -> tuple[nn.Module, str]:
-    """``timm_common.create`` with two additions.
+    """``timm_common.create`` with one addition.
 
-    - ``default``: the hub file is looked up *before* building, so an offline machine fails in
-      milliseconds instead of after initialising a 1B-parameter model.
     - a local file: wrapper prefixes are stripped before timm's checkpoint filter (which converts
       original release layouts, e.g. DINOv2's ``register_tokens`` / ``mask_token`` / ``w12``).
     """
-    if weights == "default":
-        loc = timm_common.hub_location(model_name)
-        if loc is not None:
-            hub.hf_file(*loc, name=name)
-        return timm_common.create(model_name, weights, name=name, **kwargs)
-    if weights == "random":
+    if weights in ("default", "random"):
         return timm_common.create(model_name, weights, name=name, **kwargs)
     sd = hub.load_state_dict(weights)
     model, _ = timm_common.create(model_name, "random", name=name, **kwargs)

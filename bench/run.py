@@ -155,7 +155,7 @@ def execute(cfg: RunConfig, opts: RunOptions) -> Outcome:
     model = build_backbone(cfg)
     parse_unfreeze(cfg.unfreeze, model.num_blocks)  # N > block count is an error before any work
     model.eval().to(device)
-    pre = Preprocess(cfg.input_size, cfg.resize, model.spec.mean, model.spec.std, cfg.gray)
+    pre = Preprocess(cfg.input_size, cfg.resize, *model.normalization(), cfg.gray)
     if cfg.is_probe:
         result = _probe(cfg, opts, ds, model, pre, device, FeatureCache(cache_dir), timings)
     else:

@@ -60,7 +60,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-probe-"))
     ds = data.load(a.dataset, a.size, a.data_root)
     model = build_backbone(cfg).eval().to(device)
-    pre = Preprocess(cfg.input_size, cfg.resize, model.spec.mean, model.spec.std)
+    pre = Preprocess(cfg.input_size, cfg.resize, *model.normalization())
 
     t = time.perf_counter()
     for split in data.SPLITS:

@@ -32,7 +32,7 @@ def main() -> None:
         torch.manual_seed(0)
         model = backbones.build(name, None, "random").eval().to(device)
         size = model.spec.input_size
-        pre = Preprocess(size, "resize", model.spec.mean, model.spec.std)
+        pre = Preprocess(size, "resize", *model.normalization())
         extract(model, images[: a.batch_size], pre, device, a.batch_size, quiet=True)  # warm-up
         t = time.perf_counter()
         extract(model, images, pre, device, a.batch_size, quiet=True)

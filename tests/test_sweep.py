@@ -223,6 +223,7 @@ def test_run_locked_by_another_sweep_is_waited_for(tmp_path, data_root, capsys):
 
 # -- executors --------------------------------------------------------------------------------------
 
+@pytest.mark.slow  # spawns Python processes (torch import each)
 def test_local_executor_workers(tmp_path, data_root, capsys):
     from bench.sweep.executors import worker_envs
 
@@ -237,6 +238,7 @@ def test_local_executor_workers(tmp_path, data_root, capsys):
     assert_complete(tmp_path / "results", ids)
 
 
+@pytest.mark.slow  # spawns Python processes (torch import each)
 def test_submitit_local_executor(tmp_path, data_root, capsys):
     pytest.importorskip("submitit")
     argv = base(tmp_path, data_root, "--backbone", "dummy", "--dataset", "breastmnist", "retinamnist",
@@ -305,6 +307,7 @@ def slow_grid(tmp_path: Path, data_root: Path) -> list[str]:
             "--device", "cpu", "-q"]
 
 
+@pytest.mark.slow  # spawns Python processes (torch import each)
 def test_killed_sweep_resumes_exactly_once(tmp_path, data_root, capsys, monkeypatch):
     argv = slow_grid(tmp_path, data_root)
     ids = {r["run_id"] for r in plan(capsys, argv)["run_list"]}
@@ -331,17 +334,36 @@ def test_killed_sweep_resumes_exactly_once(tmp_path, data_root, capsys, monkeypa
     assert_complete(results, ids)
 
 
-def test_two_concurrent_sweeps_run_each_run_once(tmp_path, data_root, capsys):
+@pytest.mark.slow  # spawns Python processes (torch import each)
+def test_two_concurrent_sweeps_run_each_run_once(tmp_path, data_root, capsys, monkeypatch):
     argv = slow_grid(tmp_path, data_root)
     ids = {r["run_id"] for r in plan(capsys, argv)["run_list"]}
     driver, counter = tmp_path / "driver.py", tmp_path / "writes.txt"
     driver.write_text(COUNTING_DRIVER)
-    procs = [subprocess.Popen([sys.executable, str(driver), str(counter), *argv], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
-    outs = [p.communicate(timeout=120) for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], outs
-    writes = counter.read_text().split()
-    assert sorted(writes) == sorted(ids)  # every run written exactly once, by one of the two
-    done = [int(o.split(" done,")[0].split()[-1]) for o, _ in outs]
-    assert sum(done) == len(ids)
+    other = subprocess.Popen([sys.executable, str(driver), str(counter), *argv], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    # start ours as soon as the other sweep holds its first run, so the two surely overlap
+    locks = tmp_path / "results" / "locks"
+    deadline = time.time() + 60
+    while not (locks.exists() and any(locks.iterdir())) and other.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    from bench import results as results_mod
+
+    write_run = results_mod.ResultStore.write_run
+
+    def counted(self, cfg, *a, **k):  # the same counter as the driver's
+        path = write_run(self, cfg, *a, **k)
+        with open(counter, "a") as f:
+            f.write(cfg.run_id + "\n")
+        return path
+
+    monkeypatch.setattr(results_mod.ResultStore, "write_run", counted)
+    capsys.readouterr()
+    assert main(argv) == 0
+    ours = capsys.readouterr().out
+    out, err = other.communicate(timeout=120)
+    assert other.returncode == 0, err
+    assert sorted(counter.read_text().split()) == sorted(ids)  # every run written exactly once
+    done = [int(o.split(" done,")[0].split()[-1]) for o in (out, ours)]
+    assert sum(done) == len(ids) and done[0] > 0, (out, ours)
     assert_complete(tmp_path / "results", ids)

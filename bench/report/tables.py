@@ -121,7 +121,6 @@ class Analysis:
     summary: pd.DataFrame = field(init=False)       # one row per (section, model, dataset)
     rows: pd.DataFrame = field(init=False)          # all tidy rows with a section column
     per_seed: pd.DataFrame = field(init=False)      # test rows of the chosen metric
-    notes: list[str] = field(default_factory=list)
     _boot: dict = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -133,6 +132,7 @@ class Analysis:
         if self.baseline not in models:
             raise UserError(f"unknown baseline {self.baseline!r}: no runs of it in the results; "
                             f"{did_you_mean(self.baseline, models)}")
+        self._backbone = dict(zip(self.rs.rows.model, self.rs.rows.backbone))
         # every row learns its section once; tables then select with a plain comparison
         self.rows = self.rs.rows.assign(section=[self.key_of(r) for r in self.rs.rows.itertuples()])
         ps = self.rows[(self.rows.split == "test") & (self.rows.metric == self.metric)]
@@ -165,7 +165,7 @@ class Analysis:
         models = sorted(set(self.summary[self.summary.section == sec].model))
         if self.baseline in models:
             return self.baseline
-        same = [m for m in models if m.split(":")[0] == self.baseline]
+        same = [m for m in models if self._backbone.get(m) == self.baseline]
         if len(same) > 1:
             raise UserError(f"baseline {self.baseline!r} is ambiguous in {section_title(sec)}: "
                             f"{', '.join(same)}; pass one of these labels to --baseline")

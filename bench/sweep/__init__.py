@@ -166,7 +166,7 @@ def main(args: argparse.Namespace) -> int:
             print_summary(s, bool(getattr(args, "list", False)), extra)
         return 0
 
-    from .worker import FAILED, FAILED_BEFORE, LOST, Settings, clean_cache_tmp
+    from .worker import Settings, clean_cache_tmp
 
     status = Status.scan(opts.results_dir, plan.runs)
     pending = [c for c in plan.runs if status.pending(c, retry)]
@@ -201,8 +201,9 @@ def main(args: argparse.Namespace) -> int:
                 gpus = [g for g in gpus.split(",") if g.strip()]
             elif isinstance(gpus, int):
                 gpus = [str(gpus)]
-            results = run_local(bundles, settings, _setting(args, conf, "workers"), gpus,
-                                _setting(args, conf, "threads"))
+            workers, threads = _setting(args, conf, "workers"), _setting(args, conf, "threads")
+            results = run_local(bundles, settings, int(workers) if workers else None, gpus,
+                                int(threads) if threads else None)
         else:
             from .executors import submit_slurm
 

@@ -283,8 +283,10 @@ def print_summary(s: dict, list_runs: bool, extra: list[str]) -> None:
           f"{s['features_cached']} cached{unknown}")
     if s["prefix_groups"]:
         print(f"  trained runs on a cached frozen prefix: {s['prefix_groups']} groups")
-    if s["missing_data_files"]:
-        print(f"  not in {s['data_root']} (downloaded before the sweep starts): {', '.join(s['missing_data_files'])}")
+    missing = s["missing_data_files"]
+    if missing:
+        names = ", ".join(missing[:6]) + (f", ... ({len(missing)} files)" if len(missing) > 6 else "")
+        print(f"  not in {s['data_root']} (downloaded before the sweep starts): {names}")
     for line in extra:
         print(f"  {line}")
     multi = [g for g in s["groups"] if len(g["runs"]) > 1]
