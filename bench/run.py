@@ -134,9 +134,13 @@ def trainable_count(cfg: RunConfig, model: Backbone, n_outputs: int) -> dict[str
     else:
         from .train import build_head
 
-        head_params = count_params(build_head(cfg, model, n_outputs))
+        head_params = count_params(build_head(cfg, model, n_outputs, pretrained=False))  # no download
+    choices = ["none"] + [f"last{n}" for n in (1, 2, 4) if n < model.num_blocks] + ["all"]
+    by_choice = {c: count_params(model.trainable_parameters(parse_unfreeze(c, model.num_blocks)))
+                 for c in choices}
     return {"backbone": backbone_params, "head": head_params, "total": backbone_params + head_params,
-            "backbone_total": count_params(model), "blocks": model.num_blocks, "unfrozen_blocks": n_unfrozen}
+            "backbone_total": count_params(model), "blocks": model.num_blocks, "unfrozen_blocks": n_unfrozen,
+            "backbone_by_unfreeze": by_choice}
 
 
 def execute(cfg: RunConfig, opts: RunOptions) -> Outcome:

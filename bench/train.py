@@ -29,9 +29,11 @@ from .trained_heads import build_head as _build_head
 PREFIX_MEMORY_BYTES = int(float(os.environ.get("BENCH_PREFIX_MEMORY_GB", "4")) * (1 << 30))
 
 
-def build_head(cfg: RunConfig, model: Backbone, n_out: int) -> nn.Module:
-    return _build_head(cfg.head, model, n_out, cfg.input_size, arch=cfg.head_arch,
-                       pretrained=cfg.weights != "random")
+def build_head(cfg: RunConfig, model: Backbone, n_out: int, pretrained: bool | None = None) -> nn.Module:
+    """The run's head; the DeiT head starts from ImageNet DeiT unless the backbone is random."""
+    if pretrained is None:
+        pretrained = cfg.weights != "random"
+    return _build_head(cfg.head, model, n_out, cfg.input_size, arch=cfg.head_arch, pretrained=pretrained)
 
 
 class Trainable(nn.Module):
