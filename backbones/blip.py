@@ -190,27 +190,10 @@ def build(variant: str, weights: str, *, readout: str | None = None,
     if variant not in VARIANTS:
         raise UserError(f"blip has no variant {variant!r}; choose from {', '.join(VARIANTS)}")
     name = "blip" if variant == SPEC.default_variant else f"blip@{variant}"
-    if variant == "tiny" and weights == "default":
-        # no published weights: a fixed-seed init keeps features (and the cache) stable
-        with torch.random.fork_rng():
-            torch.manual_seed(0)
-            backbone = _new(variant, input_size)
-        backbone.weights_id = f"{SPEC.name}-tiny-seed0"
-        return backbone
-    # find and read the file before building: offline, or a bad file, fails in seconds
-    if weights == "random":
-        sd, source, fingerprint = None, "", "random"
-    elif weights == "default":
-        source, fingerprint = _fetch_default(variant, name)
-        sd = hub.load_state_dict(source)
-    else:
-        source, sd, fingerprint = weights, hub.load_state_dict(weights), hub.file_fingerprint(weights)
-    backbone = _new(variant, input_size)
-    if sd is not None:
-        load_blip(backbone, sd, name=name, source=source)
-    backbone.weights_id = fingerprint
-    return backbone
-
+    return hub.build_with_weights(
+        lambda: _new(variant, input_size), lambda m, sd, source: load_blip(m, sd, name=name, source=source),
+        weights, lambda: _fetch_default(variant, name),
+        fixed_seed_id=f"{SPEC.name}-tiny-seed0" if variant == "tiny" else None)
 
 def weight_files(variant: str) -> list[WeightFile]:
     v = VARIANTS[variant]

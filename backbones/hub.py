@@ -12,6 +12,7 @@ import os
 import socket
 from functools import lru_cache
 from pathlib import Path
+from typing import Callable
 from urllib.parse import urlparse
 
 import torch
@@ -145,3 +146,34 @@ def file_fingerprint(path: str | os.PathLike) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return "sha256:" + h.hexdigest()[:16]
+
+
+def build_with_weights(new: Callable[[], torch.nn.Module], load: Callable[[torch.nn.Module, dict, str], None],
+                       weights: str, fetch_default: Callable[[], tuple[str, str]], *,
+                       fixed_seed_id: str | None = None) -> torch.nn.Module:
+    """The weights logic adapters share, in the order that fails fastest.
+
+    ``new()`` builds the random module; ``load(module, state_dict, source)`` maps and loads a
+    state dict; ``fetch_default()`` returns (local path, fingerprint) of the default weights.
+    The file is found and read before the model is built, so offline or a bad file fails in
+    seconds. ``fixed_seed_id``: test-size variants without published weights, for which
+    "default" means a fixed-seed init that keeps features (and the cache) stable.
+    """
+    if fixed_seed_id is not None and weights == "default":
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            module = new()
+        module.weights_id = fixed_seed_id
+        return module
+    if weights == "random":
+        sd, source, fingerprint = None, "", "random"
+    elif weights == "default":
+        source, fingerprint = fetch_default()
+        sd = load_state_dict(source)
+    else:
+        source, sd, fingerprint = weights, load_state_dict(weights), file_fingerprint(weights)
+    module = new()
+    if sd is not None:
+        load(module, sd, source)
+    module.weights_id = fingerprint
+    return module

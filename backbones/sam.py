@@ -128,28 +128,12 @@ def build(variant: str, weights: str, *, readout: str | None = None,
         raise UserError(f"sam has no variant {variant!r}; choose from {', '.join(VARIANTS)}")
     input_size = input_size or VARIANTS[variant]["img_size"]
     name = "sam" if variant == SPEC.default_variant else f"sam@{variant}"
-    if variant == "tiny" and weights == "default":
-        # no published weights: a fixed-seed init keeps features (and the cache) stable
-        with torch.random.fork_rng():
-            torch.manual_seed(0)
-            backbone = SAMBackbone(make_encoder(variant, input_size), SPEC, variant, input_size)
-        backbone.weights_id = f"{SPEC.name}-tiny-seed0"
-        return backbone
-    # find and read the file before building: offline, or a bad file, fails in seconds
-    if weights == "random":
-        sd, source, fingerprint = None, "", "random"
-    elif weights == "default":
-        url = URL_ROOT + CHECKPOINTS[variant]
-        source, fingerprint = hub.url_file(url, name=name), f"url:{url}"
-        sd = hub.load_state_dict(source)
-    else:
-        source, sd, fingerprint = weights, hub.load_state_dict(weights), hub.file_fingerprint(weights)
-    backbone = SAMBackbone(make_encoder(variant, input_size), SPEC, variant, input_size)
-    if sd is not None:
-        hub.load_into(backbone, fit_to(backbone, encoder_state(sd)), name=name, source=source)
-    backbone.weights_id = fingerprint
-    return backbone
-
+    url = URL_ROOT + CHECKPOINTS.get(variant, "")
+    return hub.build_with_weights(
+        lambda: SAMBackbone(make_encoder(variant, input_size), SPEC, variant, input_size),
+        lambda m, sd, source: hub.load_into(m, fit_to(m, encoder_state(sd)), name=name, source=source),
+        weights, lambda: (hub.url_file(url, name=name), f"url:{url}"),
+        fixed_seed_id=f"{SPEC.name}-tiny-seed0" if variant == "tiny" else None)
 
 def weight_files(variant: str) -> list[WeightFile]:
     if variant not in CHECKPOINTS:

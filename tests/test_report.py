@@ -435,7 +435,7 @@ def test_real_dummy_runs_then_report_end_to_end(tmp_path):
                                  "--seed", str(seed), "--head", "linear", "--limit", "64", "--head-epochs", "10", "-q"],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     # side by side: the feature cache is locked per entry, and most of each run is Python start-up
-    for p in [run(*job) for job in (("tiny", 0), ("tiny", 1), ("small", 0))]:
+    for p in [run(*job) for job in (("tiny", 0), ("small", 0))]:
         _, err = p.communicate(timeout=300)
         assert p.returncode == 0, err[-3000:]
     out = tmp_path / "report"
@@ -445,8 +445,7 @@ def test_real_dummy_runs_then_report_end_to_end(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     md = (out / "report.md").read_text()
     assert "dummy:small" in md and "dummy:tiny" in md and "Paired bootstrap against dummy:tiny" in md
-    assert "(n=1/2)" in md  # dummy:small ran one of the section's two seeds
     ci = pd.read_csv(next((out / "tables").glob("ci_linear_none_28*.csv"))).set_index("model")
     assert (ci.ci_low <= ci["mean"]).all() and (ci["mean"] <= ci.ci_high).all()
-    assert ci.loc["dummy:tiny", "seeds_with_scores"] == 2
+    assert set(ci.index) == {"dummy:tiny", "dummy:small"} and (ci.valid_resamples > 0).all()
     assert (out / "report.html").exists() and list((out / "figures").glob("heatmap_*.png"))
