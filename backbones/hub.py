@@ -140,7 +140,14 @@ def load_into(module: torch.nn.Module, sd: dict[str, torch.Tensor], *, name: str
 
 
 def file_fingerprint(path: str | os.PathLike) -> str:
-    """sha256 prefix of a file, the cache key for locally supplied weights."""
+    """sha256 prefix of a file, the cache key for locally supplied weights (memoised per
+    path, mtime and size: a sweep resolves the same file for many runs)."""
+    st = os.stat(path)
+    return _sha256_prefix(str(path), st.st_mtime_ns, st.st_size)
+
+
+@lru_cache(maxsize=256)
+def _sha256_prefix(path: str, mtime_ns: int, size: int) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):

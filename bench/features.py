@@ -77,23 +77,30 @@ class FeatureCache:
     def path(self, key: str) -> Path:
         return self.root / "features" / f"{key}.npy"
 
-    def get_or_compute(self, parts: dict, compute: Callable[[], np.ndarray]) -> tuple[np.ndarray, bool]:
-        """(features, hit). Concurrent workers asking for the same key compute it once."""
+    def get_or_compute(self, parts: dict, compute: Callable[[], np.ndarray],
+                       memory_budget: int | None = None) -> tuple[np.ndarray, bool]:
+        """(features, hit). Concurrent workers asking for the same key compute it once.
+        Arrays larger than ``memory_budget`` bytes come back memory-mapped from the cache file."""
         key = self.key(parts)
         path = self.path(key)
-        if path.exists():
-            return np.load(path), True
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(path) + ".lock"):
-            if path.exists():  # another worker finished it while we waited
-                return np.load(path), True
-            feats = compute()
-            tmp = path.with_name(f"{path.stem}.tmp{os.getpid()}.npy")
-            np.save(tmp, feats)
-            tmp.with_suffix(".json").write_text(json.dumps(parts, indent=1, default=str))
-            os.replace(tmp.with_suffix(".json"), path.with_suffix(".json"))
-            os.replace(tmp, path)  # the .npy appears last: its presence means complete
-        return feats, False
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with FileLock(str(path) + ".lock"):
+                if not path.exists():  # else another worker finished it while we waited
+                    feats = compute()
+                    tmp = path.with_name(f"{path.stem}.tmp{os.getpid()}.npy")
+                    np.save(tmp, feats)
+                    tmp.with_suffix(".json").write_text(json.dumps(parts, indent=1, default=str))
+                    os.replace(tmp.with_suffix(".json"), path.with_suffix(".json"))
+                    os.replace(tmp, path)  # the .npy appears last: its presence means complete
+                    return self._fit(feats, path, memory_budget), False
+        return self._fit(np.load(path, mmap_mode="r"), path, memory_budget), True
+
+    @staticmethod
+    def _fit(arr: np.ndarray, path: Path, memory_budget: int | None) -> np.ndarray:
+        if memory_budget is not None and arr.nbytes > memory_budget:
+            return arr if isinstance(arr, np.memmap) else np.load(path, mmap_mode="r")
+        return np.array(arr) if isinstance(arr, np.memmap) else arr
 
     def exists(self, parts: dict) -> bool:
         return self.path(self.key(parts)).exists()

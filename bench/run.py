@@ -191,12 +191,18 @@ def _targets(ds: data.MedMNIST, split: str) -> np.ndarray:
     return labels if metrics.is_multilabel(ds.task) else labels[:, 0]
 
 
+def feature_parts(cfg: RunConfig, weights: str, dataset_md5: str, split: str, what: str = "readout") -> dict:
+    """Everything that changes the frozen output of one split: the feature-cache key.
+    ``weights`` is ``weights_key(model, cfg)``; ``what`` is "readout" or "prefix:<k>"."""
+    return {"what": what, "backbone": cfg.backbone, "variant": cfg.variant, "weights": weights,
+            "readout": cfg.readout, "input_size": cfg.input_size, "resize": cfg.resize, "gray": cfg.gray,
+            "dataset_md5": dataset_md5, "split": split, "limit": cfg.limit}
+
+
 def frozen_features(cfg: RunConfig, opts: RunOptions, ds: data.MedMNIST, model: Backbone, pre: Preprocess,
                     device: torch.device, cache: FeatureCache, split: str, timings: dict) -> np.ndarray:
     """Readout features of a fully frozen backbone for one split, from the cache when possible."""
-    parts = {"what": "readout", "backbone": cfg.backbone, "variant": cfg.variant,
-             "weights": weights_key(model, cfg), "readout": cfg.readout, "input_size": cfg.input_size,
-             "resize": cfg.resize, "gray": cfg.gray, "dataset_md5": ds.md5, "split": split, "limit": cfg.limit}
+    parts = feature_parts(cfg, weights_key(model, cfg), ds.md5, split)
     t = time.perf_counter()
     feats, hit = cache.get_or_compute(parts, lambda: extract(
         model, ds.splits[split].images, pre, device, opts.extract_batch_size, f"extract {split}", opts.quiet))

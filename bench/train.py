@@ -123,7 +123,7 @@ def epoch_order(cfg: RunConfig, task: str, labels: np.ndarray, n: int, gen: torc
 
 def finetune(cfg: RunConfig, opts: RunOptions, ds, model: Backbone, pre: Preprocess, device: torch.device,
              cache: FeatureCache, timings: dict):
-    from .run import log, weights_key  # run imports train lazily; no cycle at import time
+    from .run import feature_parts, log, weights_key  # run imports train lazily: no import cycle
 
     plan = plan_for(cfg, model)
     torch.manual_seed(cfg.seed)
@@ -141,16 +141,14 @@ def finetune(cfg: RunConfig, opts: RunOptions, ds, model: Backbone, pre: Preproc
 
     inputs: dict[str, np.ndarray] = {}
     if plan.cache_prefix:
-        parts = {"what": f"prefix:{plan.k}", "backbone": cfg.backbone, "variant": cfg.variant,
-                 "weights": weights_key(model, cfg), "readout": cfg.readout, "input_size": cfg.input_size,
-                 "resize": cfg.resize, "gray": cfg.gray, "dataset_md5": ds.md5, "limit": cfg.limit}
         t = time.perf_counter()
         for split in ("train", "val", "test"):
             model.eval()
-            arr, hit = cache.get_or_compute({**parts, "split": split}, lambda: extract(
-                prefix, ds.splits[split].images, pre, device, opts.extract_batch_size, f"prefix {split}", opts.quiet))
-            if arr.nbytes > PREFIX_MEMORY_BYTES:  # spill: read batches from the cached file on disk
-                arr = np.load(cache.path(cache.key({**parts, "split": split})), mmap_mode="r")
+            parts = feature_parts(cfg, weights_key(model, cfg), ds.md5, split, what=f"prefix:{plan.k}")
+            # over the memory budget the prefix stays on disk and batches are read from the file
+            arr, hit = cache.get_or_compute(parts, lambda: extract(
+                prefix, ds.splits[split].images, pre, device, opts.extract_batch_size, f"prefix {split}",
+                opts.quiet), memory_budget=PREFIX_MEMORY_BYTES)
             inputs[split] = arr
             log(f"prefix stem+blocks[:{plan.k}] {split}: {'cache hit' if hit else 'computed once'} "
                 f"{tuple(arr.shape)}", opts.quiet)

@@ -64,6 +64,8 @@ def load_results(results_dir: Path, filters: list[str] | tuple[str, ...] = ()) -
     files = sorted(p for p in runs_dir.glob("*.csv") if not p.name.endswith(".curves.csv")) \
         if runs_dir.is_dir() else []
     failures = _read_failures(root / "failures")
+    if not files and not runs_dir.is_dir() and any(root.glob("*.csv")):
+        raise UserError(f"{root} looks like the runs/ folder itself; pass its parent: --results-dir {root.parent}")
     if not files:
         extra = f" ({len(failures)} failed run(s) in {root / 'failures'})" if failures else ""
         raise UserError(f"no completed runs in {runs_dir}{extra}; run `bench run ...` first "

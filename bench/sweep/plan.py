@@ -187,13 +187,6 @@ def dataset_md5(cfg: RunConfig, opts: RunOptions, memo: dict) -> str | None:
     return memo[k]
 
 
-def feature_parts(cfg: RunConfig, weights_key: str, md5: str, split: str) -> dict:
-    # must equal the dict bench.run.frozen_features builds (test_sweep checks a real run hits it)
-    return {"what": "readout", "backbone": cfg.backbone, "variant": cfg.variant, "weights": weights_key,
-            "readout": cfg.readout, "input_size": cfg.input_size, "resize": cfg.resize, "gray": cfg.gray,
-            "dataset_md5": md5, "split": split, "limit": cfg.limit}
-
-
 def features_cached(cfg: RunConfig, opts: RunOptions, known: dict, md5_memo: dict) -> bool | None:
     """True/False when the train/val/test features of this probe run are/aren't cached; None if
     that cannot be known yet (default weights never run here, or the dataset file is missing)."""
@@ -203,11 +196,10 @@ def features_cached(cfg: RunConfig, opts: RunOptions, known: dict, md5_memo: dic
     wkey, md5 = weights_key_for(cfg, known), dataset_md5(cfg, opts, md5_memo)
     if wkey is None or md5 is None:
         return None
-    from .. import run
+    from ..run import feature_parts
 
-    parts = getattr(run, "feature_parts", feature_parts)  # bench.run's own, once it has one
     cache = FeatureCache(Path(opts.cache_dir or default_cache_dir()))
-    return all(cache.exists(parts(cfg, wkey, md5, s)) for s in SPLITS)
+    return all(cache.exists(feature_parts(cfg, wkey, md5, s)) for s in SPLITS)
 
 
 # -- the plan --------------------------------------------------------------------------------------
