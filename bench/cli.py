@@ -136,7 +136,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     from .report import make_report
 
     out = make_report(args.results_dir, args.out, baseline=args.baseline, filters=args.filter or [],
-                      formats=tuple(args.format), with_reference=args.with_reference, metric=args.metric)
+                      formats=tuple(args.format), with_reference=args.with_reference, metric=args.metric,
+                      n_boot=args.n_boot, seed=args.bootstrap_seed)
     print(f"report written to {out}")
     return 0
 
@@ -170,11 +171,14 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="tables and figures from the results folder")
     rep.add_argument("--results-dir", type=Path, default=Path("results"))
     rep.add_argument("--out", type=Path, default=Path("reports/latest"))
-    rep.add_argument("--baseline", default="resnet50")
+    rep.add_argument("--baseline", help="backbone (or model) the gains are relative to (default: resnet50 "
+                     "where it has runs); e.g. deit, resnet152, dino")
     rep.add_argument("--filter", action="append", help="KEY=VALUE, e.g. dataset=breastmnist (repeatable)")
     rep.add_argument("--format", action="append", default=None, help="md | html | png | latex (repeatable)")
     rep.add_argument("--with-reference", action="store_true", help="add published MedMNIST numbers")
     rep.add_argument("--metric", default="auc")
+    rep.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for intervals and paired tests")
+    rep.add_argument("--bootstrap-seed", type=int, default=0)
     rep.set_defaults(fn=cmd_report)
 
     sw = sub.add_parser("sweep", help="a grid of runs from a YAML file and/or flags")

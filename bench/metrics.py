@@ -7,7 +7,10 @@ one-vs-rest mean AUC; multi-label averages per label.
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
+from sklearn.exceptions import UndefinedMetricWarning
 from sklearn.metrics import (balanced_accuracy_score, cohen_kappa_score, f1_score, recall_score,
                              roc_auc_score)
 
@@ -83,7 +86,9 @@ def evaluate(task: str, y_true: np.ndarray, y_score: np.ndarray) -> dict[str, fl
     y_true_s, _ = _prep(y_true, y_score)
     out = {"acc": acc(task, y_true, y_score)}
     try:
-        out["auc"] = auc(task, y_true, y_score)
+        with warnings.catch_warnings():  # newer sklearn warns and returns NaN instead of raising
+            warnings.simplefilter("ignore", UndefinedMetricWarning)
+            out["auc"] = auc(task, y_true, y_score)
     except ValueError:  # one class only in y_true (tiny --limit runs)
         out["auc"] = float("nan")
     pred = predictions(task, y_score)

@@ -364,7 +364,18 @@ def test_filters_restrict_runs(fixture_results, tmp_path):
                 n_boot=N_BOOT)
     md = (tmp_path / "rep" / "report.md").read_text()
     assert "PneumoniaMNIST" not in md.split("## Provenance")[0]
-    assert "Filters: dataset=breastmnist; size=28 (10 of 17 runs kept)" in md
+    df = fixture_table()
+    kept = int(((df.dataset == "breastmnist") & (df["size"] == 28)).sum())
+    assert f"Filters: dataset=breastmnist; size=28 ({kept} of {len(df)} runs kept)" in md
+    with pytest.raises(UserError, match="its parent"):
+        make_report(fixture_results / "runs", tmp_path / "o")
+
+
+def test_latex_escapes_names_and_symbols():
+    from bench.report.render import tex
+
+    assert tex("vit_base & 50% ± Δ #1") == r"vit\_base \& 50\% $\pm$ $\Delta$ \#1"
+    assert tex("a\\b {x}") == r"a\textbackslash{}b \{x\}"
 
 
 def test_reference_numbers_are_sourced_and_anchors_hold(fixture_results, tmp_path):
@@ -429,6 +440,7 @@ def test_real_dummy_runs_then_report_end_to_end(tmp_path):
     results = tmp_path / "results"
     env = dict(os.environ)
     base = [sys.executable, "-m", "bench.cli"]
+
     def run(variant: str, seed: int) -> subprocess.Popen:
         return subprocess.Popen([*base, "run", "--backbone", "dummy", "--variant", variant, "--dataset", "breastmnist",
                                  "--data-root", str(root), "--skip-md5", "--results-dir", str(results),

@@ -118,6 +118,7 @@ class Analysis:
     baseline: str
     n_boot: int = 1000
     seed: int = 0
+    require_baseline: bool = True  # False for the default baseline: report without gains if absent
     summary: pd.DataFrame = field(init=False)       # one row per (section, model, dataset)
     rows: pd.DataFrame = field(init=False)          # all tidy rows with a section column
     per_seed: pd.DataFrame = field(init=False)      # test rows of the chosen metric
@@ -129,7 +130,7 @@ class Analysis:
         if self.metric not in present:
             raise UserError(f"no test results for metric {self.metric!r}; {did_you_mean(self.metric, present)}")
         models = set(self.rs.rows.model) | set(self.rs.rows.backbone)
-        if self.baseline not in models:
+        if self.baseline not in models and self.require_baseline:
             raise UserError(f"unknown baseline {self.baseline!r}: no runs of it in the results; "
                             f"{did_you_mean(self.baseline, models)}")
         self._backbone = dict(zip(self.rs.rows.model, self.rs.rows.backbone))
