@@ -73,15 +73,44 @@ def resolve(backbone: str, dataset: str, *, variant: str | None = None, weights:
                     select=select)
     if cfg.is_probe:
         if head == "knn":
+            _at_least("--knn-k", knn_k, 1)
             return cfg.replace(knn_k=knn_k)
+        _at_least("--head-epochs", head_epochs, 1)
+        _at_least("--head-batch-size", head_batch_size, 1)
         return cfg.replace(head_epochs=head_epochs, head_batch_size=head_batch_size)
     unknown = set(finetune) - set(FINETUNE_DEFAULTS)
     if unknown:
         raise UserError(f"unknown fine-tuning option(s): {', '.join(sorted(unknown))}")
     ft = {k: (finetune.get(k) if finetune.get(k) is not None else v) for k, v in FINETUNE_DEFAULTS.items()}
+    _check_finetune(ft)
     if head == "deit":
+        from .trained_heads import DEIT_ARCHS
+
         ft["head_arch"] = head_arch or "deit_small"
+        _choice("head-arch", ft["head_arch"], tuple(DEIT_ARCHS))
     return cfg.replace(**ft)
+
+
+def _at_least(flag: str, value: float, low: float) -> None:
+    if value < low:
+        raise UserError(f"{flag} {value}: must be at least {low}")
+
+
+def _check_finetune(ft: dict) -> None:
+    from .augment import POLICIES
+    from .train import BALANCE, SCHEDULES
+
+    _choice("schedule", ft["schedule"], SCHEDULES)
+    _choice("balance", ft["balance"], BALANCE)
+    _choice("augment", ft["augment"], POLICIES)
+    for flag, key, low in (("--epochs", "epochs", 1), ("--batch-size", "batch_size", 1), ("--warmup", "warmup", 0),
+                           ("--patience", "patience", 0), ("--grad-clip", "grad_clip", 0),
+                           ("--weight-decay", "weight_decay", 0)):
+        _at_least(flag, ft[key], low)
+    if not ft["lr"] > 0:
+        raise UserError(f"--lr {ft['lr']}: must be positive")
+    if not 0 < ft["layer_decay"] <= 1:
+        raise UserError(f"--layer-decay {ft['layer_decay']}: must be in (0, 1]; 1 turns it off")
 
 
 def _choice(what: str, value: str, allowed: tuple[str, ...]) -> None:

@@ -65,27 +65,31 @@ def plan_for(cfg: RunConfig, model: Backbone) -> Plan:
     return Plan(k, train_stem, cache_prefix=not train_stem and cfg.augment == "none")
 
 
+# parameters that are embeddings rather than weights: no weight decay (timm's no_weight_decay)
+NO_DECAY_MARKERS = ("token", "pos_embed", "position_embedding", "positional_embedding", "class_embedding",
+                    "rel_pos")
+SCHEDULES = ("cosine", "constant", "step")
+BALANCE = ("none", "weighted-loss", "sampler")
+
+
 def param_groups(cfg: RunConfig, model: Backbone, head: nn.Module, plan: Plan) -> list[dict]:
-    """AdamW groups: no weight decay on norms, biases, tokens and position embeddings (ndim <= 1
-    or named *token/pos_embed*), and layer-wise lr decay from the head down to the stem."""
-    trainable = model.trainable_parameters(model.num_blocks - plan.k)
-    depth_of: dict[int, int] = {}
-    for i, block in enumerate(model.blocks):
-        for p in block.parameters():
-            depth_of[id(p)] = i + 1
+    """AdamW groups: no weight decay on norms, biases, tokens and position embeddings, and
+    layer-wise lr decay: lr x layer_decay^(distance from the head), stem lowest."""
     top = model.num_blocks + 1
+    depth = {id(p): 0 for p in model.stem_parameters()}
+    for i, block in enumerate(model.blocks):
+        depth.update({id(p): i + 1 for p in block.parameters()})
+    for m in model.readout_modules():
+        depth.update({id(p): top for p in m.parameters()})
     names = {id(p): n for n, p in model.named_parameters()}
+    names.update({id(p): f"head.{n}" for n, p in head.named_parameters()})
     groups: dict[tuple[int, bool], list] = {}
-    for p in list(trainable) + list(head.parameters()):
-        is_head = any(p is q for q in head.parameters())
-        depth = top if is_head else depth_of.get(id(p), 0 if plan.train_stem and id(p) not in depth_of else top)
-        if not is_head and id(p) not in depth_of and any(p is q for m in model.readout_modules() for q in m.parameters()):
-            depth = top
-        no_decay = p.ndim <= 1 or any(t in names.get(id(p), "") for t in ("token", "pos_embed"))
-        groups.setdefault((depth, no_decay), []).append(p)
+    for p in model.trainable_parameters(model.num_blocks - plan.k) + list(head.parameters()):
+        no_decay = p.ndim <= 1 or any(t in names[id(p)] for t in NO_DECAY_MARKERS)
+        groups.setdefault((depth.get(id(p), top), no_decay), []).append(p)  # head: top
     out = []
-    for (depth, no_decay), params in sorted(groups.items(), key=lambda kv: kv[0]):
-        scale = cfg.layer_decay ** (top - depth)
+    for (d, no_decay), params in sorted(groups.items(), key=lambda kv: kv[0]):
+        scale = cfg.layer_decay ** (top - d)
         out.append({"params": params, "lr": cfg.lr * scale, "base_lr": cfg.lr * scale,
                     "weight_decay": 0.0 if no_decay else cfg.weight_decay})
     return out
@@ -287,25 +291,44 @@ class Checkpoint:
     def save(self, trainable, opt, gen, aug_gen, **extra) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(f".{self.path.name}.tmp{os.getpid()}")
+        rng = {"torch": torch.get_rng_state()}  # dropout draws from the global generator
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
         torch.save({"trainable": _trainable_state(trainable), "optim": opt.state_dict(),
-                    "gen": gen.get_state(), "aug_gen": aug_gen.get_state(), **extra}, tmp)
+                    "gen": gen.get_state(), "aug_gen": aug_gen.get_state(), "rng": rng, **extra}, tmp)
         os.replace(tmp, self.path)
 
     def load(self, trainable, opt, gen, aug_gen) -> dict | None:
+        """Restore everything or nothing: a checkpoint that does not fit is ignored (fresh start)."""
         if not self.path.exists():
             return None
+        before = (_trainable_state(trainable), copy.deepcopy(opt.state_dict()), gen.get_state(),
+                  aug_gen.get_state(), torch.get_rng_state())
         try:
             state = torch.load(self.path, map_location="cpu", weights_only=True)
+            if set(state["trainable"]) != set(before[0]):
+                return None
             trainable.load_state_dict(state["trainable"], strict=False)
             opt.load_state_dict(state["optim"])
             gen.set_state(state["gen"])
             aug_gen.set_state(state["aug_gen"])
+            torch.set_rng_state(state["rng"]["torch"])
+            if "cuda" in state["rng"] and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(state["rng"]["cuda"])
             return state
-        except Exception:  # unreadable or from other code: start over rather than fail
+        except Exception:  # unreadable or from other code: undo any partial load, start over
+            trainable.load_state_dict(before[0], strict=False)
+            opt.load_state_dict(before[1])
+            gen.set_state(before[2])
+            aug_gen.set_state(before[3])
+            torch.set_rng_state(before[4])
             return None
 
     def remove(self) -> None:
+        """Drop the checkpoint and temporaries left by a process killed while saving."""
         self.path.unlink(missing_ok=True)
+        for tmp in self.path.parent.glob(f".{self.path.name}.tmp*"):
+            tmp.unlink(missing_ok=True)
 
 
 def save_model(folder: Path, model: Backbone, head: nn.Module) -> None:
@@ -335,4 +358,4 @@ def _dedupe_shared(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-__all__ = ["finetune", "build_head", "plan_for", "save_model", "copy"]
+__all__ = ["finetune", "build_head", "plan_for", "save_model"]

@@ -22,9 +22,9 @@ import bench.run
 import bench.train
 from bench import augment
 from bench.cli import main
-from bench.config import RunOptions, parse_unfreeze
+from bench.config import parse_unfreeze
 from bench.errors import UserError
-from bench.run import execute, resolve
+from bench.run import resolve
 from bench.train import Checkpoint, class_weights, epoch_order, lr_factor, param_groups, plan_for
 from conftest import write_synthetic_npz
 
@@ -297,6 +297,10 @@ def test_prefix_cache_gives_the_same_numbers(capsys, data_root, tmp_path, monkey
     run_id = next(iter(run_csvs(cached))).stem
     code, _, err = run(capsys, *args, *common(data_root, recomputed, quiet=False))
     assert code == 0 and err.count("cache hit") == 3, err  # the prefix from disk
+    with monkeypatch.context() as m:  # over the memory budget: batches are read from the file on disk
+        m.setattr(bench.train, "PREFIX_MEMORY_BYTES", 0)
+        assert run(capsys, *args, *common(data_root, tmp_path / "spilled"))[0] == 0
+    assert np.array_equal(scores(tmp_path / "spilled", run_id), scores(cached, run_id))
     real_plan_for = bench.train.plan_for
 
     def no_cache(cfg, model):
@@ -361,7 +365,7 @@ def test_deit_head_on_every_adapter(capsys, data_root, tmp_path, captured, name)
 
 # --- 6. interrupted fine-tunes -----------------------------------------------------------------
 
-RESUME_ARGS = ["--backbone", "dummy", "--weights", "random", "--unfreeze", "last1", "--epochs", "30",
+RESUME_ARGS = ["--backbone", "dummy", "--weights", "random", "--unfreeze", "last1", "--epochs", "8",
                "--batch-size", "16", "--lr", "1e-3"]
 
 
@@ -394,14 +398,14 @@ def test_killed_finetune_resumes_and_matches_an_uninterrupted_run(capsys, data_r
     assert code == 0, err
     assert "resuming fine-tune from epoch" in err
     resumed_from = int(err.split("resuming fine-tune from epoch ")[1].split()[0])
-    assert 1 <= resumed_from < 30
+    assert 1 <= resumed_from < 8
     run_id = out.split(":", 1)[0]
     assert ckpt.stem == run_id
     assert [p.stem for p in run_csvs(results)] == [run_id]  # final results exactly once
     assert not ckpt.exists() and not list(ckpt_dir.glob("*"))
     assert not leftovers(results, Path(os.environ["BENCH_CACHE_DIR"]))
     c = curves(results, run_id)
-    assert list(c.epoch) == list(range(1, 31))  # epochs before the kill are kept, none twice
+    assert list(c.epoch) == list(range(1, 9))  # epochs before the kill are kept, none twice
 
     fresh = tmp_path / "fresh"
     assert run_ok(capsys, *RESUME_ARGS, *common(data_root, fresh)) == run_id
@@ -425,8 +429,9 @@ def interrupt_after_epoch(monkeypatch, epoch: int) -> None:
 @pytest.mark.parametrize("extra", [
     [],
     ["--augment", "light", "--balance", "sampler"],  # augmentation and sampler generators resume
+    ["--unfreeze", "all"],  # stem and every BatchNorm train
     ["--head", "mlp"],  # dropout in the head
-], ids=["linear", "augment+sampler", "mlp-head"])
+], ids=["linear", "augment+sampler", "all-blocks", "mlp-head"])
 def test_interrupted_run_resumes_to_the_same_numbers(capsys, data_root, tmp_path, monkeypatch, extra):
     args = ["--backbone", "dummy", "--weights", "random", "--unfreeze", "last1", "--epochs", "4",
             "--batch-size", "32", "--lr", "1e-3", *extra]
@@ -479,6 +484,12 @@ def test_checkpoint_that_fails_half_way_through_loading_restarts_cleanly(capsys,
     assert np.array_equal(scores(results, run_id), scores(ref, run_id))
 
 
+def resolve_run_id(capsys, data_root, results, args) -> str:
+    code, out, err = run(capsys, *args, "--dry-run", *common(data_root, results))
+    assert code == 0, err
+    return json.loads(out)["run_id"]
+
+
 def test_temp_checkpoint_of_a_process_killed_mid_save_is_cleaned_up(capsys, data_root, tmp_path):
     """A SIGKILL during Checkpoint.save leaves `.<run_id>.pt.tmp<pid>` behind (as large as the
     optimizer state); the run that finishes the fine-tune should not leave it there."""
@@ -490,12 +501,6 @@ def test_temp_checkpoint_of_a_process_killed_mid_save_is_cleaned_up(capsys, data
     stale.write_bytes(b"partial")
     assert run_ok(capsys, *args, *common(data_root, results)) == run_id
     assert not leftovers(results)
-
-
-def resolve_run_id(capsys, data_root, results, args) -> str:
-    code, out, err = run(capsys, *args, "--dry-run", *common(data_root, results))
-    assert code == 0, err
-    return json.loads(out)["run_id"]
 
 
 # --- 7. --save-model and transfer -------------------------------------------------------------
@@ -546,7 +551,8 @@ def test_save_model_then_start_a_later_run_from_it(capsys, data_root, tmp_path, 
     ("breastmnist", ["--layer-decay", "0.75", "--unfreeze", "all"]),
 ], ids=lambda v: v if isinstance(v, str) else "_".join(a.lstrip("-") for a in v))
 def test_training_options_run(capsys, data_root, tmp_path, dataset, extra):
-    write_synthetic_npz(data_root, "chestmnist", 28, n=(64, 32, 32))
+    if dataset == "chestmnist":
+        write_synthetic_npz(data_root, "chestmnist", 28, n=(64, 32, 32))
     results = tmp_path / "r"
     args = ["--backbone", "dummy", "--weights", "random", "--unfreeze", "last1", "--epochs", "4", "--limit", "32",
             *extra, *common(data_root, results)]
