@@ -62,6 +62,8 @@ def main() -> None:
     model = build_backbone(cfg).eval().to(device)
     pre = Preprocess(cfg.input_size, cfg.resize, *model.normalization())
 
+    # warm-up: the first batches pay for allocator growth and kernel selection
+    extract(model, ds.splits["val"].images[:256], pre, device, 128, quiet=True)
     t = time.perf_counter()
     for split in data.SPLITS:
         extract(model, ds.splits[split].images, pre, device, 128, quiet=True)
