@@ -405,7 +405,11 @@ def _chromium() -> str | None:
     if found:
         return found
     if os.geteuid() == 0 and shutil.which("apt-get"):  # the test setup may install it
-        subprocess.run(["apt-get", "install", "-y", "-q", "chromium"], capture_output=True, timeout=600)
+        install = ["apt-get", "install", "-y", "-q", "chromium"]
+        if subprocess.run(install, capture_output=True, timeout=600).returncode != 0:
+            # a fresh machine has no package lists yet
+            subprocess.run(["apt-get", "update", "-q"], capture_output=True, timeout=600)
+            subprocess.run(install, capture_output=True, timeout=600)
     return shutil.which("chromium")
 
 
