@@ -142,19 +142,24 @@ def load_into(module: torch.nn.Module, sd: dict[str, torch.Tensor], *, name: str
 
 
 def file_fingerprint(path: str | os.PathLike) -> str:
-    """sha256 prefix of a file, the cache key for locally supplied weights (memoised per
-    path, mtime and size: a sweep resolves the same file for many runs)."""
+    """sha256 prefix of a file, the cache key for locally supplied weights."""
+    return "sha256:" + file_digest(path, "sha256")[:16]
+
+
+def file_digest(path: str | os.PathLike, algorithm: str) -> str:
+    """Hex digest of a file, memoised per path, mtime and size (a sweep asks for the same
+    weights or dataset file once per run)."""
     st = os.stat(path)
-    return _sha256_prefix(str(path), st.st_mtime_ns, st.st_size)
+    return _digest(str(path), st.st_mtime_ns, st.st_size, algorithm)
 
 
 @lru_cache(maxsize=256)
-def _sha256_prefix(path: str, mtime_ns: int, size: int) -> str:
-    h = hashlib.sha256()
+def _digest(path: str, mtime_ns: int, size: int, algorithm: str) -> str:
+    h = hashlib.new(algorithm)
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
+        for chunk in iter(lambda: f.read(1 << 22), b""):
             h.update(chunk)
-    return "sha256:" + h.hexdigest()[:16]
+    return h.hexdigest()
 
 
 def build_with_weights(new: Callable[[], torch.nn.Module], load: Callable[[torch.nn.Module, dict, str], None],

@@ -5,11 +5,9 @@ to tens of GB) are extracted once from the .npz into plain .npy files and memory
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import zipfile
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -62,18 +60,10 @@ def default_root() -> Path:
     return Path(os.environ.get("MEDMNIST_ROOT") or Path.home() / ".medmnist")
 
 
-@lru_cache(maxsize=64)
-def _md5(path: str, mtime: float, nbytes: int) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def md5sum(path: Path) -> str:
-    st = path.stat()
-    return _md5(str(path), st.st_mtime, st.st_size)
+    from backbones.hub import file_digest
+
+    return file_digest(path, "md5")
 
 
 def locate(flag: str, size: int, root: Path, download: bool = True) -> Path:
