@@ -42,7 +42,7 @@ def _per_head_loss(task: str, logits: torch.Tensor, y: torch.Tensor) -> torch.Te
                            reduction="none").view(n_heads, -1).mean(1)
 
 
-def _selection_values(select: str, task: str, y_true: np.ndarray, scores: np.ndarray,
+def selection_values(select: str, task: str, y_true: np.ndarray, scores: np.ndarray,
                       losses: torch.Tensor) -> np.ndarray:
     """One value per head, higher is better (loss is negated). scores: (H, N, C)."""
     if select == "loss":
@@ -131,7 +131,7 @@ def train_linear_grid(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarra
                 logits = torch.einsum("nd,hdc->hnc", xva, w) + b
                 losses = _per_head_loss(task, logits, yva)
                 scores = scores_from_logits(task, logits).cpu().numpy()
-                values = _selection_values(select, task, yva_np, scores, losses)
+                values = selection_values(select, task, yva_np, scores, losses)
             for h, (lr, wd) in enumerate(pairs):
                 grid.append({"lr": lr, "wd": wd, "epoch": epoch, "val_loss": float(losses[h]),
                              f"val_{select}": float(values[h])})

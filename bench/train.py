@@ -127,15 +127,16 @@ def epoch_order(cfg: RunConfig, task: str, labels: np.ndarray, n: int, gen: torc
 
 def finetune(cfg: RunConfig, opts: RunOptions, ds, model: Backbone, pre: Preprocess, device: torch.device,
              cache: FeatureCache, timings: dict):
-    from .run import feature_parts, log, weights_key  # run imports train lazily: no import cycle
+    from .run import log  # run imports train lazily: no import cycle
 
     plan = plan_for(cfg, model)
     torch.manual_seed(cfg.seed)
     head = build_head(cfg, model, ds.n_outputs).to(device)
     trainable = Trainable(model, plan.k, head, plan.train_stem).to(device)
+    groups = param_groups(cfg, model, head, plan)
     for p in model.parameters():
         p.requires_grad_(False)
-    for group in param_groups(cfg, model, head, plan):
+    for group in groups:
         for p in group["params"]:
             p.requires_grad_(True)
     policy = augment.policy_for(cfg.augment, cfg.dataset)
@@ -146,16 +147,9 @@ def finetune(cfg: RunConfig, opts: RunOptions, ds, model: Backbone, pre: Preproc
     inputs: dict[str, np.ndarray] = {}
     if plan.cache_prefix:
         t = time.perf_counter()
+        model.eval()
         for split in ("train", "val", "test"):
-            model.eval()
-            parts = feature_parts(cfg, weights_key(model, cfg), ds.md5, split, what=f"prefix:{plan.k}")
-            # over the memory budget the prefix stays on disk and batches are read from the file
-            arr, hit = cache.get_or_compute(parts, lambda: extract(
-                prefix, ds.splits[split].images, pre, device, opts.extract_batch_size, f"prefix {split}",
-                opts.quiet), memory_budget=PREFIX_MEMORY_BYTES)
-            inputs[split] = arr
-            log(f"prefix stem+blocks[:{plan.k}] {split}: {'cache hit' if hit else 'computed once'} "
-                f"{tuple(arr.shape)}", opts.quiet)
+            inputs[split] = _cached_prefix(cfg, opts, ds, model, pre, device, cache, prefix, plan.k, split)
         timings["prefix_s"] = time.perf_counter() - t
 
     def forward_batch(split: str, idx: np.ndarray, train: bool) -> torch.Tensor:
@@ -198,7 +192,6 @@ def finetune(cfg: RunConfig, opts: RunOptions, ds, model: Backbone, pre: Preproc
         denom = n * (ds.n_outputs if metrics.is_multilabel(ds.task) else 1)
         return np.concatenate(out), loss_sum / denom
 
-    groups = param_groups(cfg, model, head, plan)
     opt = torch.optim.AdamW(groups, lr=cfg.lr)
     use_scaler = device.type == "cuda" and not torch.cuda.is_bf16_supported()
     scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
@@ -240,7 +233,7 @@ def finetune(cfg: RunConfig, opts: RunOptions, ds, model: Backbone, pre: Preproc
             loss_sum += loss.item()
             step += 1
         val_scores, val_loss = predict("val")
-        value = float(heads._selection_values(cfg.select, ds.task, y_val, val_scores[None],
+        value = float(heads.selection_values(cfg.select, ds.task, y_val, val_scores[None],
                                               torch.tensor([val_loss]))[0])
         curves.append({"epoch": epoch, "train_loss": loss_sum / steps_per_epoch, "val_loss": val_loss,
                        "val_auc": _safe_auc(ds.task, y_val, val_scores), "val_acc": metrics.acc(ds.task, y_val, val_scores),
@@ -266,6 +259,20 @@ def finetune(cfg: RunConfig, opts: RunOptions, ds, model: Backbone, pre: Preproc
     selected = {"head": cfg.head, "unfreeze": cfg.unfreeze, "epoch": best["epoch"], f"val_{cfg.select}": best["value"],
                 "trainable_params": n_train_params, "prefix_cached": plan.cache_prefix}
     return val_scores, test_scores, selected, [{"split": "val", **c} for c in curves]
+
+
+def _cached_prefix(cfg: RunConfig, opts: RunOptions, ds, model: Backbone, pre: Preprocess, device: torch.device,
+                   cache: FeatureCache, prefix, k: int, split: str) -> np.ndarray:
+    """Output of the frozen stem+blocks[:k] for one split, computed once and cached on disk; over
+    the memory budget it stays on disk and batches are read from the memory-mapped file."""
+    from .run import feature_parts, log, weights_key
+
+    parts = feature_parts(cfg, weights_key(model, cfg), ds.md5, split, what=f"prefix:{k}")
+    arr, hit = cache.get_or_compute(parts, lambda: extract(
+        prefix, ds.splits[split].images, pre, device, opts.extract_batch_size, f"prefix {split}", opts.quiet),
+        memory_budget=PREFIX_MEMORY_BYTES)
+    log(f"prefix stem+blocks[:{k}] {split}: {'cache hit' if hit else 'computed once'} {tuple(arr.shape)}", opts.quiet)
+    return arr
 
 
 def _safe_auc(task: str, y: np.ndarray, s: np.ndarray) -> float:
