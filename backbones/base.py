@@ -48,6 +48,9 @@ class Backbone(nn.Module):
     input_size: int
     readout_name: str = "default"
     weights_id: str = "random"  # fingerprint of the loaded weights, part of the feature cache key
+    # tokens() puts this many non-patch tokens (class, distillation, registers) before the patch
+    # tokens, which follow in row-major grid order; 0 for CNN feature maps and SAM
+    num_prefix_tokens: int = 0
 
     def stem(self, x: torch.Tensor) -> torch.Tensor:  # (B,3,H,W) normalised -> h
         raise NotImplementedError

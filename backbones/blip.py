@@ -96,6 +96,8 @@ class BLIPBackbone(Backbone):
     def readout(self, h: torch.Tensor) -> torch.Tensor:
         return self.post_layernorm(h[:, 0])
 
+    num_prefix_tokens = 1  # the class token leads the sequence
+
     def tokens(self, h: torch.Tensor) -> torch.Tensor:
         return self.post_layernorm(h)
 

@@ -124,6 +124,8 @@ class CLIPBackbone(Backbone):
             pooled = pooled @ self.proj.weight
         return pooled
 
+    num_prefix_tokens = 1  # the class token leads the sequence
+
     def tokens(self, h: torch.Tensor) -> torch.Tensor:
         return self.ln_post(h)
 

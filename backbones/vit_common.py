@@ -120,6 +120,7 @@ class TimmViT(TimmMethods, Backbone):
         mirror(self, model, skip=("blocks",))
         self._timm_cls = type(model)  # timm's methods run on the backbone (same attributes)
         self.blocks = nn.ModuleList(model.blocks)
+        self.num_prefix_tokens = model.num_prefix_tokens  # the contract declares it, so mirror skips it
         # leading class-like tokens: class (+ distillation); register tokens follow them
         self.num_cls_tokens = model.num_prefix_tokens - model.num_reg_tokens if model.has_class_token else 0
         if readout not in READOUTS + ("default",):

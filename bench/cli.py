@@ -77,6 +77,8 @@ def config_from_args(args: argparse.Namespace):
 def options_from_args(args: argparse.Namespace):
     from .config import RunOptions
 
+    if args.extract_batch_size < 1:
+        raise UserError(f"--extract-batch-size {args.extract_batch_size}: must be at least 1")
     return RunOptions(results_dir=args.results_dir, data_root=args.data_root, cache_dir=args.cache_dir,
                       device=args.device, skip_md5=args.skip_md5, force=args.force,
                       extract_batch_size=args.extract_batch_size, quiet=args.quiet, save_model=args.save_model)

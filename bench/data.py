@@ -178,7 +178,8 @@ def _extract_memmap(path: Path, key: str, md5: str, cache_dir: Path) -> np.ndarr
                            else np.lib.format.read_array_header_2_0)
             shape, fortran, dtype = read_header(f)
             out = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape, fortran_order=fortran)
-            flat = out.reshape(-1)
+            flat = out.reshape(-1, order="F" if fortran else "C")
+            assert np.shares_memory(flat, out)  # writes must land in the file, not in a copy
             step = 1 << 26
             for start in range(0, flat.size, step):
                 n = min(step, flat.size - start)

@@ -29,12 +29,18 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("BENCH_CACHE_DIR") or Path.home() / ".cache" / "medfm-bench")
 
 
+def precision(device: torch.device) -> str:
+    """What ``autocast`` computes in on this device."""
+    if device.type != "cuda":
+        return "fp32"
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+
 def autocast(device: torch.device) -> contextlib.AbstractContextManager:
     """bf16 autocast on CUDA where supported (fp16 otherwise); plain fp32 on CPU, so CPU runs
     are exactly reproducible."""
     if device.type == "cuda":
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.autocast("cuda", dtype=dtype)
+        return torch.autocast("cuda", dtype=torch.bfloat16 if precision(device) == "bf16" else torch.float16)
     return contextlib.nullcontext()
 
 

@@ -20,6 +20,7 @@ import os
 import platform
 import subprocess
 from datetime import datetime, timezone
+from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
 
@@ -73,6 +74,9 @@ class ResultStore:
     def write_run(self, cfg: RunConfig, metrics_by_split: dict[str, dict[str, float]], meta: dict,
                   test_scores: tuple[np.ndarray, np.ndarray], curves: list[dict] | None = None) -> Path:
         run_id = cfg.run_id
+        # a rerun (--force) drops the old completion marker first: a crash mid-write must not
+        # leave old metrics beside new scores
+        self.csv_path(run_id).unlink(missing_ok=True)
         buf = io.BytesIO()
         np.savez_compressed(buf, y_true=test_scores[0], y_score=test_scores[1])
         atomic_write_bytes(self.runs / f"{run_id}.scores.npz", buf.getvalue())
@@ -114,7 +118,8 @@ def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def versions() -> dict[str, str]:
+@lru_cache(maxsize=1)
+def _versions() -> tuple[tuple[str, str], ...]:
     out = {"python": platform.python_version()}
     for pkg in PACKAGES:
         try:
@@ -124,7 +129,17 @@ def versions() -> dict[str, str]:
     import torch
 
     out["torch"] = torch.__version__  # carries the build tag (+cu130, +cpu)
-    return out
+    return tuple(out.items())
+
+
+def versions() -> dict[str, str]:
+    return dict(_versions())
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries that define backbones (part of the feature-cache key)."""
+    v = versions()
+    return {k: v[k] for k in ("torch", "timm", "transformers", "open_clip_torch", "segment-anything") if k in v}
 
 
 def git_revision() -> str | None:

@@ -2,6 +2,7 @@
 part, train the head or fine-tune, score val and test, write the results."""
 from __future__ import annotations
 
+import math
 import random
 import sys
 import time
@@ -17,9 +18,9 @@ from backbones.base import Backbone, count_params
 from . import data, heads, metrics
 from .config import HEADS, RunConfig, RunOptions, parse_unfreeze
 from .errors import UserError, did_you_mean
-from .features import FeatureCache, default_cache_dir, extract
+from .features import FeatureCache, default_cache_dir, extract, precision
 from .preprocess import GRAY_POLICIES, RESIZE_POLICIES, Preprocess
-from .results import ResultStore, git_revision, now, versions
+from .results import ResultStore, git_revision, library_versions, now, versions
 
 FINETUNE_DEFAULTS = dict(epochs=30, lr=1e-4, weight_decay=1e-5, batch_size=64, warmup=1,
                          schedule="cosine", patience=10, grad_clip=1.0, layer_decay=1.0,
@@ -45,6 +46,14 @@ def resolve(backbone: str, dataset: str, *, variant: str | None = None, weights:
     _choice("gray", gray, GRAY_POLICIES)
     _choice("select", select, heads.SELECT)
     parse_unfreeze(unfreeze)
+    if head == "knn" and unfreeze != "none":
+        raise UserError(f"--head knn has nothing to train; use it with --unfreeze none, or pick --head linear|mlp|deit "
+                        f"for --unfreeze {unfreeze}")
+    if input_size is not None and input_size < 16:
+        raise UserError(f"--input-size {input_size}: must be at least 16 pixels")
+    if resize == "none" and input_size not in (None, size):
+        raise UserError(f"--resize none keeps {size} px images, so --input-size {input_size} cannot apply; "
+                        f"use --resize resize|pad or drop --input-size")
     if limit is not None and limit < 2:
         raise UserError(f"--limit {limit}: need at least 2 images per split")
     spec = backbones.get(backbone).spec
@@ -92,8 +101,8 @@ def resolve(backbone: str, dataset: str, *, variant: str | None = None, weights:
 
 
 def _at_least(flag: str, value: float, low: float) -> None:
-    if value < low:
-        raise UserError(f"{flag} {value}: must be at least {low}")
+    if not (math.isfinite(value) and value >= low):  # NaN and inf fail too
+        raise UserError(f"{flag} {value}: must be a finite number of at least {low}")
 
 
 def _check_finetune(ft: dict) -> None:
@@ -107,9 +116,9 @@ def _check_finetune(ft: dict) -> None:
                            ("--patience", "patience", 0), ("--grad-clip", "grad_clip", 0),
                            ("--weight-decay", "weight_decay", 0)):
         _at_least(flag, ft[key], low)
-    if not ft["lr"] > 0:
+    if not (math.isfinite(ft["lr"]) and ft["lr"] > 0):
         raise UserError(f"--lr {ft['lr']}: must be positive")
-    if not 0 < ft["layer_decay"] <= 1:
+    if not (math.isfinite(ft["layer_decay"]) and 0 < ft["layer_decay"] <= 1):
         raise UserError(f"--layer-decay {ft['layer_decay']}: must be in (0, 1]; 1 turns it off")
 
 
@@ -127,9 +136,15 @@ def seed_everything(seed: int) -> None:
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device {name!r}: not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"--device {name!r}: only cpu and cuda are supported; use auto, cpu, cuda or cuda:N")
+    if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"--device {name}: CUDA is not available here; use --device cpu or auto")
-    return torch.device(name)
+    return device
 
 
 def build_backbone(cfg: RunConfig, weights: str | None = None) -> Backbone:
@@ -211,6 +226,10 @@ def execute(cfg: RunConfig, opts: RunOptions) -> Outcome:
         "timings": {k: round(v, 3) for k, v in timings.items()}, "created": now(),
     }
     path = store.write_run(cfg, by_split, meta, (y_test, test_scores), curves)
+    if not cfg.is_probe:
+        from .train import checkpoint_for
+
+        checkpoint_for(opts, cfg).remove()  # only now: a kill before this point resumes, not retrains
     return Outcome(cfg.run_id, "done", {"val": by_split["val"], "test": by_split["test"],
                                         "selected": selected, "timings": meta["timings"]}, path)
 
@@ -220,18 +239,22 @@ def _targets(ds: data.MedMNIST, split: str) -> np.ndarray:
     return labels if metrics.is_multilabel(ds.task) else labels[:, 0]
 
 
-def feature_parts(cfg: RunConfig, weights: str, dataset_md5: str, split: str, what: str = "readout") -> dict:
+def feature_parts(cfg: RunConfig, weights: str, dataset_md5: str, split: str, what: str = "readout",
+                  precision: str = "fp32") -> dict:
     """Everything that changes the frozen output of one split: the feature-cache key.
-    ``weights`` is ``weights_key(model, cfg)``; ``what`` is "readout" or "prefix:<k>"."""
+    ``weights`` is ``weights_key(model, cfg)``; ``what`` is "readout" or "prefix:<k>";
+    ``precision`` what autocast computes in (features.precision); library versions are in it
+    because an upgrade can change an architecture's code or its random init."""
     return {"what": what, "backbone": cfg.backbone, "variant": cfg.variant, "weights": weights,
             "readout": cfg.readout, "input_size": cfg.input_size, "resize": cfg.resize, "gray": cfg.gray,
-            "dataset_md5": dataset_md5, "split": split, "limit": cfg.limit}
+            "dataset_md5": dataset_md5, "split": split, "limit": cfg.limit, "precision": precision,
+            "libraries": library_versions()}
 
 
 def frozen_features(cfg: RunConfig, opts: RunOptions, ds: data.MedMNIST, model: Backbone, pre: Preprocess,
                     device: torch.device, cache: FeatureCache, split: str, timings: dict) -> np.ndarray:
     """Readout features of a fully frozen backbone for one split, from the cache when possible."""
-    parts = feature_parts(cfg, weights_key(model, cfg), ds.md5, split)
+    parts = feature_parts(cfg, weights_key(model, cfg), ds.md5, split, precision=precision(device))
     t = time.perf_counter()
     feats, hit = cache.get_or_compute(parts, lambda: extract(
         model, ds.splits[split].images, pre, device, opts.extract_batch_size, f"extract {split}", opts.quiet))

@@ -22,7 +22,7 @@ from backbones.base import Backbone
 
 from . import augment, heads, metrics
 from .config import RunConfig, RunOptions, parse_unfreeze
-from .features import FeatureCache, autocast, extract
+from .features import FeatureCache, autocast, extract, precision
 from .preprocess import Preprocess
 from .trained_heads import build_head as _build_head
 
@@ -55,7 +55,14 @@ class Trainable(nn.Module):
 class Plan:
     k: int                  # first trainable block
     train_stem: bool
-    cache_prefix: bool      # prefix output computed once and reused every epoch
+    cache_prefix: bool      # train prefix computed once and reused every epoch (no augmentation)
+
+    @property
+    def cached_splits(self) -> tuple[str, ...]:
+        """Splits whose prefix is computed once: val and test are never augmented."""
+        if self.train_stem:
+            return ()
+        return ("train", "val", "test") if self.cache_prefix else ("val", "test")
 
 
 def plan_for(cfg: RunConfig, model: Backbone) -> Plan:
@@ -145,20 +152,22 @@ def finetune(cfg: RunConfig, opts: RunOptions, ds, model: Backbone, pre: Preproc
         return model.run_blocks(model.stem(x), 0, plan.k)
 
     inputs: dict[str, np.ndarray] = {}
-    if plan.cache_prefix:
-        t = time.perf_counter()
-        model.eval()
-        for split in ("train", "val", "test"):
-            inputs[split] = _cached_prefix(cfg, opts, ds, model, pre, device, cache, prefix, plan.k, split)
-        timings["prefix_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    model.eval()
+    for split in plan.cached_splits:
+        inputs[split] = _cached_prefix(cfg, opts, ds, model, pre, device, cache, prefix, plan.k, split)
+    timings["prefix_s"] = time.perf_counter() - t
+    red_only = cfg.gray == "red" and ds.n_channels == 1
 
     def forward_batch(split: str, idx: np.ndarray, train: bool) -> torch.Tensor:
-        if plan.cache_prefix:
+        if split in inputs:
             h = torch.from_numpy(np.ascontiguousarray(inputs[split][idx])).to(device)
             return trainable(h)
         x = pre(pre.to_device(ds.splits[split].images[idx], device))
         if train and policy is not None:
             x = augment.apply(x, policy, aug_gen)
+            if red_only:  # intensity jitter must not put signal back into the zeroed channels
+                x[:, 1:] = 0
         if plan.train_stem:
             return trainable(x)
         with torch.no_grad():
@@ -172,8 +181,9 @@ def finetune(cfg: RunConfig, opts: RunOptions, ds, model: Backbone, pre: Preproc
         else:
             for block in model.blocks[plan.k:]:
                 block.train()
-            for m in model.readout_modules():
-                m.train()
+            if plan.k < model.num_blocks:  # the readout trains with the last block, not alone
+                for m in model.readout_modules():
+                    m.train()
         head.train()
 
     @torch.no_grad()
@@ -204,15 +214,20 @@ def finetune(cfg: RunConfig, opts: RunOptions, ds, model: Backbone, pre: Preproc
     steps_per_epoch = max(1, math.ceil(n_train / cfg.batch_size))
     y_val = ds.splits["val"].labels if metrics.is_multilabel(ds.task) else ds.splits["val"].labels[:, 0]
 
-    ckpt = Checkpoint(Path(opts.results_dir) / "checkpoints" / f"{cfg.run_id}.pt")
+    ckpt = checkpoint_for(opts, cfg)
     state = ckpt.load(trainable, opt, gen, aug_gen) if not opts.force else None
     start_epoch, best, curves = (state or {}).get("epoch", 0), (state or {}).get("best"), (state or {}).get("curves", [])
+    stopped = (state or {}).get("stopped", False)  # early-stopped before the kill: train no further
     if state:
         log(f"resuming fine-tune from epoch {start_epoch} ({ckpt.path})", opts.quiet)
+        if "scaler" in state:
+            scaler.load_state_dict(state["scaler"])
     step = start_epoch * steps_per_epoch
     t_train = time.perf_counter()
     bad_epochs = (state or {}).get("bad_epochs", 0)
     for epoch in tqdm(range(start_epoch + 1, cfg.epochs + 1), desc="fine-tune", disable=opts.quiet or None, leave=False):
+        if stopped:
+            break
         set_train_mode()
         order = epoch_order(cfg, ds.task, train_labels, n_train, gen).numpy()
         loss_sum = 0.0
@@ -244,20 +259,21 @@ def finetune(cfg: RunConfig, opts: RunOptions, ds, model: Backbone, pre: Preproc
             bad_epochs = 0
         else:
             bad_epochs += 1
-        ckpt.save(trainable, opt, gen, aug_gen, epoch=epoch, best=best, curves=curves, bad_epochs=bad_epochs)
-        if cfg.patience and bad_epochs >= cfg.patience:
+        stopped = bool(cfg.patience and bad_epochs >= cfg.patience)
+        ckpt.save(trainable, opt, gen, aug_gen, epoch=epoch, best=best, curves=curves, bad_epochs=bad_epochs,
+                  stopped=stopped, scaler=scaler.state_dict())
+        if stopped:
             log(f"early stop at epoch {epoch}: val {cfg.select} has not improved for {cfg.patience} epochs", opts.quiet)
-            break
     timings["train_s"] = time.perf_counter() - t_train
     trainable.load_state_dict(best["state"], strict=False)  # best epoch on val, then test once
     val_scores, _ = predict("val")
     test_scores, _ = predict("test")
     if opts.save_model:
         save_model(Path(opts.results_dir) / "models" / cfg.run_id, model, head)
-    ckpt.remove()
+    # the checkpoint stays until the runner has written the results (see checkpoint_for)
     n_train_params = sum(p.numel() for g in groups for p in g["params"])
     selected = {"head": cfg.head, "unfreeze": cfg.unfreeze, "epoch": best["epoch"], f"val_{cfg.select}": best["value"],
-                "trainable_params": n_train_params, "prefix_cached": plan.cache_prefix}
+                "trainable_params": n_train_params, "prefix_cached": list(plan.cached_splits)}
     return val_scores, test_scores, selected, [{"split": "val", **c} for c in curves]
 
 
@@ -267,7 +283,7 @@ def _cached_prefix(cfg: RunConfig, opts: RunOptions, ds, model: Backbone, pre: P
     the memory budget it stays on disk and batches are read from the memory-mapped file."""
     from .run import feature_parts, log, weights_key
 
-    parts = feature_parts(cfg, weights_key(model, cfg), ds.md5, split, what=f"prefix:{k}")
+    parts = feature_parts(cfg, weights_key(model, cfg), ds.md5, split, what=f"prefix:{k}", precision=precision(device))
     arr, hit = cache.get_or_compute(parts, lambda: extract(
         prefix, ds.splits[split].images, pre, device, opts.extract_batch_size, f"prefix {split}", opts.quiet),
         memory_budget=PREFIX_MEMORY_BYTES)
@@ -286,6 +302,10 @@ def _trainable_state(trainable: nn.Module) -> dict[str, torch.Tensor]:
     """Copies of the tensors that can change: trainable parameters and all buffers."""
     keep = {n for n, p in trainable.named_parameters() if p.requires_grad} | {n for n, _ in trainable.named_buffers()}
     return {n: t.detach().clone() for n, t in trainable.state_dict().items() if n in keep}
+
+
+def checkpoint_for(opts: RunOptions, cfg: RunConfig) -> "Checkpoint":
+    return Checkpoint(Path(opts.results_dir) / "checkpoints" / f"{cfg.run_id}.pt")
 
 
 class Checkpoint:

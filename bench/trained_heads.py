@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from backbones.base import Backbone
+from bench.errors import UserError
 
 DEIT_ARCHS = {"deit_tiny": "deit_tiny_patch16_224.fb_in1k", "deit_small": "deit_small_patch16_224.fb_in1k",
               "deit_base": "deit_base_patch16_224.fb_in1k"}
@@ -44,17 +45,20 @@ class DeiTHead(nn.Module):
     wants_tokens = True
 
     def __init__(self, in_dim: int, n_tokens: int, n_out: int, arch: str = "deit_small",
-                 pretrained: bool = True, depth: int = DEIT_HEAD_DEPTH) -> None:
+                 pretrained: bool = True, depth: int = DEIT_HEAD_DEPTH, n_prefix: int = 0) -> None:
         super().__init__()
         from backbones import timm_common
 
         name = DEIT_ARCHS[arch]
-        deit, self.weights_id = timm_common.create(name, "default" if pretrained else "random",
-                                                   name=f"--head deit ({arch})")
+        try:
+            deit, self.weights_id = timm_common.create(name, "default" if pretrained else "random",
+                                                       name=f"timm:{name}")
+        except UserError as e:
+            raise UserError(f"--head deit starts from ImageNet DeiT ({arch}): {e}") from None
         dim = deit.embed_dim
         self.proj = nn.Sequential(nn.Linear(in_dim, dim), nn.LayerNorm(dim))
         self.cls_token = nn.Parameter(deit.cls_token.detach().clone())
-        self.pos_embed = nn.Parameter(_resize_pos_embed(deit.pos_embed.detach(), n_tokens))
+        self.pos_embed = nn.Parameter(_resize_pos_embed(deit.pos_embed.detach(), n_tokens - n_prefix, n_prefix))
         self.blocks = nn.Sequential(*list(deit.blocks)[:depth])
         self.norm = deit.norm
         self.fc = nn.Linear(dim, n_out)
@@ -65,19 +69,20 @@ class DeiTHead(nn.Module):
         return self.fc(self.norm(self.blocks(x))[:, 0])
 
 
-def _resize_pos_embed(pos: torch.Tensor, n_tokens: int) -> torch.Tensor:
-    """DeiT's (1, 1+G*G, C) position embeddings -> (1, 1+n_tokens, C): 2D bicubic when the token
-    count is square (a patch grid), else 1D linear over the flattened grid."""
+def _resize_pos_embed(pos: torch.Tensor, n_patches: int, n_prefix: int = 0) -> torch.Tensor:
+    """DeiT's (1, 1+G*G, C) position embeddings -> (1, 1+n_prefix+n_patches, C) for the head's
+    CLS, the backbone's prefix tokens (class/registers: they get DeiT's CLS position) and its
+    patch grid (2D bicubic; 1D linear over the flattened grid if the count is not a square)."""
     cls, grid = pos[:, :1], pos[:, 1:]
     g = int(math.isqrt(grid.shape[1]))
-    side = math.isqrt(n_tokens)
-    if side * side == n_tokens:
+    side = math.isqrt(n_patches)
+    if side * side == n_patches:
         img = grid.reshape(1, g, g, -1).permute(0, 3, 1, 2)
         grid = F.interpolate(img, size=(side, side), mode="bicubic", align_corners=False)
-        grid = grid.permute(0, 2, 3, 1).reshape(1, n_tokens, -1)
+        grid = grid.permute(0, 2, 3, 1).reshape(1, n_patches, -1)
     else:
-        grid = F.interpolate(grid.transpose(1, 2), size=n_tokens, mode="linear", align_corners=False).transpose(1, 2)
-    return torch.cat([cls, grid], dim=1)
+        grid = F.interpolate(grid.transpose(1, 2), size=n_patches, mode="linear", align_corners=False).transpose(1, 2)
+    return torch.cat([cls, cls.expand(-1, n_prefix, -1), grid], dim=1)
 
 
 def build_head(head: str, backbone: Backbone, n_out: int, input_size: int, *, arch: str | None = None,
@@ -86,6 +91,8 @@ def build_head(head: str, backbone: Backbone, n_out: int, input_size: int, *, ar
         return LinearHead(backbone.embed_dim, n_out)
     if head == "mlp":
         return MLPHead(backbone.embed_dim, n_out)
+    if head != "deit":
+        raise ValueError(f"no trained head {head!r}")
     # the DeiT head needs the token count and width of this backbone at this input size
     with torch.no_grad():
         was_training = backbone.training
@@ -94,4 +101,5 @@ def build_head(head: str, backbone: Backbone, n_out: int, input_size: int, *, ar
                         device=next(backbone.parameters()).device)
         tokens = backbone.tokens(backbone.run_blocks(backbone.stem(x)))
         backbone.train(was_training)
-    return DeiTHead(tokens.shape[-1], tokens.shape[1], n_out, arch or "deit_small", pretrained)
+    return DeiTHead(tokens.shape[-1], tokens.shape[1], n_out, arch or "deit_small", pretrained,
+                    n_prefix=backbone.num_prefix_tokens)

@@ -30,10 +30,14 @@ def epoch_seconds(backbone: str, variant: str | None, cache: bool, a: argparse.N
     opts = RunOptions(results_dir=tmp / f"r-{cache}", data_root=a.data_root, cache_dir=tmp / f"c-{cache}", quiet=True)
     original = train.plan_for
     if not cache:
+        class NoCache(train.Plan):  # recompute the prefix for every split, every epoch
+            @property
+            def cached_splits(self) -> tuple[str, ...]:
+                return ()
+
         def no_cache(cfg, model):
             p = original(cfg, model)
-            p.cache_prefix = False
-            return p
+            return NoCache(p.k, p.train_stem, cache_prefix=False)
         train.plan_for = no_cache
     try:
         out = execute(cfg, opts)

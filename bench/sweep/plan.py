@@ -191,15 +191,15 @@ def features_cached(cfg: RunConfig, opts: RunOptions, known: dict, md5_memo: dic
     """True/False when the train/val/test features of this probe run are/aren't cached; None if
     that cannot be known yet (default weights never run here, or the dataset file is missing)."""
     from ..data import SPLITS
-    from ..features import FeatureCache, default_cache_dir
+    from ..features import FeatureCache, default_cache_dir, precision
+    from ..run import feature_parts, pick_device
 
     wkey, md5 = weights_key_for(cfg, known), dataset_md5(cfg, opts, md5_memo)
     if wkey is None or md5 is None:
         return None
-    from ..run import feature_parts
-
     cache = FeatureCache(Path(opts.cache_dir or default_cache_dir()))
-    return all(cache.exists(feature_parts(cfg, wkey, md5, s)) for s in SPLITS)
+    prec = precision(pick_device(opts.device))
+    return all(cache.exists(feature_parts(cfg, wkey, md5, s, precision=prec)) for s in SPLITS)
 
 
 # -- the plan --------------------------------------------------------------------------------------
