@@ -41,9 +41,15 @@ def test_deit_head_gives_patch_tokens_their_2d_positions(name, variant, size):
     assert pos.shape[1] == 1 + n_prefix + n_patches
     # prefix tokens share the CLS position; patches are a 2D resampling of a 14x14 grid
     assert torch.equal(pos[:, 1:1 + n_prefix], pos[:, :1].expand(-1, n_prefix, -1))
-    # before the fix a 1D resampling over 1+prefix+patches mixed rows; now the grid corners are
-    # DeiT's own corner positions resampled in 2D (bicubic keeps the four corners' order)
     assert head(tokens).shape == (1, 2)
+    # the patch part is the 2D resampling of DeiT's 14x14 grid (before the fix: 1D over all tokens)
+    from bench.trained_heads import _resize_pos_embed
+
+    deit_pos = torch.randn(1, 197, 8)
+    out = _resize_pos_embed(deit_pos, n_patches, n_prefix)
+    img = deit_pos[:, 1:].reshape(1, 14, 14, 8).permute(0, 3, 1, 2)
+    expected = torch.nn.functional.interpolate(img, size=(side, side), mode="bicubic", align_corners=False)
+    assert torch.allclose(out[:, 1 + n_prefix:], expected.permute(0, 2, 3, 1).reshape(1, n_patches, 8))
 
 
 def test_knn_with_unfreeze_is_refused(capsys, data_root, tmp_path):
