@@ -207,14 +207,19 @@ def test_clip_wrong_architecture_and_unfreeze(tmp_path):
     assert b.weights_id == "random"
 
 
-def test_clip_bench_checkpoint_roundtrip(tmp_path):
-    b = backbones.build("clip", "tiny", "default", input_size=48).eval()
-    assert b.weights_id == "clip-tiny-seed0"
-    path = save_bench_checkpoint(b, tmp_path / "model.safetensors")
-    again = backbones.build("clip", "tiny", path, input_size=48).eval()
-    x = torch.randn(1, 3, 48, 48)
+def assert_bench_roundtrip(name: str, tmp_path, size: int = 48):
+    """A `--save-model` file of the tiny fixed-seed model reloads to the same outputs."""
+    seeded = backbones.build(name, "tiny", "default", input_size=size).eval()
+    path = save_bench_checkpoint(seeded, tmp_path / "model.safetensors")
+    again = backbones.build(name, "tiny", path, input_size=size).eval()
+    x = torch.randn(1, 3, size, size)
     with torch.no_grad():
-        assert close(again(x), b(x))
+        assert close(again(x), seeded(x))
+    return seeded
+
+
+def test_clip_bench_checkpoint_roundtrip(tmp_path):
+    assert assert_bench_roundtrip("clip", tmp_path).weights_id == "clip-tiny-seed0"
 
 
 def test_clip_default_weights_offline_fail_fast():
@@ -395,12 +400,7 @@ def test_blip_wrong_architecture_unfreeze_and_roundtrip(tmp_path, clip_file):
     b = backbones.build("blip", "tiny", "random")
     assert b.weights_id == "random" and b(torch.randn(2, 3, 32, 32)).std() > 0.1  # a real init, not 1e-10
     check_unfreeze(b)
-    seeded = backbones.build("blip", "tiny", "default", input_size=48).eval()
-    path = save_bench_checkpoint(seeded, tmp_path / "model.safetensors")
-    again = backbones.build("blip", "tiny", path, input_size=48).eval()
-    x = torch.randn(1, 3, 48, 48)
-    with torch.no_grad():
-        assert close(again(x), seeded(x))
+    assert_bench_roundtrip("blip", tmp_path)
 
 
 def test_blip_default_weights_offline_fail_fast():
