@@ -4,6 +4,12 @@ Conventions (same as MedMNIST): ``y_true`` is (N,) class indices, or (N, L) 0/1 
 ``y_score`` is (N, C) probabilities (softmax for single-label, sigmoid for multi-label).
 Binary tasks score the last column, threshold 0.5; multi-class and ordinal use argmax and the
 one-vs-rest mean AUC; multi-label averages per label.
+
+Calibration ("can the scores be read as probabilities"): ``ece`` is the top-label expected
+calibration error over ``ECE_BINS`` equal-width confidence bins (Guo et al. 2017; a bin is
+(lo, hi]); ``brier`` is the mean squared error of the probabilities: binary and per label
+(p_positive - y)^2, as sklearn's brier_score_loss; multi-class and ordinal the sum over classes
+of (p_c - [y = c])^2 (Brier 1950, range 0..2). Both: lower is better.
 """
 from __future__ import annotations
 
@@ -15,6 +21,8 @@ from sklearn.metrics import (balanced_accuracy_score, cohen_kappa_score, f1_scor
                              roc_auc_score)
 
 TASKS = ("binary-class", "multi-class", "ordinal-regression", "multi-label, binary-class")
+ECE_BINS = 15
+LOWER_IS_BETTER = frozenset({"ece", "brier"})  # every other metric here: higher is better
 
 
 def is_multilabel(task: str) -> bool:
@@ -80,9 +88,45 @@ def acc(task: str, y_true: np.ndarray, y_score: np.ndarray, threshold: float = 0
     return float((y_true == pred).mean())
 
 
+def _ece_from(correct: np.ndarray, conf: np.ndarray, n_bins: int) -> float:
+    # bin b holds confidences in (b/n, (b+1)/n]; a confidence of exactly 0 joins the first bin
+    b = np.clip(np.ceil(conf * n_bins).astype(int) - 1, 0, n_bins - 1)
+    gap = np.abs(np.bincount(b, correct, n_bins) - np.bincount(b, conf, n_bins))  # sums, not means
+    return float(gap.sum() / max(len(conf), 1))
+
+
+def ece(task: str, y_true: np.ndarray, y_score: np.ndarray, n_bins: int = ECE_BINS) -> float:
+    """Top-label expected calibration error: sum over bins of |B|/N x |accuracy(B) - confidence(B)|.
+    Binary: the predicted class is p > 0.5 with confidence max(p, 1 - p); multi-label: per label,
+    averaged."""
+    y_true, y_score = _prep(y_true, y_score)
+    if is_multilabel(task):
+        return float(np.mean([ece("binary-class", y_true[:, i], y_score[:, i], n_bins)
+                              for i in range(y_score.shape[1])]))
+    pred = predictions(task, y_score)
+    if task == "binary-class":
+        p1 = y_score[:, -1] if y_score.ndim == 2 else y_score
+        conf = np.where(pred == 1, p1, 1 - p1)
+    else:
+        conf = y_score.max(axis=-1)
+    return _ece_from((pred == y_true).astype(float), conf.astype(float), n_bins)
+
+
+def brier(task: str, y_true: np.ndarray, y_score: np.ndarray) -> float:
+    """Mean squared error of the predicted probabilities (see the module docstring for the forms)."""
+    y_true, y_score = _prep(y_true, y_score)
+    if is_multilabel(task):
+        return float(np.mean((y_score - y_true) ** 2))  # = mean over labels of the binary score
+    if task == "binary-class":
+        p1 = y_score[:, -1] if y_score.ndim == 2 else y_score
+        return float(np.mean((p1 - (y_true == 1)) ** 2))
+    onehot = y_true[:, None] == np.arange(y_score.shape[-1])[None, :]
+    return float(np.mean(((y_score - onehot) ** 2).sum(axis=1)))
+
+
 def evaluate(task: str, y_true: np.ndarray, y_score: np.ndarray) -> dict[str, float]:
     """All metrics of one split: acc, auc (MedMNIST), balanced_acc, macro_f1, recall_<class>,
-    and quadratic kappa for ordinal tasks. AUC is NaN when a split holds a single class."""
+    quadratic kappa for ordinal tasks, ece and brier. AUC is NaN when a split holds a single class."""
     y_true_s, _ = _prep(y_true, y_score)
     out = {"acc": acc(task, y_true, y_score)}
     try:
@@ -109,4 +153,6 @@ def evaluate(task: str, y_true: np.ndarray, y_score: np.ndarray) -> dict[str, fl
             out["kappa"] = float(cohen_kappa_score(y_true_s, pred, labels=labels, weights="quadratic"))
     for i, r in enumerate(np.atleast_1d(per)):
         out[f"recall_{i}"] = float(r)
+    out["ece"] = ece(task, y_true, y_score)
+    out["brier"] = brier(task, y_true, y_score)
     return out

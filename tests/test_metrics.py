@@ -41,3 +41,71 @@ def test_balanced_accuracy_and_recall_show_a_failing_class():
 def test_auc_is_nan_when_split_has_one_class():
     out = metrics.evaluate("binary-class", np.zeros(5, int), np.tile([0.6, 0.4], (5, 1)))
     assert np.isnan(out["auc"]) and out["acc"] == 1.0
+
+
+# -- calibration: ECE (15 bins) and Brier -------------------------------------------------------
+
+def _ece_by_loop(correct, conf, n_bins=15):
+    """Guo et al. (2017) written out: bins (lo, hi], |B|/N x |acc(B) - conf(B)|."""
+    total = 0.0
+    for b in range(n_bins):
+        lo, hi = b / n_bins, (b + 1) / n_bins
+        inside = (conf > lo) & (conf <= hi) if b else (conf >= 0) & (conf <= hi)
+        if inside.any():
+            total += inside.mean() * abs(correct[inside].mean() - conf[inside].mean())
+    return total
+
+
+@pytest.mark.parametrize("task,n", TASKS)
+def test_ece_matches_the_written_out_definition(task, n):
+    rng = np.random.default_rng(100 + n)
+    size = 400
+    if task.startswith("multi-label"):
+        y = (rng.random((size, n)) < 0.3).astype(int)
+        sc = rng.random((size, n))
+        want = np.mean([_ece_by_loop(((sc[:, i] > 0.5) == y[:, i]).astype(float),
+                                     np.maximum(sc[:, i], 1 - sc[:, i])) for i in range(n)])
+    else:
+        y = rng.integers(0, n, size)
+        sc = rng.dirichlet(np.ones(n), size)
+        if task == "binary-class":
+            pred, conf = (sc[:, 1] > 0.5).astype(int), np.maximum(sc[:, 1], sc[:, 0])
+        else:
+            pred, conf = sc.argmax(1), sc.max(1)
+        want = _ece_by_loop((pred == y).astype(float), conf)
+    assert metrics.ece(task, y, sc) == pytest.approx(want, abs=1e-12)
+    assert metrics.evaluate(task, y, sc)["ece"] == pytest.approx(want, abs=1e-12)
+
+
+def test_ece_by_hand():
+    # every image predicted positive at 0.9 confidence, 8 of 10 right: one bin, |0.8 - 0.9| = 0.1
+    y = np.array([1] * 8 + [0] * 2)
+    sc = np.tile([0.1, 0.9], (10, 1))
+    assert metrics.ece("binary-class", y, sc) == pytest.approx(0.1)
+    # perfectly calibrated halves: 0.7 confident and 70% right, 0.2 for class 1 (0.8 confident
+    # in class 0) and 80% right -> 0
+    y = np.array([1] * 7 + [0] * 3 + [0] * 8 + [1] * 2)
+    p1 = np.array([0.7] * 10 + [0.2] * 10)
+    assert metrics.ece("binary-class", y, np.stack([1 - p1, p1], 1)) == pytest.approx(0.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("task,n", TASKS)
+def test_brier_matches_sklearn(task, n):
+    from sklearn.metrics import brier_score_loss
+
+    rng = np.random.default_rng(200 + n)
+    size = 300
+    if task.startswith("multi-label"):
+        y = (rng.random((size, n)) < 0.3).astype(int)
+        sc = rng.random((size, n))
+        want = np.mean([brier_score_loss(y[:, i], sc[:, i]) for i in range(n)])
+    else:
+        y = rng.integers(0, n, size)
+        sc = rng.dirichlet(np.ones(n), size)
+        # sklearn: binary (p1 - y)^2; multi-class sum over classes (Brier 1950)
+        want = brier_score_loss(y, sc[:, 1]) if n == 2 else brier_score_loss(y, sc, labels=list(range(n)))
+    assert metrics.brier(task, y, sc) == pytest.approx(want, abs=1e-12)
+    assert metrics.evaluate(task, y, sc)["brier"] == pytest.approx(want, abs=1e-12)
+    if n == 2:  # by hand: always 0.9 on the positive class, half of them positive
+        assert metrics.brier(task, np.array([1, 0]), np.array([[0.1, 0.9], [0.1, 0.9]])) == pytest.approx(
+            (0.01 + 0.81) / 2)
