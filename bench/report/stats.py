@@ -1,5 +1,8 @@
-"""Uncertainty: seed summaries, bootstrap intervals over the test set, paired comparisons and a
-multiple-comparison correction.
+"""Uncertainty: seed summaries, bootstrap intervals over the test set, paired comparisons, tests
+over datasets (exact signed-rank, Friedman, Nemenyi) and a multiple-comparison correction.
+
+Units: within a dataset the test images are the sample (paired bootstrap); across datasets the
+datasets are (seed means first: seeds of one dataset share its test set and are not independent).
 
 Bootstrap recipe (documented because tests and readers must be able to reproduce it): for a test
 set of ``n`` images, ``rng = default_rng(SeedSequence([seed, crc32(key), n]))`` with ``key`` the
@@ -16,9 +19,11 @@ per call, which for 1000 resamples x seeds x models x datasets would take hours.
 """
 from __future__ import annotations
 
+import itertools
 import math
 import warnings
 import zlib
+from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
@@ -36,6 +41,8 @@ def metric_fn(name: str) -> MetricFn:
         return M.acc
     if name == "auc":
         return M.auc
+    if name in ("ece", "brier"):
+        return getattr(M, name)
 
     def fn(task: str, y_true: np.ndarray, y_score: np.ndarray) -> float:
         return M.evaluate(task, y_true, y_score).get(name, float("nan"))
@@ -150,15 +157,137 @@ def bootstrap_p(diffs: np.ndarray) -> float:
     return float(min(1.0, 2 * min(below, above)))
 
 
+def signed_rank_p(diffs: Sequence[float]) -> tuple[float, int]:
+    """Exact two-sided Wilcoxon signed-rank p of paired differences, and the number of non-zero
+    differences used. Zero differences are dropped (scipy's default), tied |d| get mid-ranks, and
+    the null distribution of the positive rank sum is enumerated exactly (all 2^n sign patterns, by
+    convolution), so the p-value is exact for any n and with ties; p = 2 x the smaller tail,
+    capped at 1, as scipy.stats.wilcoxon(method="exact"). NaN with no non-zero difference."""
+    d = np.asarray(diffs, float)
+    d = d[np.isfinite(d) & (d != 0)]
+    n = int(d.size)
+    if n == 0:
+        return float("nan"), 0
+    r2 = np.rint(2 * sps.rankdata(np.abs(d))).astype(int)  # mid-ranks are halves: double them
+    counts = np.zeros(int(r2.sum()) + 1)
+    counts[0] = 1.0
+    for r in r2:  # each rank joins the positive sum or not, with probability 1/2
+        counts[r:] += counts[:-r].copy()  # r >= 2: doubled ranks are never 0
+    pmf = counts / counts.sum()
+    t = int(r2[d > 0].sum())
+    p = 2 * min(pmf[: t + 1].sum(), pmf[t:].sum())
+    return float(min(1.0, p)), n
+
+
+def min_signed_rank_p(n: int) -> float:
+    """The smallest two-sided signed-rank p that ``n`` pairs can give (all differences of one
+    sign): 2 / 2^n. Below 0.05 only from n = 6 on."""
+    return float(min(1.0, 2.0 / 2.0 ** n)) if n > 0 else float("nan")
+
+
 def wilcoxon_p(a: Sequence[float], b: Sequence[float]) -> tuple[float, int]:
-    """Two-sided Wilcoxon signed-rank p for paired values (zero differences dropped, scipy's
-    default); NaN when fewer than one non-zero difference."""
+    """Exact two-sided signed-rank p for paired values ``a`` and ``b`` (see ``signed_rank_p``),
+    and the number of finite pairs."""
     d = np.asarray(a, float) - np.asarray(b, float)
     d = d[np.isfinite(d)]
-    nz = d[d != 0]
-    if nz.size == 0:
-        return float("nan"), int(d.size)
-    return float(sps.wilcoxon(nz).pvalue), int(d.size)
+    return signed_rank_p(d)[0], int(d.size)
+
+
+# -- comparing several models over many datasets (Demsar 2006) ----------------------------------
+
+def rank_rows(values: np.ndarray, higher_is_better: bool = True) -> np.ndarray:
+    """Rank the models (columns) within each dataset (row): 1 = best, ties get the mean rank."""
+    v = np.asarray(values, float)
+    return sps.rankdata(-v if higher_is_better else v, axis=1)
+
+
+@dataclass(frozen=True)
+class Friedman:
+    n: int                     # datasets (blocks)
+    k: int                     # models
+    mean_ranks: np.ndarray     # per model, 1 = best
+    statistic: float           # chi-square_F, tie-corrected as scipy.stats.friedmanchisquare
+    p: float                   # from the chi-square approximation (k - 1 df)
+    p_exact: float | None      # by enumerating every within-dataset permutation, when feasible
+    iman_davenport: float      # F_F = (N-1) chi2 / (N(k-1) - chi2), Demsar's recommendation
+    p_iman_davenport: float    # F distribution with (k-1), (k-1)(N-1) df
+
+
+def friedman_statistic(mean_ranks: Sequence[float], n: int) -> float:
+    """chi-square_F from mean ranks, without tie correction (Demsar 2006, eq. before Table 5)."""
+    r = np.asarray(mean_ranks, float)
+    k = r.size
+    return float(12 * n / (k * (k + 1)) * (np.sum(r ** 2) - k * (k + 1) ** 2 / 4))
+
+
+def iman_davenport(chi2: float, n: int, k: int) -> tuple[float, float]:
+    denom = n * (k - 1) - chi2
+    if denom <= 1e-12:  # every dataset ranks the models the same way
+        return float("inf"), 0.0
+    f = (n - 1) * chi2 / denom
+    return float(f), float(sps.f.sf(f, k - 1, (k - 1) * (n - 1)))
+
+
+EXACT_WORK = 200_000  # give up the exact Friedman p beyond this many (state, permutation) steps
+
+
+def friedman(values: np.ndarray, higher_is_better: bool = True) -> Friedman:
+    """Friedman test of ``values`` (datasets x models, no missing cells; k >= 2, N >= 2)."""
+    v = np.asarray(values, float)
+    n, k = v.shape
+    ranks = rank_rows(v, higher_is_better)
+    sums = ranks.sum(0)
+    # tie correction of scipy.stats.friedmanchisquare: 1 - sum(t^3 - t) / (N k (k^2 - 1))
+    ties = sum(float(np.sum(c ** 3 - c)) for row in ranks for c in [np.unique(row, return_counts=True)[1]])
+    corr = 1 - ties / (n * k * (k * k - 1))
+    chi2 = (12 / (n * k * (k + 1)) * np.sum(sums ** 2) - 3 * n * (k + 1)) / corr if corr > 0 else float("nan")
+    p = float(sps.chi2.sf(chi2, k - 1)) if np.isfinite(chi2) else float("nan")
+    ff, p_ff = iman_davenport(chi2, n, k) if np.isfinite(chi2) else (float("nan"), float("nan"))
+    return Friedman(n, k, sums / n, float(chi2), p, _friedman_exact(ranks), ff, p_ff)
+
+
+def _friedman_exact(ranks: np.ndarray) -> float | None:
+    """P(sum of squared rank sums >= observed) when each dataset's ranks are permuted uniformly
+    and independently (the null of the Friedman test); None when too many states to enumerate."""
+    r2 = np.rint(2 * ranks).astype(int)  # mid-ranks are halves
+    obs = int(np.sum(r2.sum(0) ** 2))
+    # the first dataset can stay fixed: relabelling the models does not change the statistic
+    states: dict[tuple[int, ...], int] = {tuple(r2[0]): 1}
+    for row in r2[1:]:
+        perms = {tuple(row[list(p)]) for p in itertools.permutations(range(len(row)))}
+        if len(states) * len(perms) > EXACT_WORK:
+            return None
+        nxt: dict[tuple[int, ...], int] = {}
+        for st, c in states.items():
+            for pm in perms:
+                key = tuple(a + b for a, b in zip(st, pm))
+                nxt[key] = nxt.get(key, 0) + c
+        states = nxt
+    total = sum(states.values())
+    hit = sum(c for st, c in states.items() if sum(x * x for x in st) >= obs)
+    return hit / total
+
+
+def nemenyi_q(k: int, alpha: float = 0.05) -> float:
+    """q_alpha of the Nemenyi test: the studentized range quantile over sqrt(2) (Demsar 2006, Table 5a)."""
+    return float(sps.studentized_range.ppf(1 - alpha, k, np.inf) / math.sqrt(2))
+
+
+def nemenyi_cd(k: int, n: int, alpha: float = 0.05) -> float:
+    """Critical difference of mean ranks: q_alpha sqrt(k (k + 1) / (6 N))."""
+    return nemenyi_q(k, alpha) * math.sqrt(k * (k + 1) / (6 * n))
+
+
+def cd_groups(mean_ranks: Sequence[float], cd: float) -> list[tuple[int, int]]:
+    """Maximal runs (first, last index in rank order) of models whose mean ranks differ by less
+    than ``cd``: the bars of a critical-difference diagram. Only runs of two or more."""
+    r = np.sort(np.asarray(mean_ranks, float))
+    out: list[tuple[int, int]] = []
+    for i in range(len(r)):
+        j = int(np.searchsorted(r, r[i] + cd - 1e-12, side="left")) - 1  # last with r[j] - r[i] < cd
+        if j > i and not (out and out[-1][1] >= j):
+            out.append((i, j))
+    return out
 
 
 def holm(pvalues: Sequence[float]) -> np.ndarray:
