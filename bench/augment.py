@@ -18,8 +18,9 @@ import torch
 import torch.nn.functional as F
 
 from .errors import UserError, did_you_mean
+from .options import choices
 
-POLICIES = ("none", "light", "paper", "auto")
+POLICIES = choices("augment")
 
 
 @dataclass(frozen=True)
@@ -35,26 +36,24 @@ class Policy:
 ORIENTATION_FREE = Policy(hflip=True, vflip=True, rot90=True, crop_scale=(0.8, 1.0), intensity=0.1)
 # Chest X-ray and abdominal CT: the heart and liver sit on one side, so no flips or large rotations.
 ANATOMICAL = Policy(max_rotation_deg=5.0, crop_scale=(0.8, 1.0), intensity=0.1)
+# keyed by Dataset.modality (MedMNIST's come from bench.datasets.medmnist.MODALITY)
 MODALITY: dict[str, Policy] = {
-    "pathmnist": ORIENTATION_FREE,       # colon pathology patches
-    "dermamnist": ORIENTATION_FREE,      # dermatoscopy
-    "bloodmnist": ORIENTATION_FREE,      # blood smear microscopy
-    "tissuemnist": ORIENTATION_FREE,     # kidney cortex microscopy
-    "chestmnist": ANATOMICAL,            # chest X-ray
-    "pneumoniamnist": ANATOMICAL,        # chest X-ray
-    "organamnist": ANATOMICAL,           # abdominal CT
-    "organcmnist": ANATOMICAL,
-    "organsmnist": ANATOMICAL,
+    "pathology": ORIENTATION_FREE,                  # colon pathology patches
+    "dermatoscopy": ORIENTATION_FREE,
+    "blood smear microscopy": ORIENTATION_FREE,
+    "kidney cortex microscopy": ORIENTATION_FREE,
+    "chest x-ray": ANATOMICAL,
+    "abdominal ct": ANATOMICAL,
     # fundus: left/right eyes mirror each other, so a flip gives a plausible image
-    "retinamnist": Policy(hflip=True, max_rotation_deg=15.0, crop_scale=(0.85, 1.0), intensity=0.1),
+    "fundus photography": Policy(hflip=True, max_rotation_deg=15.0, crop_scale=(0.85, 1.0), intensity=0.1),
     # OCT B-scans have a top (vitreous) and bottom (choroid): horizontal flips only
-    "octmnist": Policy(hflip=True, crop_scale=(0.85, 1.0), intensity=0.1),
+    "retinal oct": Policy(hflip=True, crop_scale=(0.85, 1.0), intensity=0.1),
     # breast ultrasound: depth runs top to bottom; lateral flips are plausible
-    "breastmnist": Policy(hflip=True, max_rotation_deg=10.0, crop_scale=(0.85, 1.0), intensity=0.1),
+    "breast ultrasound": Policy(hflip=True, max_rotation_deg=10.0, crop_scale=(0.85, 1.0), intensity=0.1),
 }
 
 
-def policy_for(name: str, dataset: str) -> Policy | None:
+def policy_for(name: str, modality: str) -> Policy | None:
     if name not in POLICIES:
         raise UserError(f"unknown augment {name!r}; {did_you_mean(name, POLICIES)}")
     if name == "none":
@@ -63,7 +62,7 @@ def policy_for(name: str, dataset: str) -> Policy | None:
         return Policy(hflip=True, crop_scale=(0.8, 1.0))
     if name == "paper":
         return Policy(hflip=True, max_rotation_deg=10.0, crop_scale=(0.5, 1.0))
-    return MODALITY.get(dataset, Policy(crop_scale=(0.8, 1.0), intensity=0.1))
+    return MODALITY.get(modality, Policy(crop_scale=(0.8, 1.0), intensity=0.1))
 
 
 def apply(x: torch.Tensor, p: Policy, gen: torch.Generator) -> torch.Tensor:

@@ -11,77 +11,38 @@ from typing import Sequence
 from .errors import UserError
 
 
-def _add_run_options(p: argparse.ArgumentParser) -> None:
-    """Options shared by `bench run` and `bench sweep` (a sweep may list several values)."""
-    g = p.add_argument_group("what to run")
-    g.add_argument("--backbone", required=True, help="registry name, timm:NAME, or a plugin's name")
-    g.add_argument("--variant", help="backbone variant (default: the backbone's default)")
-    g.add_argument("--weights", default="default", help="default | random | PATH (default: default)")
-    g.add_argument("--readout", help="pooled vector the heads see (backbone-specific; default: its first)")
-    g.add_argument("--dataset", required=True, help="MedMNIST 2D flag, e.g. breastmnist")
-    g.add_argument("--size", type=int, default=28, help="MedMNIST+ image size: 28, 64, 128, 224 (default 28)")
-    g.add_argument("--input-size", type=int, help="size the backbone sees (default: its native size)")
-    g.add_argument("--resize", default="resize", help="resize | pad (MedMNIST+ zero-padding) | none")
-    g.add_argument("--gray", default="repeat", help="grayscale input: repeat to RGB | red (red filters only)")
-    g.add_argument("--head", default="linear", help="linear | knn | mlp | deit (default linear)")
-    g.add_argument("--unfreeze", default="none", help="none | lastN | all (default none)")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--limit", type=int, help="cap images per split (smoke runs; recorded in results)")
-    g.add_argument("--select", default="auc", help="val criterion for model selection: auc | acc | loss")
-    h = p.add_argument_group("probe heads")
-    h.add_argument("--knn-k", type=int, default=11)
-    h.add_argument("--head-epochs", type=int, default=100, help="epochs of the linear head grid")
-    h.add_argument("--head-batch-size", type=int, default=256)
-    f = p.add_argument_group("fine-tuning and trained heads (mlp, deit, --unfreeze lastN|all)")
-    f.add_argument("--epochs", type=int)
-    f.add_argument("--lr", type=float)
-    f.add_argument("--weight-decay", type=float)
-    f.add_argument("--batch-size", type=int)
-    f.add_argument("--warmup", type=int, help="warm-up epochs")
-    f.add_argument("--schedule", help="cosine | constant | step (MedMNIST v2: x0.1 at 50%% and 75%%)")
-    f.add_argument("--patience", type=int, help="early stopping patience in epochs")
-    f.add_argument("--grad-clip", type=float)
-    f.add_argument("--layer-decay", type=float, help="layer-wise lr decay (1.0 = off)")
-    f.add_argument("--augment", help="none | light | paper | auto")
-    f.add_argument("--balance", help="none | weighted-loss | sampler")
-    f.add_argument("--head-arch", help="--head deit: deit_small (default) | deit_base | deit_tiny")
-    _add_exec_options(p)
+def _protocol_help(name: str) -> str:
+    if name != "head":
+        return ""
+    from .protocols import heads
+
+    return f" ({' | '.join(heads())}; default linear)"
 
 
-def _add_exec_options(p: argparse.ArgumentParser) -> None:
-    e = p.add_argument_group("where and how (not part of the run id)")
-    e.add_argument("--results-dir", type=Path, default=Path("results"))
-    e.add_argument("--data-root", type=Path, help="folder of MedMNIST .npz files (default: medmnist's ~/.medmnist)")
-    e.add_argument("--cache-dir", type=Path, help="feature cache (default $BENCH_CACHE_DIR or ~/.cache/medfm-bench)")
-    e.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    e.add_argument("--skip-md5", action="store_true", help="do not check dataset files against medmnist INFO")
-    e.add_argument("--force", action="store_true", help="rerun even if the result exists")
-    e.add_argument("--extract-batch-size", type=int, default=128)
-    e.add_argument("--save-model", action="store_true", help="save trained blocks and head (safetensors)")
-    e.add_argument("-q", "--quiet", action="store_true")
+def add_run_options(p: argparse.ArgumentParser, *, many: bool = False) -> None:
+    """Every option of bench.options as a flag (a sweep: each run option takes several values)."""
+    from . import options
+
+    options.add_arguments(p, many=many, dynamic_help=_protocol_help)
 
 
-RUN_KEYS = ("variant", "weights", "readout", "size", "input_size", "resize", "gray", "head", "unfreeze",
-            "seed", "limit", "select", "knn_k", "head_epochs", "head_batch_size", "head_arch")
-FINETUNE_KEYS = ("epochs", "lr", "weight_decay", "batch_size", "warmup", "schedule", "patience",
-                 "grad_clip", "layer_decay", "augment", "balance")
+def _given(args: argparse.Namespace, scope: str) -> dict:
+    from . import options
+
+    return {k: getattr(args, k) for k in options.names(scope) if getattr(args, k, None) is not None}
 
 
 def config_from_args(args: argparse.Namespace):
-    from .run import resolve
+    from .resolve import resolve
 
-    kw = {k: getattr(args, k) for k in RUN_KEYS + FINETUNE_KEYS}
-    return resolve(args.backbone, args.dataset, **kw)
+    given = _given(args, "run")
+    return resolve(given.pop("backbone"), given.pop("dataset"), **given)
 
 
 def options_from_args(args: argparse.Namespace):
-    from .config import RunOptions
+    from .api import run_options
 
-    if args.extract_batch_size < 1:
-        raise UserError(f"--extract-batch-size {args.extract_batch_size}: must be at least 1")
-    return RunOptions(results_dir=args.results_dir, data_root=args.data_root, cache_dir=args.cache_dir,
-                      device=args.device, skip_md5=args.skip_md5, force=args.force,
-                      extract_batch_size=args.extract_batch_size, quiet=args.quiet, save_model=args.save_model)
+    return run_options(**_given(args, "exec"))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -89,39 +50,41 @@ def cmd_run(args: argparse.Namespace) -> int:
     opts = options_from_args(args)
     if args.dry_run:
         return _dry_run(cfg, opts)
-    from .run import execute
+    from .runner import execute
 
-    out = execute(cfg, opts)
-    if out.status == "skipped":
-        print(f"{out.run_id}: skipped, result exists at {out.path} (--force to rerun)")
+    res = execute(cfg, opts)
+    if res.status == "existing":
+        print(f"{res.run_id}: skipped, result exists at {res.path} (--force to rerun)")
         return 0
-    s = out.summary
-    sel = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in s["selected"].items())
-    print(f"{out.run_id}: done in {s['timings']['total_s']:.1f}s")
+    sel = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in res.selected.items())
+    print(f"{res.run_id}: done in {res.timings['total_s']:.1f}s")
     print(f"  selected: {sel}")
     for split in ("val", "test"):
-        m = s[split]
-        print(f"  {split:<5} acc {m['acc']:.4f}  auc {m['auc']:.4f}  balanced_acc {m['balanced_acc']:.4f}"
-              f"  macro_f1 {m['macro_f1']:.4f}")
-    print(f"  results: {out.path} (+ .json, .scores.npz)")
+        line = "  ".join(f"{m} {res.metric(m, split):.4f}" for m in ("acc", "auc", "balanced_acc", "macro_f1"))
+        print(f"  {split:<5} {line}")
+    print(f"  results: {res.path} (provenance, scores and curves in meta/, scores/, curves/ beside runs/)")
     return 0
 
 
 def _dry_run(cfg, opts) -> int:
-    from .run import build_backbone, trainable_count
-    from . import data
+    from . import datasets
+    from .runner import build_backbone, trainable_count
 
     model = build_backbone(cfg, weights="random")  # counting parameters needs no download
-    counts = trainable_count(cfg, model, len(data.info(cfg.dataset)["label"]))
-    print(json.dumps({"run_id": cfg.run_id, "config": cfg.to_dict(), "trainable_parameters": counts,
+    n_out = datasets.source_for(cfg.dataset).n_classes(cfg.dataset)
+    counts = trainable_count(cfg, model, n_out) if n_out else None
+    print(json.dumps({"run_id": cfg.run_id, "protocol": cfg.protocol.name, "config": cfg.to_dict(),
+                      "trainable_parameters": counts,
                       "results": str(opts.results_dir / "runs" / f"{cfg.run_id}.csv")}, indent=1))
     return 0
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
-    from .listing import list_backbones, list_datasets
+    from . import listing
 
-    print(list_datasets(args.data_root) if args.what == "datasets" else list_backbones())
+    show = {"datasets": lambda: listing.list_datasets(args.data_root), "backbones": listing.list_backbones,
+            "protocols": listing.list_protocols, "options": listing.list_options}
+    print(show[args.what]())
     return 0
 
 
@@ -155,13 +118,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     r = sub.add_parser("run", help="one backbone x dataset x protocol x seed")
-    _add_run_options(r)
+    add_run_options(r)
     r.add_argument("--dry-run", action="store_true", help="print the resolved config, run id and "
                    "trainable parameters; touch nothing")
     r.set_defaults(fn=cmd_run)
 
     ls = sub.add_parser("ls", help="list datasets or backbones")
-    ls.add_argument("what", choices=("datasets", "backbones"))
+    ls.add_argument("what", choices=("datasets", "backbones", "protocols", "options"))
     ls.add_argument("--data-root", type=Path)
     ls.set_defaults(fn=cmd_ls)
 

@@ -1,55 +1,23 @@
-"""One frozen dataclass per run. Every field is resolved (no "auto" left), and its canonical JSON
-hashes to the run id, so the same experiment always lands in the same result file."""
+"""The two records of a run, both derived from the option table (bench.options).
+
+``RunConfig``: frozen, every field resolved (no "auto" left, defaults written out); its canonical
+JSON hashes to the run id, so the same experiment always lands in the same result file.
+``RunOptions``: how a run executes; none of it changes the numbers, so none of it is in the id.
+"""
 from __future__ import annotations
 
 import hashlib
 import json
 import re
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, field, fields, make_dataclass, replace
 from pathlib import Path
+from typing import Any
 
+from . import options
 from .errors import UserError
 
-HEADS = ("linear", "knn", "mlp", "deit")
-PROBE_HEADS = ("linear", "knn")
 
-
-@dataclass(frozen=True)
-class RunConfig:
-    # what is measured
-    backbone: str
-    dataset: str
-    variant: str = ""
-    weights: str = "default"          # default | random | path to a file
-    weights_fingerprint: str = ""     # sha256 of a weights file, so a changed file is a new run
-    readout: str = ""
-    size: int = 28
-    input_size: int = 0
-    resize: str = "resize"
-    gray: str = "repeat"
-    head: str = "linear"
-    unfreeze: str = "none"
-    seed: int = 0
-    limit: int | None = None
-    select: str = "auc"
-    # probe heads (None when the protocol does not use them)
-    knn_k: int | None = None
-    head_epochs: int | None = None
-    head_batch_size: int | None = None
-    # fine-tuning and trainable heads (None for probes on cached features)
-    epochs: int | None = None
-    lr: float | None = None
-    weight_decay: float | None = None
-    batch_size: int | None = None
-    warmup: int | None = None
-    schedule: str | None = None
-    patience: int | None = None
-    grad_clip: float | None = None
-    layer_decay: float | None = None
-    augment: str | None = None
-    balance: str | None = None
-    head_arch: str | None = None
-
+class _RunConfigMethods:
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -58,12 +26,20 @@ class RunConfig:
         canon = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
         digest = hashlib.sha256(canon.encode()).hexdigest()[:10]
         name = re.sub(r"[^A-Za-z0-9.]+", "_", self.backbone).strip("_")
-        return f"{name}-{self.dataset}_{self.size}-{self.head}-{self.unfreeze}-s{self.seed}-{digest}"
+        data = re.sub(r"[^A-Za-z0-9.]+", "_", self.dataset).strip("_")
+        return f"{name}-{data}_{self.size}-{self.head}-{self.unfreeze}-s{self.seed}-{digest}"
+
+    @property
+    def protocol(self):
+        """The protocol that runs this config (bench.protocols)."""
+        from .protocols import protocol_for
+
+        return protocol_for(self)
 
     @property
     def is_probe(self) -> bool:
-        """Linear/kNN on features of a fully frozen backbone: extraction cached, heads on top."""
-        return self.head in PROBE_HEADS and self.unfreeze == "none"
+        """Heads on cached features of a fully frozen backbone (linear probe, kNN)."""
+        return self.protocol.kind == "probe"
 
     @classmethod
     def from_dict(cls, d: dict) -> "RunConfig":
@@ -73,8 +49,34 @@ class RunConfig:
             raise UserError(f"unknown run option(s) {', '.join(sorted(unknown))}")
         return cls(**d)
 
-    def replace(self, **changes) -> "RunConfig":
+    def replace(self, **changes: Any) -> "RunConfig":
         return replace(self, **changes)
+
+
+def _run_fields() -> list[tuple]:
+    out = []
+    for o in options.OPTIONS:
+        if o.scope != "run":
+            continue
+        typ = o.type if not o.per_protocol and o.default is not None else (o.type | None)
+        if o.required:
+            out.append((o.name, typ))
+        else:
+            out.append((o.name, typ, field(default=None if o.per_protocol else o.default)))
+        if o.name == "weights":  # sha256 of a weights file, so a changed file is a new run
+            out.append(("weights_fingerprint", str, field(default="")))
+    # dataclasses want the required fields first
+    return sorted(out, key=lambda f: len(f) == 3)
+
+
+RunConfig = make_dataclass("RunConfig", _run_fields(), bases=(_RunConfigMethods,), frozen=True)
+RunConfig.__doc__ = "Everything that changes a run's numbers; fields and defaults from bench.options."
+
+RunOptions = make_dataclass(
+    "RunOptions", [(o.name, o.type if o.default is not None else (o.type | None), field(default=o.default))
+                   for o in options.OPTIONS if o.scope == "exec"], frozen=True)
+RunOptions.__doc__ = "How a run executes; fields and defaults from bench.options (scope exec)."
+RunConfig.__module__ = RunOptions.__module__ = __name__  # picklable by reference (sweep workers)
 
 
 def parse_unfreeze(value: str, num_blocks: int | None = None) -> int | None:
@@ -93,16 +95,4 @@ def parse_unfreeze(value: str, num_blocks: int | None = None) -> int | None:
     return n
 
 
-@dataclass(frozen=True)
-class RunOptions:
-    """How a run executes; none of this changes its numbers, so none of it is in the run id."""
-
-    results_dir: Path = Path("results")
-    data_root: Path | None = None
-    cache_dir: Path | None = None
-    device: str = "auto"
-    skip_md5: bool = False
-    force: bool = False
-    extract_batch_size: int = 128
-    quiet: bool = False
-    save_model: bool = False
+__all__ = ["RunConfig", "RunOptions", "parse_unfreeze", "Path"]

@@ -15,10 +15,11 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import metrics
+from .options import choices
 
 DEFAULT_LRS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1)
 DEFAULT_WDS = (0.0, 1e-3)
-SELECT = ("auc", "acc", "loss")
+SELECT = choices("select")
 
 
 def scores_from_logits(task: str, logits: torch.Tensor) -> torch.Tensor:

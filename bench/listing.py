@@ -1,9 +1,7 @@
-"""`bench ls`: datasets from medmnist.INFO, backbones from the registry (nothing is built)."""
+"""`bench ls`: datasets, backbones, protocols and options from their registries (nothing is built)."""
 from __future__ import annotations
 
 from pathlib import Path
-
-from . import data
 
 
 def table(rows: list[list[str]], header: list[str]) -> str:
@@ -14,16 +12,16 @@ def table(rows: list[list[str]], header: list[str]) -> str:
 
 
 def list_datasets(root: Path | None = None) -> str:
-    root = Path(root or data.default_root())
-    rows = []
-    for flag in data.flags():
-        i = data.info(flag)
-        n = i["n_samples"]
-        local = [str(s) for s in data.SIZES if (root / data.file_name(flag, s)).exists()]
-        rows.append([flag, i["task"], len(i["label"]), i["n_channels"], n["train"], n["val"], n["test"],
-                     ",".join(local) or "-"])
-    return table(rows, ["dataset", "task", "classes", "channels", "train", "val", "test",
-                        f"local sizes ({root})"]) + f"\nsizes: {', '.join(map(str, data.SIZES))}"
+    from .datasets import SOURCES
+
+    rows, forms = [], []
+    for src in SOURCES.all():
+        rows += src.list_rows(root)
+        if not src.names():
+            forms.append(f"{src.name}:...  {src.description}")
+    out = table(rows, ["dataset", "task", "classes", "channels", "train", "val", "test", "local sizes",
+                       "source (data root)"])
+    return out + "".join(f"\nalso: {f}" for f in forms)
 
 
 def list_backbones() -> str:
@@ -44,3 +42,17 @@ def list_backbones() -> str:
                      spec.weights_source, spec.license])
     return table(rows, ["backbone", "family", "default", "other variants", "params", "dim", "input",
                         "blocks", "weights", "license"]) + "\nalso: timm:NAME for any timm model (e.g. timm:convnext_tiny.fb_in22k)"
+
+
+def list_protocols() -> str:
+    from .protocols import all_protocols
+
+    rows = [[p.name, ",".join(p.heads), p.kind, ",".join(o.replace("_", "-") for o in p.options) or "-",
+             p.description] for p in all_protocols()]
+    return table(rows, ["protocol", "--head", "kind", "its options", "what"])
+
+
+def list_options() -> str:
+    from .options import markdown_table
+
+    return markdown_table()

@@ -12,8 +12,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-RESIZE_POLICIES = ("resize", "pad", "none")
-GRAY_POLICIES = ("repeat", "red")
+from .options import choices
+
+RESIZE_POLICIES = choices("resize")
+GRAY_POLICIES = choices("gray")
 
 
 @dataclass(frozen=True)

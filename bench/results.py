@@ -1,15 +1,20 @@
-"""The results store: one tidy CSV per run, its provenance JSON and its test scores.
+"""The results store: one tidy CSV per run, and beside it (never in runs/) its provenance, test
+scores and curves.
 
 Layout under the results folder::
 
     runs/<run_id>.csv          tidy rows: config columns, split, metric, value (written last:
-                               its presence means the run is complete)
-    runs/<run_id>.json         resolved config, task, seeds, versions, git revision, timings
-    runs/<run_id>.scores.npz   test split y_true / y_score, for bootstrap intervals in reports
-    runs/<run_id>.curves.csv   per-epoch curves of trained runs
+                               its presence means the run is complete). Only these are in runs/,
+                               so ``pd.concat(map(pd.read_csv, glob("results/runs/*.csv")))`` is right.
+    meta/<run_id>.json         resolved config, task, seeds, versions, git revision, timings
+    scores/<run_id>.npz        test split y_true / y_score, for bootstrap intervals in reports
+    curves/<run_id>.csv        per-epoch (or per-head) validation curves
     failures/<run_id>.json     runs that raised, with the error (sweeps)
+    models/<run_id>/           --save-model;  checkpoints/, locks/: in-flight state
 
-Every file is written to a temporary name in the same folder and renamed into place.
+Every file is written to a temporary name in the same folder and renamed into place. Folders
+written before this layout (JSON, scores and curves inside runs/) still load: the store falls
+back to the old names, and ``migrate()`` moves them.
 """
 from __future__ import annotations
 
@@ -19,15 +24,20 @@ import json
 import os
 import platform
 import subprocess
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .config import RunConfig
 from .errors import UserError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 ROW_COLUMNS = ("run_id", "backbone", "variant", "weights", "dataset", "size", "input_size", "resize",
                "head", "unfreeze", "seed", "limit", "split", "metric", "value")
@@ -49,11 +59,73 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
 
+# where each kind of file lives: (folder, suffix), and where the layout before 0.2 kept it
+LAYOUT = {"csv": ("runs", ".csv"), "meta": ("meta", ".json"), "scores": ("scores", ".npz"),
+          "curves": ("curves", ".csv"), "failure": ("failures", ".json")}
+LEGACY = {"meta": ("runs", ".json"), "scores": ("runs", ".scores.npz"), "curves": ("runs", ".curves.csv")}
+
+
 class ResultStore:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         self.runs = self.root / "runs"
         self.failures = self.root / "failures"
+
+    def path(self, kind: str, run_id: str) -> Path:
+        """Where a run's file of this kind is (the pre-0.2 name if only that exists)."""
+        folder, suffix = LAYOUT[kind]
+        path = self.root / folder / f"{run_id}{suffix}"
+        if kind in LEGACY and not path.exists():
+            old = self.root / LEGACY[kind][0] / f"{run_id}{LEGACY[kind][1]}"
+            if old.exists():
+                return old
+        return path
+
+    def _new_path(self, kind: str, run_id: str) -> Path:
+        folder, suffix = LAYOUT[kind]
+        return self.root / folder / f"{run_id}{suffix}"
+
+    def result_csvs(self) -> list[Path]:
+        """Every completed run's CSV (curves of the old layout, also in runs/, left out)."""
+        if not self.runs.is_dir():
+            return []
+        return sorted(p for p in self.runs.glob("*.csv") if not p.name.endswith(".curves.csv"))
+
+    def run_ids(self) -> list[str]:
+        return [p.stem for p in self.result_csvs()]
+
+    def legacy_files(self) -> list[Path]:
+        if not self.runs.is_dir():
+            return []
+        return sorted(p for p in self.runs.iterdir() if p.name.endswith((".json", ".scores.npz", ".curves.csv")))
+
+    def migrate(self) -> int:
+        """Move files of the old layout to their folders (atomic renames); returns how many."""
+        moved = 0
+        for p in self.legacy_files():
+            # longest suffix first: x.scores.npz is scores, x.json is provenance
+            kind = next(k for k in ("scores", "curves", "meta") if p.name.endswith(LEGACY[k][1]))
+            target = self._new_path(kind, p.name[: -len(LEGACY[kind][1])])
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(p, target)
+            moved += 1
+        return moved
+
+    def read_meta(self, run_id: str) -> dict:
+        path = self.path("meta", run_id)
+        try:
+            return json.loads(path.read_text())
+        except FileNotFoundError:
+            return {}
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path} is not valid JSON ({e.msg}); delete the run or rerun it") from None
+
+    def read_scores(self, run_id: str) -> tuple[np.ndarray, np.ndarray] | None:
+        path = self.path("scores", run_id)
+        if not path.exists():
+            return None
+        with np.load(path) as z:
+            return np.asarray(z["y_true"]), np.asarray(z["y_score"])
 
     def check_writable(self) -> None:
         try:
@@ -79,10 +151,13 @@ class ResultStore:
         self.csv_path(run_id).unlink(missing_ok=True)
         buf = io.BytesIO()
         np.savez_compressed(buf, y_true=test_scores[0], y_score=test_scores[1])
-        atomic_write_bytes(self.runs / f"{run_id}.scores.npz", buf.getvalue())
+        atomic_write_bytes(self._new_path("scores", run_id), buf.getvalue())
         if curves:
-            atomic_write_text(self.runs / f"{run_id}.curves.csv", _csv(curves, list(curves[0])))
-        atomic_write_text(self.runs / f"{run_id}.json", json.dumps(meta, indent=1, default=str))
+            atomic_write_text(self._new_path("curves", run_id), _csv(curves, list(curves[0])))
+        atomic_write_text(self._new_path("meta", run_id), json.dumps(meta, indent=1, default=str))
+        for kind in LEGACY:  # a rerun of an old-layout run: its stale files must not linger in runs/
+            old = self.root / LEGACY[kind][0] / f"{run_id}{LEGACY[kind][1]}"
+            old.unlink(missing_ok=True)
         rows = [dict(_config_columns(cfg, run_id), split=split, metric=name, value=value)
                 for split, ms in metrics_by_split.items() for name, value in ms.items()]
         path = self.csv_path(run_id)
@@ -151,3 +226,64 @@ def git_revision() -> str | None:
         return rev.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+@dataclass
+class RunResult:
+    """One run's outcome, the same whether it ran now or was read back from disk.
+
+    ``status``: "done" (ran in this call) or "existing" (already complete: read back).
+    ``metrics``: the tidy rows of runs/<run_id>.csv as a DataFrame (split, metric, value and the
+    config columns)."""
+
+    run_id: str
+    status: str
+    config: RunConfig
+    metrics: "pd.DataFrame"
+    meta: dict
+    paths: dict[str, Path]
+
+    @classmethod
+    def read(cls, store: ResultStore, run_id: str, status: str = "existing") -> "RunResult":
+        import pandas as pd
+
+        meta = store.read_meta(run_id)
+        config = RunConfig.from_dict(meta["config"]) if "config" in meta else None
+        paths = {k: store.path(k, run_id) for k in ("csv", "meta", "scores", "curves")}
+        return cls(run_id, status, config, pd.read_csv(paths["csv"], keep_default_na=False, na_values=[""]),
+                   meta, {k: p for k, p in paths.items() if p.exists()})
+
+    def metric(self, name: str, split: str = "test") -> float:
+        m = self.metrics
+        hit = m[(m["split"] == split) & (m["metric"] == name)]
+        if hit.empty:
+            raise KeyError(f"no {split} {name} in {self.run_id}")
+        return float(hit["value"].iloc[0])
+
+    def table(self) -> "pd.DataFrame":
+        """Metrics as a split x metric table."""
+        return self.metrics.pivot(index="split", columns="metric", values="value")
+
+    @property
+    def selected(self) -> dict:
+        return self.meta.get("selected", {})
+
+    @property
+    def timings(self) -> dict:
+        return self.meta.get("timings", {})
+
+    def test_scores(self) -> tuple[np.ndarray, np.ndarray]:
+        """(y_true, y_score) of the test split."""
+        got = ResultStore(self.paths["csv"].parent.parent).read_scores(self.run_id)
+        if got is None:
+            raise FileNotFoundError(f"no saved test scores for {self.run_id}")
+        return got
+
+    @property
+    def path(self) -> Path:
+        return self.paths["csv"]
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{k}={self.metric(k):.4f}" for k in ("auc", "acc") if
+                          not self.metrics[(self.metrics.metric == k) & (self.metrics.split == "test")].empty)
+        return f"RunResult({self.run_id}, {self.status}, test {shown})"

@@ -22,8 +22,9 @@ from backbones.base import Backbone
 
 from . import augment, heads, metrics
 from .config import RunConfig, RunOptions, parse_unfreeze
-from .features import FeatureCache, autocast, extract, precision
-from .preprocess import Preprocess
+from .context import RunContext
+from .features import autocast
+from .protocols.base import ProtocolOutput
 from .trained_heads import build_head as _build_head
 
 PREFIX_MEMORY_BYTES = int(float(os.environ.get("BENCH_PREFIX_MEMORY_GB", "4")) * (1 << 30))
@@ -75,8 +76,6 @@ def plan_for(cfg: RunConfig, model: Backbone) -> Plan:
 # parameters that are embeddings rather than weights: no weight decay (timm's no_weight_decay)
 NO_DECAY_MARKERS = ("token", "pos_embed", "position_embedding", "positional_embedding", "class_embedding",
                     "rel_pos")
-SCHEDULES = ("cosine", "constant", "step")
-BALANCE = ("none", "weighted-loss", "sampler")
 
 
 def param_groups(cfg: RunConfig, model: Backbone, head: nn.Module, plan: Plan) -> list[dict]:
@@ -132,13 +131,11 @@ def epoch_order(cfg: RunConfig, task: str, labels: np.ndarray, n: int, gen: torc
     return torch.randperm(n, generator=gen)
 
 
-def finetune(cfg: RunConfig, opts: RunOptions, ds, model: Backbone, pre: Preprocess, device: torch.device,
-             cache: FeatureCache, timings: dict):
-    from .run import log  # run imports train lazily: no import cycle
-
-    plan = plan_for(cfg, model)
-    torch.manual_seed(cfg.seed)
-    head = build_head(cfg, model, ds.n_outputs).to(device)
+def finetune(ctx: RunContext, plan: Plan, head: nn.Module) -> ProtocolOutput:
+    """Train ``head`` with blocks[plan.k:] of the backbone; select the epoch on val, score test once."""
+    cfg, opts, ds, model, pre, device = ctx.cfg, ctx.opts, ctx.dataset, ctx.model, ctx.pre, ctx.device
+    log = ctx.log
+    head = head.to(device)
     trainable = Trainable(model, plan.k, head, plan.train_stem).to(device)
     groups = param_groups(cfg, model, head, plan)
     for p in model.parameters():
@@ -146,17 +143,16 @@ def finetune(cfg: RunConfig, opts: RunOptions, ds, model: Backbone, pre: Preproc
     for group in groups:
         for p in group["params"]:
             p.requires_grad_(True)
-    policy = augment.policy_for(cfg.augment, cfg.dataset)
+    policy = augment.policy_for(cfg.augment, ds.modality)
 
     def prefix(x: torch.Tensor) -> torch.Tensor:
         return model.run_blocks(model.stem(x), 0, plan.k)
 
     inputs: dict[str, np.ndarray] = {}
-    t = time.perf_counter()
     model.eval()
-    for split in plan.cached_splits:
-        inputs[split] = _cached_prefix(cfg, opts, ds, model, pre, device, cache, prefix, plan.k, split)
-    timings["prefix_s"] = time.perf_counter() - t
+    with ctx.timings("prefix"):
+        for split in plan.cached_splits:
+            inputs[split] = _cached_prefix(ctx, prefix, plan.k, split)
     red_only = cfg.gray == "red" and ds.n_channels == 1
 
     def forward_batch(split: str, idx: np.ndarray, train: bool) -> torch.Tensor:
@@ -219,7 +215,7 @@ def finetune(cfg: RunConfig, opts: RunOptions, ds, model: Backbone, pre: Preproc
     start_epoch, best, curves = (state or {}).get("epoch", 0), (state or {}).get("best"), (state or {}).get("curves", [])
     stopped = (state or {}).get("stopped", False)  # early-stopped before the kill: train no further
     if state:
-        log(f"resuming fine-tune from epoch {start_epoch} ({ckpt.path})", opts.quiet)
+        log(f"resuming fine-tune from epoch {start_epoch} ({ckpt.path})")
         if "scaler" in state:
             scaler.load_state_dict(state["scaler"])
     step = start_epoch * steps_per_epoch
@@ -263,8 +259,8 @@ def finetune(cfg: RunConfig, opts: RunOptions, ds, model: Backbone, pre: Preproc
         ckpt.save(trainable, opt, gen, aug_gen, epoch=epoch, best=best, curves=curves, bad_epochs=bad_epochs,
                   stopped=stopped, scaler=scaler.state_dict())
         if stopped:
-            log(f"early stop at epoch {epoch}: val {cfg.select} has not improved for {cfg.patience} epochs", opts.quiet)
-    timings["train_s"] = time.perf_counter() - t_train
+            log(f"early stop at epoch {epoch}: val {cfg.select} has not improved for {cfg.patience} epochs")
+    ctx.timings.values["train_s"] = time.perf_counter() - t_train
     trainable.load_state_dict(best["state"], strict=False)  # best epoch on val, then test once
     val_scores, _ = predict("val")
     test_scores, _ = predict("test")
@@ -274,20 +270,14 @@ def finetune(cfg: RunConfig, opts: RunOptions, ds, model: Backbone, pre: Preproc
     n_train_params = sum(p.numel() for g in groups for p in g["params"])
     selected = {"head": cfg.head, "unfreeze": cfg.unfreeze, "epoch": best["epoch"], f"val_{cfg.select}": best["value"],
                 "trainable_params": n_train_params, "prefix_cached": list(plan.cached_splits)}
-    return val_scores, test_scores, selected, [{"split": "val", **c} for c in curves]
+    return ProtocolOutput(val_scores, test_scores, selected, [{"split": "val", **c} for c in curves])
 
 
-def _cached_prefix(cfg: RunConfig, opts: RunOptions, ds, model: Backbone, pre: Preprocess, device: torch.device,
-                   cache: FeatureCache, prefix, k: int, split: str) -> np.ndarray:
+def _cached_prefix(ctx: RunContext, prefix, k: int, split: str) -> np.ndarray:
     """Output of the frozen stem+blocks[:k] for one split, computed once and cached on disk; over
     the memory budget it stays on disk and batches are read from the memory-mapped file."""
-    from .run import feature_parts, log, weights_key
-
-    parts = feature_parts(cfg, weights_key(model, cfg), ds.md5, split, what=f"prefix:{k}", precision=precision(device))
-    arr, hit = cache.get_or_compute(parts, lambda: extract(
-        prefix, ds.splits[split].images, pre, device, opts.extract_batch_size, f"prefix {split}", opts.quiet),
-        memory_budget=PREFIX_MEMORY_BYTES)
-    log(f"prefix stem+blocks[:{k}] {split}: {'cache hit' if hit else 'computed once'} {tuple(arr.shape)}", opts.quiet)
+    arr, hit = ctx.frozen_pass(split, prefix, what=f"prefix:{k}", memory_budget=PREFIX_MEMORY_BYTES)
+    ctx.log(f"prefix stem+blocks[:{k}] {split}: {'cache hit' if hit else 'computed once'} {tuple(arr.shape)}")
     return arr
 
 

@@ -10,9 +10,10 @@ from torch import nn
 
 from backbones.base import Backbone
 from bench.errors import UserError
+from bench.options import choices
 
-DEIT_ARCHS = {"deit_tiny": "deit_tiny_patch16_224.fb_in1k", "deit_small": "deit_small_patch16_224.fb_in1k",
-              "deit_base": "deit_base_patch16_224.fb_in1k"}
+# --head-arch NAME starts from timm's supervised ImageNet-1k DeiT of that name
+DEIT_ARCHS = {name: f"{name}_patch16_224.fb_in1k" for name in choices("head_arch")}
 DEIT_HEAD_DEPTH = 2  # DeiT blocks in the head: the first blocks of the pretrained DeiT
 
 

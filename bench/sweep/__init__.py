@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from ..errors import UserError
-from .grid import EXEC_KEYS, SLURM_KEYS, from_args, run_keys, run_parser_groups
+from .grid import SLURM_KEYS, from_args
 
 EXECUTORS = ("inline", "local", "slurm")
 
@@ -21,20 +21,9 @@ EXECUTORS = ("inline", "local", "slurm")
 def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
     """Options of `bench sweep`: every `bench run` option taking a list, plus the sweep's own."""
     p.add_argument("config", nargs="?", type=Path, help="sweep YAML (see configs/). Every run option below takes one or more values (several = a grid axis); a flag replaces what the YAML says about that option")
-    keys = set(run_keys())
-    for title, actions in run_parser_groups():
-        g = p.add_argument_group(title)
-        for a in actions:
-            if a.dest in keys:
-                g.add_argument(*a.option_strings, dest=a.dest, nargs="+", type=a.type, default=None,
-                               metavar=a.metavar or a.dest.upper(), help=a.help)
-            elif a.dest in EXEC_KEYS:
-                if isinstance(a, argparse._StoreTrueAction):
-                    g.add_argument(*a.option_strings, dest=a.dest, action=argparse.BooleanOptionalAction,
-                                   default=None, help=a.help)
-                else:
-                    g.add_argument(*a.option_strings, dest=a.dest, type=a.type, default=None, help=a.help,
-                                   metavar=a.metavar)
+    from ..cli import add_run_options
+
+    add_run_options(p, many=True)
     s = p.add_argument_group("sweep")
     s.add_argument("--dry-run", action="store_true",
                    help="print the plan (runs, done, failed, cached features, shared extractions); run nothing")
@@ -94,43 +83,27 @@ def _shard(args: argparse.Namespace, conf: dict, executor: str) -> tuple[tuple[i
 
 def _options(execution: dict, verbose: bool):
     """RunOptions with absolute paths, so workers on other nodes or cwd agree on every folder."""
-    from .. import data
-    from ..config import RunOptions
+    from ..api import run_options
     from ..features import default_cache_dir
 
     def absolute(p, default):
         return Path(os.path.expanduser(str(p or default))).resolve()
 
-    return RunOptions(results_dir=absolute(execution.get("results_dir"), "results"),
-                      data_root=absolute(execution.get("data_root"), data.default_root()),
-                      cache_dir=absolute(execution.get("cache_dir"), default_cache_dir()),
-                      device=execution.get("device") or "auto", skip_md5=bool(execution.get("skip_md5")),
-                      force=False, extract_batch_size=int(execution.get("extract_batch_size") or 128),
-                      quiet=not verbose, save_model=bool(execution.get("save_model")))
+    return run_options(**{**execution, "results_dir": absolute(execution.get("results_dir"), "results"),
+                          # None: each dataset source's own default folder
+                          "data_root": absolute(execution["data_root"], "") if execution.get("data_root") else None,
+                          "cache_dir": absolute(execution.get("cache_dir"), default_cache_dir()),
+                          "force": False, "quiet": not verbose})
 
 
 def _prefetch(cfgs, opts) -> None:
     """Download missing dataset files once, here, before workers race for them (compute nodes
     are often offline, login nodes are not)."""
-    from filelock import FileLock
+    from .. import datasets
+    from ..runner import load_options
 
-    from .. import data
-
-    for flag, size in sorted({(c.dataset, c.size) for c in cfgs}):
-        path = Path(opts.data_root) / data.file_name(flag, size)
-        if path.exists():
-            continue
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            lock = FileLock(str(path.parent / f".{path.name}.lock"))
-            lock.acquire()
-        except OSError:  # read-only data root: locate explains what to download where
-            data.locate(flag, size, Path(opts.data_root), download=True)
-            continue
-        try:
-            data.locate(flag, size, Path(opts.data_root), download=True)
-        finally:
-            lock.release()
+    for c in sorted({(c.dataset, c.size): c for c in cfgs}.values(), key=lambda c: (c.dataset, c.size)):
+        datasets.source_for(c.dataset).prefetch(c.dataset, c.size, load_options(c, opts))
 
 
 def main(args: argparse.Namespace) -> int:

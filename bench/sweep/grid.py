@@ -4,25 +4,24 @@ A grid is *fixed* options (defaults every point gets) and *axes*. An axis is a l
 option dicts; the points are the cross product of all axes, each merged over the fixed options.
 A plain axis such as ``seeds: [0, 1, 2]`` is ``[{seed: 0}, {seed: 1}, {seed: 2}]``; a list of
 mappings such as ``protocols: [{head: linear}, {unfreeze: all}]`` pairs options instead of
-crossing them. This module imports nothing heavy: it is used to build the argument parser.
+crossing them. This module imports nothing heavy.
 """
 from __future__ import annotations
 
 import argparse
 import itertools
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
+from .. import options
 from ..errors import UserError, did_you_mean
 
 # plural spellings accepted in YAML for the common axes
 ALIASES = {"backbones": "backbone", "datasets": "dataset", "sizes": "size", "heads": "head",
            "seeds": "seed", "variants": "variant", "readouts": "readout", "input_sizes": "input_size"}
 # RunOptions fields a sweep may set (force is left out: delete result files to redo a run)
-EXEC_KEYS = ("results_dir", "data_root", "cache_dir", "device", "skip_md5", "extract_batch_size", "quiet",
-             "save_model")
+EXEC_KEYS = tuple(o.name for o in options.OPTIONS if o.scope == "exec" and o.sweepable)
 # settings of the sweep itself (YAML top level; flags win)
 SWEEP_KEYS = ("executor", "workers", "gpus", "threads", "retry_failed", "shard", "slurm")
 SLURM_KEYS = ("cluster", "partition", "time", "gpus_per_task", "cpus_per_task", "mem", "array_parallelism",
@@ -32,52 +31,21 @@ META_KEYS = ("name", "description")
 PAIRED_AXES = ("protocols",)
 
 
-def run_parser_groups() -> list[tuple[str, list[argparse.Action]]]:
-    """(group title, actions) of `bench run`'s options, so a sweep always offers the same ones."""
-    from ..cli import _add_run_options
-
-    tmp = argparse.ArgumentParser(add_help=False)
-    _add_run_options(tmp)
-    return [(g.title or "", list(g._group_actions)) for g in tmp._action_groups if g._group_actions]
-
-
 def run_keys() -> tuple[str, ...]:
-    from ..cli import FINETUNE_KEYS, RUN_KEYS
-
-    return ("backbone", "dataset") + tuple(RUN_KEYS) + tuple(FINETUNE_KEYS)
-
-
-def option_types() -> dict[str, Callable | None]:
-    return {a.dest: a.type for _, actions in run_parser_groups() for a in actions}
+    return options.names("run")
 
 
 def canonical(key: str) -> str:
     return ALIASES.get(key, key)
 
 
-def coerce(key: str, value: Any, types: dict[str, Callable | None]) -> Any:
-    """Values from YAML to the type the flag would give (YAML reads 1e-4 as a string)."""
-    if value is None:
-        return None
-    t = types.get(key)
-    if key in ("skip_md5", "quiet", "save_model", "retry_failed"):
-        if not isinstance(value, bool):
+def coerce(key: str, value: Any) -> Any:
+    """A YAML value to the type its flag would give (bench.options)."""
+    if key == "retry_failed":
+        if value is not None and not isinstance(value, bool):
             raise UserError(f"{key}: expected true or false, got {value!r}")
         return value
-    if isinstance(value, (list, dict)) or (isinstance(value, bool) and t in (int, float)):
-        raise UserError(f"{key}: expected a single value, got {value!r}")
-    try:
-        if t is int:
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError
-            return int(value)
-        if t is float:
-            return float(value)
-        if t is Path or (t is not None and isinstance(t, type) and issubclass(t, Path)):
-            return Path(os.path.expanduser(str(value)))
-    except (TypeError, ValueError):
-        raise UserError(f"{key}: {value!r} is not a valid {t.__name__}") from None
-    return str(value)
+    return options.get(key).coerce(value)
 
 
 @dataclass
@@ -152,17 +120,17 @@ def _unique_values(values: list) -> list:
 def _expand_special(key: str, value: Any) -> Any:
     # `datasets: all` and `sizes: all` spare typing the 12 flags / 4 sizes
     if value == "all" and key == "dataset":
-        from ..data import flags
+        from ..datasets import all_names
 
-        return flags()
+        return all_names()
     if value == "all" and key == "size":
-        from ..data import SIZES
+        from ..datasets.medmnist import SIZES
 
         return list(SIZES)
     return value
 
 
-def _axis(name: str, values: Any, keys: tuple[str, ...], types: dict) -> Axis:
+def _axis(name: str, values: Any, keys: tuple[str, ...]) -> Axis:
     if not isinstance(values, list) or not values:
         raise UserError(f"{name}: expected a non-empty list, got {values!r}")
     key = canonical(name)
@@ -174,12 +142,12 @@ def _axis(name: str, values: Any, keys: tuple[str, ...], types: dict) -> Axis:
                 ck = canonical(str(k))
                 if ck not in keys:
                     raise UserError(f"{name}: unknown run option {k!r}; {did_you_mean(str(k), keys)}")
-                item[ck] = coerce(ck, x, types)
+                item[ck] = coerce(ck, x)
             if key in keys and key not in item:
                 raise UserError(f"{name}: entry {v!r} does not say which {key}")
             items.append(item)
         elif key in keys:
-            items.append({key: coerce(key, v, types)})
+            items.append({key: coerce(key, v)})
         else:
             raise UserError(f"{name}: entries must be mappings of run options, e.g. {{head: linear}}; got {v!r}")
     return Axis(key, _unique(items))
@@ -189,18 +157,18 @@ def from_mapping(doc: dict, source: str = "<yaml>") -> Grid:
     """Read a sweep YAML document (already parsed)."""
     if not isinstance(doc, dict):
         raise UserError(f"{source}: a sweep file is a mapping of options (backbones:, datasets:, ...)")
-    keys, types = run_keys(), option_types()
+    keys = run_keys()
     grid = Grid(source=source)
 
     def run_option(name: str, value: Any, where: str) -> None:
         key = canonical(name)
         value = _expand_special(key, value)
         if isinstance(value, list) or name in PAIRED_AXES:
-            grid.axes.append(_axis(name, value, keys, types))
+            grid.axes.append(_axis(name, value, keys))
         elif isinstance(value, dict):
             raise UserError(f"{where}{name}: expected a value or a list, got a mapping")
         else:
-            grid.fixed[key] = coerce(key, value, types)
+            grid.fixed[key] = coerce(key, value)
 
     for name, value in doc.items():
         name = str(name)
@@ -218,15 +186,15 @@ def from_mapping(doc: dict, source: str = "<yaml>") -> Grid:
             for k, v in value.items():
                 k = canonical(str(k))
                 if k in EXEC_KEYS:
-                    grid.execution[k] = coerce(k, v, types)
+                    grid.execution[k] = coerce(k, v)
                 elif k in keys:
-                    grid.fixed[k] = coerce(k, _expand_special(k, v), types)
+                    grid.fixed[k] = coerce(k, _expand_special(k, v))
                 else:
                     raise UserError(f"fixed: unknown option {k!r}; {did_you_mean(k, keys + EXEC_KEYS)}")
         elif name in PAIRED_AXES or canonical(name) in keys:
             run_option(name, value, "")
         elif name in EXEC_KEYS:
-            grid.execution[name] = coerce(name, value, types)
+            grid.execution[name] = coerce(name, value)
         elif name == "slurm":
             if not isinstance(value, dict):
                 raise UserError(f"{source}: slurm: expected a mapping ({', '.join(SLURM_KEYS)})")

@@ -14,20 +14,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import RunConfig, RunOptions
+from ..protocols.base import SplitSizes
 from ..errors import UserError
 from .grid import describe
 
-# relative cost used to balance shards: a trained run is much longer than a probe on cached features
-PROBE_COST, TRAINED_COST = 1, 10
 GROUPS_SHOWN = 12  # groups a dry run lists without --list
 
 
 def resolve_points(points: list[dict]) -> tuple[list[RunConfig], int]:
-    """Validate every point with bench.run.resolve (fail fast, one line); drop duplicates.
+    """Validate every point with bench.resolve (fail fast, one line); drop duplicates.
 
     Returns (configs in grid order, number of points that collapsed onto an earlier run id, e.g.
     head_epochs listed for a kNN run)."""
-    from ..run import resolve
+    from ..resolve import resolve
 
     out: dict[str, RunConfig] = {}
     for point in points:
@@ -46,20 +45,10 @@ def resolve_points(points: list[dict]) -> tuple[list[RunConfig], int]:
 
 
 def group_key(cfg: RunConfig) -> tuple:
-    """Runs with equal keys share one frozen computation, so they are bundled and run in sequence.
-
-    Probes share the readout features; trained runs that keep the first blocks frozen (lastN, or a
-    DeiT/MLP head on a frozen backbone) share bench.train's cached prefix, unless augmentation
-    makes it per-epoch; full fine-tuning shares nothing. Only scheduling depends on this."""
-    # a random init is drawn from the seed, so its features depend on it
-    seed = cfg.seed if cfg.weights == "random" else None
-    frozen = (cfg.backbone, cfg.variant, cfg.weights, cfg.weights_fingerprint, cfg.readout, cfg.input_size,
-              cfg.resize, cfg.gray, cfg.dataset, cfg.size, cfg.limit, seed)
-    if cfg.is_probe:
-        return ("features",) + frozen
-    if cfg.unfreeze != "all" and (cfg.augment or "none") == "none":
-        return ("prefix", cfg.unfreeze) + frozen
-    return ("run", cfg.run_id)
+    """Runs with equal keys share one frozen computation (the protocol's ``shares``), so they are
+    bundled and run in sequence; a run that shares nothing is its own group. Only scheduling
+    depends on this."""
+    return cfg.protocol.shares(cfg) or ("run", cfg.run_id)
 
 
 def group_id(key: tuple) -> str:
@@ -73,8 +62,28 @@ def group_label(cfg: RunConfig) -> str:
             f"{cfg.resize} gray={cfg.gray} {cfg.dataset}_{cfg.size}" + (f" limit={cfg.limit}" if cfg.limit else ""))
 
 
-def cost(bundle: list[RunConfig]) -> int:
-    return sum(PROBE_COST if c.is_probe else TRAINED_COST for c in bundle)
+def split_sizes(cfg: RunConfig) -> SplitSizes:
+    """Images per split of a run, from its source (1/1/1 where the source cannot say)."""
+    from .. import datasets
+
+    n = datasets.source_for(cfg.dataset).n_samples(cfg.dataset, cfg.size) or {"train": 1, "val": 1, "test": 1}
+    if cfg.limit:
+        n = {k: min(v, cfg.limit) for k, v in n.items()}
+    return SplitSizes(n["train"], n["val"], n["test"])
+
+
+def num_blocks(cfg: RunConfig) -> int:
+    import backbones
+
+    blocks = backbones.get(cfg.backbone).spec.facts.get("blocks")
+    return int(blocks) if isinstance(blocks, int) or str(blocks).isdigit() else 12
+
+
+def cost(bundle: list[RunConfig]) -> float:
+    """Backbone image passes of a bundle: its shared frozen work once, then each run's own."""
+    first = bundle[0]
+    shared = first.protocol.shared_cost(first, split_sizes(first), num_blocks(first))
+    return shared + sum(c.protocol.cost(c, split_sizes(c), num_blocks(c)) for c in bundle)
 
 
 def make_bundles(cfgs: list[RunConfig]) -> list[list[RunConfig]]:
@@ -142,10 +151,13 @@ def known_weights_ids(results_dir: Path) -> dict[tuple[str, str], str]:
 
     The id of default weights is only known to the adapter once it has built the model; rather than
     building (and downloading) models for a dry run, reuse what earlier runs recorded."""
+    from ..results import ResultStore
+
+    store = ResultStore(results_dir)
     out: dict[tuple[str, str], str] = {}
-    for p in sorted((Path(results_dir) / "runs").glob("*.json")):
+    for rid in store.run_ids():
         try:
-            meta = json.loads(p.read_text())
+            meta = json.loads(store.path("meta", rid).read_text())
             c = meta["config"]
             if c.get("weights") == "default":
                 out[(c["backbone"], c["variant"])] = meta["backbone"]["weights_id"]
@@ -155,7 +167,9 @@ def known_weights_ids(results_dir: Path) -> dict[tuple[str, str], str]:
 
 
 def weights_key_for(cfg: RunConfig, known: dict[tuple[str, str], str]) -> str | None:
-    """What bench.run.weights_key would return for this config's model, without building it."""
+    """What RunContext.weights_key would be for this config's model, without building it."""
+    from ..context import weights_key
+
     if cfg.weights == "random":
         wid: str | None = "random"
     elif cfg.weights != "default":
@@ -167,39 +181,34 @@ def weights_key_for(cfg: RunConfig, known: dict[tuple[str, str], str]) -> str | 
 
             hook = getattr(backbones.get(cfg.backbone), "default_weights_id", None)
             wid = hook(cfg.variant) if callable(hook) else None
-    if wid is None:
-        return None
-    return f"random-seed{cfg.seed}" if wid == "random" else wid
+    return None if wid is None else weights_key(wid, cfg.seed)
 
 
-def dataset_md5(cfg: RunConfig, opts: RunOptions, memo: dict) -> str | None:
-    from .. import data
+def data_fingerprint(cfg: RunConfig, opts: RunOptions, memo: dict) -> str | None:
+    from .. import datasets
+    from ..runner import load_options
 
     k = (cfg.dataset, cfg.size)
     if k not in memo:
-        path = Path(opts.data_root or data.default_root()) / data.file_name(cfg.dataset, cfg.size)
-        if not path.exists():
-            memo[k] = None
-        elif not opts.skip_md5:
-            memo[k] = data.expected_md5(cfg.dataset, cfg.size)  # a run would refuse any other file
-        else:
-            memo[k] = data.md5sum(path)
+        memo[k] = datasets.source_for(cfg.dataset).expected_fingerprint(cfg.dataset, cfg.size,
+                                                                        load_options(cfg, opts, download=False))
     return memo[k]
 
 
 def features_cached(cfg: RunConfig, opts: RunOptions, known: dict, md5_memo: dict) -> bool | None:
     """True/False when the train/val/test features of this probe run are/aren't cached; None if
     that cannot be known yet (default weights never run here, or the dataset file is missing)."""
-    from ..data import SPLITS
+    from ..context import feature_parts
+    from ..datasets import SPLITS
     from ..features import FeatureCache, default_cache_dir, precision
-    from ..run import feature_parts, pick_device
+    from ..runner import pick_device
 
-    wkey, md5 = weights_key_for(cfg, known), dataset_md5(cfg, opts, md5_memo)
-    if wkey is None or md5 is None:
+    wkey, fp = weights_key_for(cfg, known), data_fingerprint(cfg, opts, md5_memo)
+    if wkey is None or fp is None:
         return None
     cache = FeatureCache(Path(opts.cache_dir or default_cache_dir()))
     prec = precision(pick_device(opts.device))
-    return all(cache.exists(feature_parts(cfg, wkey, md5, s, precision=prec)) for s in SPLITS)
+    return all(cache.exists(feature_parts(cfg, wkey, fp, s, precision=prec)) for s in SPLITS)
 
 
 # -- the plan --------------------------------------------------------------------------------------
@@ -224,7 +233,8 @@ class Plan:
 
 def summarize(plan: Plan, opts: RunOptions, retry_failed: bool) -> dict:
     """Everything --dry-run reports, as plain data (printed as text or --json)."""
-    from .. import data
+    from .. import datasets
+    from ..runner import load_options
 
     st = Status.scan(opts.results_dir, plan.runs)
     known = known_weights_ids(opts.results_dir)
@@ -238,9 +248,10 @@ def summarize(plan: Plan, opts: RunOptions, retry_failed: bool) -> dict:
         cached = features_cached(b[0], opts, known, memo) if kind == "features" else None
         groups.append({"group": group_id(group_key(b[0])), "kind": kind, "label": group_label(b[0]),
                        "cached": cached, "runs": [c.run_id for c in b], "done": sum(c.run_id in st.done for c in b)})
-    root = Path(opts.data_root or data.default_root())
-    missing = sorted({data.file_name(c.dataset, c.size) for c in plan.runs
-                      if not (root / data.file_name(c.dataset, c.size)).exists()})
+    missing = sorted({name for c in {(c.dataset, c.size): c for c in plan.runs}.values()
+                      for name in datasets.source_for(c.dataset).missing(c.dataset, c.size,
+                                                                         load_options(c, opts, download=False))})
+    root = opts.data_root or "each dataset source's default folder"
     runs = []
     for c in plan.runs:
         state = "done" if c.run_id in st.done else "failed" if c.run_id in st.failed else "todo"

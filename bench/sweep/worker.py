@@ -113,18 +113,20 @@ def attempt(cfg: RunConfig, settings: Settings, block: bool) -> RunResult:
 def _remove_stale_tmp(store, run_id: str) -> None:
     # only the lock holder writes this run's files, so temporaries left now are from a killed run
     # (results, failure record, bench.train's per-epoch checkpoint)
-    for folder in (store.runs, store.failures, store.root / "checkpoints"):
+    from ..results import LAYOUT
+
+    for folder in [store.root / f for f, _ in LAYOUT.values()] + [store.root / "checkpoints"]:
         for p in folder.glob(f".{run_id}.*tmp*"):
             p.unlink(missing_ok=True)
 
 
 def _execute(cfg: RunConfig, settings: Settings) -> RunResult:
-    from .. import run as runmod  # looked up at call time, so tests can wrap it
+    from .. import runner  # looked up at call time, so tests can wrap it
     from ..results import ResultStore
 
     t0 = time.perf_counter()
     try:
-        out = runmod.execute(cfg, settings.opts)
+        out = runner.execute(cfg, settings.opts)
     except KeyboardInterrupt:
         raise
     except Exception as e:  # any error of one run is recorded and the sweep goes on
@@ -137,8 +139,7 @@ def _execute(cfg: RunConfig, settings: Settings) -> RunResult:
     dt = time.perf_counter() - t0
     if out.status != "done":
         return RunResult(cfg.run_id, SKIPPED, dt, detail="already done")
-    test = out.summary.get("test", {})
-    detail = f"test auc {test['auc']:.4f} acc {test['acc']:.4f}" if "auc" in test else ""
+    detail = f"test auc {out.metric('auc'):.4f} acc {out.metric('acc'):.4f}"
     say(f"{cfg.run_id}: done in {dt:.1f}s ({detail})", settings)
     return RunResult(cfg.run_id, DONE, dt, detail=detail)
 

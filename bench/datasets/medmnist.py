@@ -1,4 +1,4 @@
-"""MedMNIST+ 2D data: files, checks and uint8 arrays, all driven by ``medmnist.INFO``.
+"""MedMNIST+ 2D: files, checks and uint8 arrays, all driven by ``medmnist.INFO``.
 
 Images stay uint8 in host memory. Files whose arrays are too big to hold (the 224 px releases run
 to tens of GB) are extracted once from the .npz into plain .npy files and memory-mapped.
@@ -7,18 +7,25 @@ from __future__ import annotations
 
 import os
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
 import numpy as np
 
-from .errors import UserError, did_you_mean
+from ..errors import UserError, did_you_mean
+from .base import SPLITS, Dataset, DatasetSource, LoadOptions, Split
 
 SIZES = (28, 64, 128, 224)
-SPLITS = ("train", "val", "test")
 # arrays larger than this (bytes) are memory-mapped instead of read into memory
 MMAP_THRESHOLD = int(os.environ.get("BENCH_MMAP_THRESHOLD", str(1 << 30)))
+
+# what each image shows: --augment auto picks its policy from this (bench.augment.MODALITY_POLICY)
+MODALITY = {
+    "pathmnist": "pathology", "dermamnist": "dermatoscopy", "bloodmnist": "blood smear microscopy",
+    "tissuemnist": "kidney cortex microscopy", "chestmnist": "chest x-ray", "pneumoniamnist": "chest x-ray",
+    "organamnist": "abdominal ct", "organcmnist": "abdominal ct", "organsmnist": "abdominal ct",
+    "retinamnist": "fundus photography", "octmnist": "retinal oct", "breastmnist": "breast ultrasound",
+}
 
 
 def _info() -> dict:
@@ -90,34 +97,8 @@ def locate(flag: str, size: int, root: Path, download: bool = True) -> Path:
     return path
 
 
-@dataclass
-class Split:
-    images: np.ndarray  # uint8 (N, H, W) or (N, H, W, 3); may be a read-only memmap
-    labels: np.ndarray  # uint8 (N, L)
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-
-@dataclass
-class MedMNIST:
-    flag: str
-    size: int
-    path: Path
-    md5: str
-    task: str
-    label_names: dict[str, str]
-    n_channels: int
-    splits: dict[str, Split]
-
-    @property
-    def n_outputs(self) -> int:
-        """Width of the classifier: one logit per class (binary included) or per label."""
-        return len(self.label_names)
-
-
 def load(flag: str, size: int, root: Path, *, check_md5: bool = True, limit: int | None = None,
-         download: bool = True, cache_dir: Path | None = None) -> MedMNIST:
+         download: bool = True, cache_dir: Path | None = None) -> Dataset:
     meta = info(flag)
     check_size(size)
     path = locate(flag, size, root, download)
@@ -133,7 +114,8 @@ def load(flag: str, size: int, root: Path, *, check_md5: bool = True, limit: int
         if limit is not None:
             images, labels = images[:limit], labels[:limit]
         splits[split] = Split(images, labels.astype(np.int64))
-    return MedMNIST(flag, size, path, md5, meta["task"], meta["label"], meta["n_channels"], splits)
+    return Dataset(flag, size, meta["task"], meta["label"], meta["n_channels"], splits, md5,
+                   modality=MODALITY.get(flag, ""), source="medmnist", path=path)
 
 
 def _validate(path: Path, split: str, images: np.ndarray, labels: np.ndarray, size: int, meta: dict) -> None:
@@ -188,3 +170,85 @@ def _extract_memmap(path: Path, key: str, md5: str, cache_dir: Path) -> np.ndarr
             del out, flat
         os.replace(tmp, target)
     return np.load(target, mmap_mode="r")
+
+
+class MedMNISTSource(DatasetSource):
+    """The 12 MedMNIST+ 2D datasets by flag (``--dataset breastmnist``), sizes 28/64/128/224."""
+
+    name = "medmnist"
+    description = "MedMNIST+ 2D (Yang et al. 2023; Doerrich et al. 2025): {flag}.npz / {flag}_{size}.npz"
+    sizes = SIZES
+
+    def names(self) -> list[str]:
+        return flags()
+
+    def owns(self, dataset: str) -> bool:
+        return dataset in flags() or dataset.startswith("medmnist:")
+
+    @staticmethod
+    def _flag(dataset: str) -> str:
+        return dataset.removeprefix("medmnist:")
+
+    def check(self, dataset: str, size: int) -> None:
+        info(self._flag(dataset))
+        check_size(size)
+
+    def load(self, dataset: str, size: int, opts: LoadOptions) -> Dataset:
+        return load(self._flag(dataset), size, Path(opts.root or default_root()), check_md5=opts.check_md5,
+                    limit=opts.limit, download=opts.download, cache_dir=opts.cache_dir)
+
+    def n_classes(self, dataset: str) -> int:
+        return len(info(self._flag(dataset))["label"])
+
+    def n_samples(self, dataset: str, size: int) -> dict[str, int]:
+        return dict(info(self._flag(dataset))["n_samples"])
+
+    def _path(self, dataset: str, size: int, opts: LoadOptions) -> Path:
+        return Path(opts.root or default_root()) / file_name(self._flag(dataset), size)
+
+    def expected_fingerprint(self, dataset: str, size: int, opts: LoadOptions) -> str | None:
+        path = self._path(dataset, size, opts)
+        if not path.exists():
+            return None
+        # with the check on, a run refuses any other file, so the published MD5 is the answer
+        return expected_md5(self._flag(dataset), size) if opts.check_md5 else md5sum(path)
+
+    def missing(self, dataset: str, size: int, opts: LoadOptions) -> list[str]:
+        path = self._path(dataset, size, opts)
+        return [] if path.exists() else [path.name]
+
+    def prefetch(self, dataset: str, size: int, opts: LoadOptions) -> None:
+        from filelock import FileLock
+
+        path = self._path(dataset, size, opts)
+        if path.exists():
+            return
+        root = path.parent
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            lock = FileLock(str(root / f".{path.name}.lock"))
+            lock.acquire()
+        except OSError:  # read-only data root: locate explains what to download where
+            locate(self._flag(dataset), size, root, download=True)
+            return
+        try:
+            locate(self._flag(dataset), size, root, download=True)
+        finally:
+            lock.release()
+
+    def modality(self, dataset: str) -> str:
+        return MODALITY.get(self._flag(dataset), "")
+
+    def list_rows(self, root: Path | None) -> list[list[str]]:
+        root = Path(root or default_root())
+        rows = []
+        for flag in flags():
+            i = info(flag)
+            n = i["n_samples"]
+            local = [str(s) for s in SIZES if (root / file_name(flag, s)).exists()]
+            rows.append([flag, i["task"], str(len(i["label"])), str(i["n_channels"]), str(n["train"]),
+                         str(n["val"]), str(n["test"]), ",".join(local) or "-", f"medmnist ({root})"])
+        return rows
+
+
+SOURCE = MedMNISTSource()

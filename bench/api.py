@@ -1,0 +1,136 @@
+"""The Python API under the CLI: the same option names, results as objects and DataFrames.
+
+    import bench
+    r = bench.run(backbone="dinov2", dataset="breastmnist", unfreeze="last2")
+    r.metric("auc"), r.metrics, r.selected, r.test_scores()
+    bench.sweep("configs/smoke.yaml")
+    df = bench.load_results("results")
+    bench.report("results", out="reports/latest")
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from . import options
+from .errors import UserError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from backbones.base import Backbone
+
+    from .config import RunConfig, RunOptions
+    from .features import FeatureCache
+    from .results import RunResult
+
+
+def split_options(kw: dict[str, Any]) -> tuple[dict, dict]:
+    """Keyword options -> (run options, execution options), each coerced to its declared type."""
+    run, execution = {}, {}
+    for k, v in kw.items():
+        opt = options.get(k)  # unknown names: one line with suggestions
+        value = opt.coerce(v, opt.flag) if v is not None else None
+        (run if opt.scope == "run" else execution)[k] = value
+    return run, execution
+
+
+def run_options(**execution: Any) -> "RunOptions":
+    from .config import RunOptions
+
+    kw = {k: v for k, v in execution.items() if v is not None}
+    for k, v in kw.items():
+        options.get(k).check(v)
+    return RunOptions(**kw)
+
+
+def config(backbone: "str | Backbone", dataset: str, **run: Any) -> "RunConfig":
+    """The resolved config (and so the run id) of a run, without running it."""
+    from .resolve import resolve
+
+    if isinstance(backbone, str):
+        return resolve(backbone, dataset, **run)
+    return _instance_config(backbone, dataset, run)
+
+
+def _instance_config(model: "Backbone", dataset: str, run: dict) -> "RunConfig":
+    """A backbone built in the caller's code: registered under its spec name for this process,
+    its weights fingerprinted (sha256 of the state dict), so the run id and feature cache follow
+    the actual parameters."""
+    import backbones
+    from .resolve import resolve
+
+    if run.get("weights") not in (None, "default"):
+        raise UserError("weights: a backbone instance brings its own weights; drop the weights option")
+    name = model.spec.name
+    try:
+        backbones.get(name)
+    except UserError:
+        backbones.register(name, model.spec, lambda *a, **k: model)
+    cfg = resolve(name, dataset, **{**run, "variant": run.get("variant") or model.variant})
+    return cfg.replace(weights="instance", weights_fingerprint=state_fingerprint(model))
+
+
+def state_fingerprint(model: Any) -> str:
+    h = hashlib.sha256()
+    for k, v in sorted(model.state_dict().items()):
+        t = v.detach().cpu().contiguous()
+        h.update(k.encode())
+        h.update(str((tuple(t.shape), str(t.dtype))).encode())
+        h.update(t.view(-1).view(__import__("torch").uint8).numpy().tobytes() if t.numel() else b"")
+    return "sha256:" + h.hexdigest()[:16]
+
+
+def run(backbone: "str | Backbone", dataset: str, *, cache: "FeatureCache | None" = None,
+        **kw: Any) -> "RunResult":
+    """Run one backbone x dataset x protocol x seed (or read it back when it is already done).
+
+    Options are `bench run`'s flags with underscores (``unfreeze="last2"``, ``results_dir=...``).
+    ``backbone`` is a registry name or a Backbone instance (e.g. built in a notebook);
+    ``cache`` a FeatureCache to use instead of ``cache_dir``'s. Returns a RunResult whose
+    ``status`` says whether it ran now ("done") or was read back ("existing")."""
+    from .runner import execute
+
+    run_kw, exec_kw = split_options(kw)
+    cfg = config(backbone, dataset, **run_kw)
+    model = None if isinstance(backbone, str) else backbone
+    return execute(cfg, run_options(**exec_kw), model=model, cache=cache)
+
+
+def sweep(config_file: str | Path | None = None, *, dry_run: bool = False, **kw: Any) -> int:
+    """`bench sweep`: a grid file and/or options (lists make axes). Returns the exit code
+    (0: every run done, 1: some failed)."""
+    from .cli import build_parser
+
+    argv = ["sweep"] + ([str(config_file)] if config_file else []) + (["--dry-run"] if dry_run else [])
+    for k, v in kw.items():
+        flag = "--" + k.replace("_", "-")
+        if isinstance(v, bool):
+            argv.append(flag if v else "--no-" + k.replace("_", "-"))
+        elif v is not None:
+            argv += [flag, *map(str, v if isinstance(v, (list, tuple)) else [v])]
+    args = build_parser().parse_args(argv)
+    return args.fn(args)
+
+
+def load_results(results_dir: str | Path = "results") -> "pd.DataFrame":
+    """Every completed run under ``results_dir`` as one tidy DataFrame (one row per run x split x
+    metric, with the config columns)."""
+    import pandas as pd
+
+    from .results import ResultStore
+
+    store = ResultStore(Path(results_dir))
+    files = store.result_csvs()
+    if not files:
+        raise UserError(f"no completed runs in {store.runs}; run `bench run ...` first")
+    return pd.concat([pd.read_csv(p, keep_default_na=False, na_values=[""]) for p in files], ignore_index=True)
+
+
+def report(results_dir: str | Path = "results", out: str | Path = "reports/latest", **kw: Any) -> Path:
+    """`bench report`: tables and figures from a results folder; returns the report folder."""
+    from .report import make_report
+
+    kw.setdefault("formats", ("md", "html", "png"))
+    return make_report(Path(results_dir), Path(out), **kw)

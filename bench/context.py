@@ -1,0 +1,112 @@
+"""What one run carries from start to end (:class:`RunContext`), and the one home of the
+feature-cache key: runs, frozen prefixes and the sweep planner all build it here.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable, Iterator
+
+if TYPE_CHECKING:  # the planner imports this module without torch
+    import numpy as np
+    import torch
+
+    from backbones.base import Backbone
+
+    from .config import RunConfig, RunOptions
+    from .datasets import Dataset
+    from .features import FeatureCache
+    from .preprocess import Preprocess
+
+
+def log(msg: str, quiet: bool = False) -> None:
+    if not quiet:
+        print(f"bench: {msg}", file=sys.stderr, flush=True)
+
+
+def weights_key(weights_id: str, seed: int) -> str:
+    """What identifies the weights a frozen pass ran with: a random init is only reproducible
+    through the seed that drew it."""
+    return f"random-seed{seed}" if weights_id == "random" else weights_id
+
+
+def frozen_identity(cfg: "RunConfig") -> tuple:
+    """Everything in a config that changes the frozen part's output (the sweep groups on it)."""
+    seed = cfg.seed if cfg.weights == "random" else None
+    return (cfg.backbone, cfg.variant, cfg.weights, cfg.weights_fingerprint, cfg.readout, cfg.input_size,
+            cfg.resize, cfg.gray, cfg.dataset, cfg.size, cfg.limit, seed)
+
+
+def feature_parts(cfg: "RunConfig", weights: str, data_fingerprint: str, split: str, what: str = "readout",
+                  precision: str = "fp32") -> dict:
+    """The feature-cache key of one split: ``weights`` is :func:`weights_key`; ``what`` is
+    "readout" or "prefix:<k>"; ``precision`` what autocast computes in; library versions are in
+    it because an upgrade can change an architecture's code or its random init."""
+    from .results import library_versions
+
+    return {"what": what, "backbone": cfg.backbone, "variant": cfg.variant, "weights": weights,
+            "readout": cfg.readout, "input_size": cfg.input_size, "resize": cfg.resize, "gray": cfg.gray,
+            "dataset_md5": data_fingerprint, "split": split, "limit": cfg.limit, "precision": precision,
+            "libraries": library_versions()}
+
+
+@dataclass
+class Timings:
+    """Seconds per named phase; ``with timings("head"):`` records ``head_s``."""
+
+    values: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.values[f"{name}_s"] = self.values.get(f"{name}_s", 0.0) + time.perf_counter() - t
+
+    def as_dict(self) -> dict[str, float]:
+        return {k: round(v, 3) for k, v in self.values.items()}
+
+
+@dataclass
+class RunContext:
+    cfg: "RunConfig"
+    opts: "RunOptions"
+    dataset: "Dataset"
+    model: "Backbone"
+    pre: "Preprocess"
+    device: "torch.device"
+    cache: "FeatureCache"
+    timings: Timings = field(default_factory=Timings)
+
+    def log(self, msg: str) -> None:
+        log(msg, self.opts.quiet)
+
+    @property
+    def weights_key(self) -> str:
+        return weights_key(self.model.weights_id, self.cfg.seed)
+
+    def feature_parts(self, split: str, what: str = "readout") -> dict:
+        from .features import precision
+
+        return feature_parts(self.cfg, self.weights_key, self.dataset.fingerprint, split, what,
+                             precision(self.device))
+
+    def frozen_pass(self, split: str, fn: Callable[["torch.Tensor"], "torch.Tensor"], what: str = "readout",
+                    memory_budget: int | None = None) -> tuple["np.ndarray", bool]:
+        """``fn`` (normalised images -> features) over one split, run once and cached on disk."""
+        from .features import extract
+
+        return self.cache.get_or_compute(self.feature_parts(split, what), lambda: extract(
+            fn, self.dataset.splits[split].images, self.pre, self.device, self.opts.extract_batch_size,
+            f"{what} {split}", self.opts.quiet), memory_budget=memory_budget)
+
+    def readout_features(self, split: str) -> "np.ndarray":
+        """Readout features of the fully frozen backbone for one split, from the cache when possible."""
+        with self.timings(f"features_{split}"):
+            feats, hit = self.frozen_pass(split, self.model)
+        self.log(f"features {split}: {'cache hit' if hit else 'extracted'} {feats.shape[0]} x {feats.shape[1]} "
+                 f"({self.cache.path(self.cache.key(self.feature_parts(split))).name})")
+        return feats

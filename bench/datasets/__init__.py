@@ -1,0 +1,50 @@
+"""Dataset sources in a registry: ``--dataset NAME`` (a source's fixed names, e.g. MedMNIST's
+flags) or ``--dataset SOURCE:ARG`` (e.g. a folder). Adding a source is one module with a
+:class:`DatasetSource` and one line in ``BUILTINS`` (or an entry point in the group
+``bench.datasets`` of a plugin, or ``register_source`` at run time).
+"""
+from __future__ import annotations
+
+from ..errors import UserError, did_you_mean
+from ..registry import Registry
+from .base import SPLITS, Dataset, DatasetSource, LoadOptions, Split
+
+BUILTINS = {"medmnist": "bench.datasets.medmnist:SOURCE"}
+SOURCES: Registry[DatasetSource] = Registry("dataset source", "bench.datasets", BUILTINS, DatasetSource)
+
+
+def register_source(source: DatasetSource) -> DatasetSource:
+    return SOURCES.register(source)
+
+
+def source_for(dataset: str) -> DatasetSource:
+    """The source that answers for a --dataset value; unknown names get suggestions."""
+    prefix, sep, _ = dataset.partition(":")
+    if sep and prefix in SOURCES.names():
+        return SOURCES.get(prefix)
+    known: list[str] = []
+    for src in SOURCES.all():
+        if src.owns(dataset):
+            return src
+        known += src.names()
+    forms = [f"{n}:..." for n in SOURCES.names() if not SOURCES.get(n).names()]
+    raise UserError(f"unknown dataset {dataset!r}; {did_you_mean(dataset, known + forms)}")
+
+
+def check(dataset: str, size: int) -> DatasetSource:
+    src = source_for(dataset)
+    src.check(dataset, size)
+    return src
+
+
+def load(dataset: str, size: int, opts: LoadOptions) -> Dataset:
+    return source_for(dataset).load(dataset, size, opts)
+
+
+def all_names() -> list[str]:
+    """Every dataset known by name (what `datasets: all` in a sweep means)."""
+    return [n for src in SOURCES.all() for n in src.names()]
+
+
+__all__ = ["SPLITS", "Dataset", "DatasetSource", "LoadOptions", "Split", "SOURCES", "register_source",
+           "source_for", "check", "load", "all_names"]

@@ -1,0 +1,122 @@
+"""The dataset interface every source returns, and the source interface the registry holds.
+
+A run reads only a :class:`Dataset`: uint8 images and integer labels per split, the task type,
+label names, channels, modality and a fingerprint of the data (it keys the feature cache and is
+recorded with every result). Where the images came from is the source's business.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class Split:
+    images: np.ndarray  # uint8 (N, H, W) or (N, H, W, 3); may be a read-only memmap
+    labels: np.ndarray  # int64 (N, L): L = 1 (class index) or the number of labels (multi-label)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+@dataclass
+class Dataset:
+    name: str                    # as given to --dataset
+    size: int                    # image size of the stored files
+    task: str                    # medmnist's task names: binary-class, multi-class, ordinal-regression,
+    label_names: dict[str, str]  # multi-label, binary-class (the label index -> its name)
+    n_channels: int
+    splits: dict[str, Split]
+    fingerprint: str             # digest of the data read (keys caches and provenance)
+    modality: str = ""           # e.g. "chest x-ray": what --augment auto adapts to
+    source: str = ""             # registry name of the source
+    path: Path | None = None     # the file or folder read
+    extra: dict = field(default_factory=dict)  # source-specific provenance
+
+    @property
+    def n_outputs(self) -> int:
+        """Width of the classifier: one logit per class (binary included) or per label."""
+        return len(self.label_names)
+
+    @property
+    def multilabel(self) -> bool:
+        return self.task.startswith("multi-label")
+
+    def targets(self, split: str) -> np.ndarray:
+        """Labels as the metrics want them: (N,) class indices, or (N, L) for multi-label."""
+        labels = self.splits[split].labels
+        return labels if self.multilabel else labels[:, 0]
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """What a source needs to find and check its files (from RunOptions)."""
+
+    root: Path | None = None         # --data-root (None: the source's default)
+    check_md5: bool = True
+    limit: int | None = None
+    cache_dir: Path | None = None    # for arrays too big to hold (memory-mapped copies)
+    download: bool = True
+
+
+class DatasetSource:
+    """A family of datasets: MedMNIST's flags, an image folder, a CSV manifest...
+
+    Subclasses set ``name`` and implement ``load``; the rest has defaults. A source may answer for
+    fixed names (``names()``, e.g. the 12 MedMNIST 2D flags) and/or for ``NAME:ARG`` datasets (its
+    own name as prefix, e.g. ``folder:/data/xray``)."""
+
+    name: str = ""
+    description: str = ""
+    sizes: tuple[int, ...] | None = None   # allowed --size values (None: any)
+
+    def names(self) -> list[str]:
+        """Datasets this source provides by bare name (the `datasets: all` of a sweep)."""
+        return []
+
+    def owns(self, dataset: str) -> bool:
+        return dataset in self.names() or dataset.startswith(f"{self.name}:")
+
+    def check(self, dataset: str, size: int) -> None:
+        """Validate a choice without reading data (bench run --dry-run, sweep planning)."""
+        if self.sizes is not None and size not in self.sizes:
+            raise _size_error(dataset, size, self.sizes)
+
+    def load(self, dataset: str, size: int, opts: LoadOptions) -> Dataset:
+        raise NotImplementedError
+
+    def n_classes(self, dataset: str) -> int | None:
+        """Classifier width without loading (dry runs count head parameters with it)."""
+        return None
+
+    def n_samples(self, dataset: str, size: int) -> dict[str, int] | None:
+        """Images per split without loading (cost estimates), where known."""
+        return None
+
+    def expected_fingerprint(self, dataset: str, size: int, opts: LoadOptions) -> str | None:
+        """The fingerprint a load would give, without loading (None: not known yet)."""
+        return None
+
+    def missing(self, dataset: str, size: int, opts: LoadOptions) -> list[str]:
+        """Names of files a run would need that are not there yet (dry runs list them)."""
+        return []
+
+    def prefetch(self, dataset: str, size: int, opts: LoadOptions) -> None:
+        """Download what is missing, once, before sweep workers race for it."""
+
+    def modality(self, dataset: str) -> str:
+        return ""
+
+    def list_rows(self, root: Path | None) -> list[list[str]]:
+        """Rows for `bench ls datasets`: name, task, classes, channels, train, val, test, local."""
+        return []
+
+
+def _size_error(dataset: str, size: int, sizes: tuple[int, ...]):
+    from ..errors import UserError
+
+    return UserError(f"unknown size {size} for {dataset}; its sizes are {', '.join(map(str, sizes))}")

@@ -1,0 +1,242 @@
+"""Every run option, declared once.
+
+One :class:`Option` per knob: its name, type, default, choices, range, help text, group and
+scope. Everything else is derived from this table: the argparse flags of `bench run` and
+`bench sweep`, the type checks of sweep YAML values, the fields and defaults of
+:class:`bench.config.RunConfig` and :class:`bench.config.RunOptions`, and the README's option
+table (``python -m bench.options``).
+
+Scopes:
+  ``run``       changes the numbers: a RunConfig field, part of the run id. ``per_protocol``
+                options are only set for the protocols that read them (``Protocol.options``)
+                and are None elsewhere, so an unused knob never changes an id.
+  ``exec``      where and how a run executes (folders, device, batch size of extraction): a
+                RunOptions field, never in the run id.
+
+This module imports nothing heavy: the CLI builds its parser from it at start-up.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from .errors import UserError, did_you_mean
+
+WHAT, PROBE, TRAINED, WHERE = ("what to run", "probe heads",
+                               "fine-tuning and trained heads (mlp, deit, --unfreeze lastN|all)",
+                               "where and how (not part of the run id)")
+
+
+@dataclass(frozen=True)
+class Option:
+    name: str                          # python name; the flag is --name-with-dashes
+    type: type                         # int | float | str | Path | bool (a switch)
+    default: Any = None
+    help: str = ""
+    group: str = WHAT
+    scope: str = "run"                 # run | exec
+    per_protocol: bool = False         # run options only some protocols read
+    choices: tuple[str, ...] | None = None  # static choices; dynamic ones are checked by their owner
+    low: float | None = None           # inclusive lower bound
+    above: float | None = None         # exclusive lower bound
+    high: float | None = None          # inclusive upper bound
+    required: bool = False
+    sweepable: bool = True             # may a sweep set it (force is per invocation only)
+    metavar: str | None = None
+    short: str | None = None           # e.g. -q
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    def check(self, value: Any) -> Any:
+        """Validate one (already typed) value; None means "not given"."""
+        if value is None:
+            return None
+        if self.choices is not None and value not in self.choices:
+            raise UserError(f"unknown {self.flag[2:]} {value!r}; {did_you_mean(str(value), self.choices)}")
+        if self.type in (int, float):
+            bad = not math.isfinite(value) or (self.low is not None and value < self.low) or \
+                (self.above is not None and value <= self.above) or (self.high is not None and value > self.high)
+            if bad:
+                raise UserError(f"{self.flag} {value}: {self.range_text()}")
+        return value
+
+    def range_text(self) -> str:
+        parts = []
+        if self.above is not None:
+            parts.append(f"greater than {self.above:g}")
+        if self.low is not None:
+            parts.append(f"at least {self.low:g}")
+        if self.high is not None:
+            parts.append(f"at most {self.high:g}")
+        return "must be a finite number " + " and ".join(parts) if parts else "must be a finite number"
+
+    def coerce(self, value: Any, where: str = "") -> Any:
+        """A value from YAML or a Python call -> this option's type (YAML reads 1e-4 as a string)."""
+        if value is None:
+            return None
+        label = where or self.name
+        if self.type is bool:
+            if not isinstance(value, bool):
+                raise UserError(f"{label}: expected true or false, got {value!r}")
+            return value
+        if isinstance(value, (list, dict, tuple)) or (isinstance(value, bool) and self.type in (int, float)):
+            raise UserError(f"{label}: expected a single value, got {value!r}")
+        try:
+            if self.type is int:
+                if isinstance(value, float) and not value.is_integer():
+                    raise ValueError
+                return int(value)
+            if self.type is float:
+                return float(value)
+            if self.type is Path:
+                return Path(os.path.expanduser(str(value)))
+        except (TypeError, ValueError):
+            raise UserError(f"{label}: {value!r} is not a valid {self.type.__name__}") from None
+        return str(value)
+
+    def help_text(self) -> str:
+        extra = []
+        if self.choices:
+            extra.append(" | ".join(self.choices))
+        if self.default is not None and self.type is not bool:
+            extra.append(f"default {self.default}")
+        return self.help + (f" ({'; '.join(extra)})" if extra else "")
+
+
+O = Option
+OPTIONS: tuple[Option, ...] = (
+    # -- what is measured -------------------------------------------------------------------------
+    O("backbone", str, required=True, help="registry name, timm:NAME, or a plugin's name (bench ls backbones)"),
+    O("dataset", str, required=True, help="dataset name, e.g. breastmnist (bench ls datasets)"),
+    O("variant", str, "", help="backbone variant (default: the backbone's default)"),
+    O("weights", str, "default", help="default | random | PATH to a checkpoint in the library's format"),
+    O("readout", str, "", help="pooled vector the heads see (backbone-specific; default: its first)"),
+    O("size", int, 28, help="image size of the dataset file (MedMNIST+: 28, 64, 128, 224)"),
+    O("input_size", int, 0, low=16, help="size the backbone sees (default: its native size)"),
+    O("resize", str, "resize", choices=("resize", "pad", "none"),
+      help="fit images to the input size: resize, pad (centred on a black canvas), none"),
+    O("gray", str, "repeat", choices=("repeat", "red"), help="grayscale input: repeat to RGB, or red filters only"),
+    O("head", str, "linear", help="what is trained on the backbone (choices: bench ls protocols)"),
+    O("unfreeze", str, "none", help="none | lastN | all: how many backbone blocks train"),
+    O("seed", int, 0, low=0, high=2**63 - 1),
+    O("limit", int, None, low=2, help="cap images per split (smoke runs; recorded in results)"),
+    O("select", str, "auc", choices=("auc", "acc", "loss"), help="val criterion for model selection"),
+    # -- probe heads on cached features -----------------------------------------------------------
+    O("knn_k", int, 11, group=PROBE, per_protocol=True, low=1, help="neighbours of the kNN probe"),
+    O("head_epochs", int, 100, group=PROBE, per_protocol=True, low=1, help="epochs of the linear head grid"),
+    O("head_batch_size", int, 256, group=PROBE, per_protocol=True, low=1),
+    # -- fine-tuning and trained heads ------------------------------------------------------------
+    O("epochs", int, 30, group=TRAINED, per_protocol=True, low=1),
+    O("lr", float, 1e-4, group=TRAINED, per_protocol=True, above=0),
+    O("weight_decay", float, 1e-5, group=TRAINED, per_protocol=True, low=0),
+    O("batch_size", int, 64, group=TRAINED, per_protocol=True, low=1),
+    O("warmup", int, 1, group=TRAINED, per_protocol=True, low=0, help="linear warm-up epochs"),
+    O("schedule", str, "cosine", group=TRAINED, per_protocol=True, choices=("cosine", "constant", "step"),
+      help="lr after warm-up (step: MedMNIST v2's x0.1 at 50% and 75%)"),
+    O("patience", int, 10, group=TRAINED, per_protocol=True, low=0, help="early stopping patience in epochs (0: off)"),
+    O("grad_clip", float, 1.0, group=TRAINED, per_protocol=True, low=0, help="gradient norm clip (0: off)"),
+    O("layer_decay", float, 1.0, group=TRAINED, per_protocol=True, above=0, high=1,
+      help="layer-wise lr decay (1.0 = off)"),
+    O("augment", str, "none", group=TRAINED, per_protocol=True, choices=("none", "light", "paper", "auto"),
+      help="augmentation on the device (none lets the frozen prefix be cached)"),
+    O("balance", str, "none", group=TRAINED, per_protocol=True, choices=("none", "weighted-loss", "sampler"),
+      help="class imbalance handling"),
+    O("head_arch", str, "deit_small", group=TRAINED, per_protocol=True,
+      choices=("deit_tiny", "deit_small", "deit_base"), help="--head deit: the DeiT the head starts from"),
+    # -- where and how ------------------------------------------------------------------------------
+    O("results_dir", Path, Path("results"), group=WHERE, scope="exec"),
+    O("data_root", Path, None, group=WHERE, scope="exec",
+      help="folder of dataset files (default: medmnist's ~/.medmnist or $MEDMNIST_ROOT)"),
+    O("cache_dir", Path, None, group=WHERE, scope="exec",
+      help="feature cache (default $BENCH_CACHE_DIR or ~/.cache/medfm-bench)"),
+    O("device", str, "auto", group=WHERE, scope="exec", help="auto | cpu | cuda | cuda:N"),
+    O("skip_md5", bool, False, group=WHERE, scope="exec", help="do not check dataset files against their MD5"),
+    O("force", bool, False, group=WHERE, scope="exec", sweepable=False, help="rerun even if the result exists"),
+    O("extract_batch_size", int, 128, group=WHERE, scope="exec", low=1, help="batch of the frozen pass"),
+    O("save_model", bool, False, group=WHERE, scope="exec", help="save trained blocks and head (safetensors)"),
+    O("quiet", bool, False, group=WHERE, scope="exec", short="-q", help="no progress output"),
+)
+del O
+
+BY_NAME: dict[str, Option] = {o.name: o for o in OPTIONS}
+
+
+def get(name: str) -> Option:
+    try:
+        return BY_NAME[name]
+    except KeyError:
+        raise UserError(f"unknown option {name!r}; {did_you_mean(name, BY_NAME)}") from None
+
+
+def choices(name: str) -> tuple[str, ...]:
+    """The static choices of an option: the one place they are written."""
+    c = BY_NAME[name].choices
+    assert c is not None, name
+    return c
+
+
+def names(scope: str | None = None, *, per_protocol: bool | None = None) -> tuple[str, ...]:
+    return tuple(o.name for o in OPTIONS if (scope is None or o.scope == scope)
+                 and (per_protocol is None or o.per_protocol == per_protocol))
+
+
+def defaults(scope: str) -> dict[str, Any]:
+    return {o.name: o.default for o in OPTIONS if o.scope == scope}
+
+
+def check_all(values: dict[str, Any]) -> None:
+    for k, v in values.items():
+        BY_NAME[k].check(v)
+
+
+def add_arguments(parser: argparse.ArgumentParser, *, many: bool = False,
+                  dynamic_help: Callable[[str], str] | None = None) -> None:
+    """Add every option as a flag, grouped. ``many``: each run option takes one or more values and
+    nothing has a default (a sweep: several values make a grid axis, unset means "the YAML's")."""
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for o in OPTIONS:
+        if many and not o.sweepable:
+            continue
+        g = groups.get(o.group) or groups.setdefault(o.group, parser.add_argument_group(o.group))
+        flags = [o.flag] + ([o.short] if o.short else [])
+        text = o.help_text() + (dynamic_help(o.name) if dynamic_help else "")
+        text = text.replace("%", "%%")  # argparse formats help with %
+        if o.type is bool:
+            if many:
+                g.add_argument(*flags, dest=o.name, action=argparse.BooleanOptionalAction, default=None, help=text)
+            else:
+                g.add_argument(*flags, dest=o.name, action="store_true", help=text)
+        elif many and o.scope == "run":
+            g.add_argument(*flags, dest=o.name, nargs="+", type=o.type, default=None,
+                           metavar=o.metavar or o.name.upper(), help=text)
+        else:  # no argparse default: "not given" must stay visible, so recipes and YAML can fill it
+            g.add_argument(*flags, dest=o.name, type=o.type, default=None,
+                           required=o.required and not many, metavar=o.metavar, help=text)
+
+
+def markdown_table() -> str:
+    """The README's option table, generated from OPTIONS (and the protocols that read them)."""
+    from . import protocols
+
+    used: dict[str, list[str]] = {}
+    for p in protocols.all_protocols():
+        for name in p.options:
+            used.setdefault(name, []).append(p.name)
+    lines = ["| option | default | choices / range | used by | what |", "|---|---|---|---|---|"]
+    for o in OPTIONS:
+        default = "" if o.default in (None, "", 0) and o.type is not bool else ("off" if o.type is bool else o.default)
+        rng = " \\| ".join(o.choices) if o.choices else (o.range_text().replace("must be a finite number", "")
+                                                          .strip() if o.type in (int, float) else "")
+        who = ", ".join(used.get(o.name, [])) if o.per_protocol else ("all" if o.scope == "run" else "execution")
+        lines.append(f"| `{o.flag}` | {default} | {rng} | {who} | {o.help} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(markdown_table())

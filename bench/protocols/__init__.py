@@ -1,0 +1,51 @@
+"""Protocols in a registry. Built-ins: ``probe`` (linear head grid on cached features), ``knn``,
+``finetune`` (``--unfreeze lastN|all`` and trained linear/MLP heads) and ``deit`` (the paper's DeiT
+head). A third-party protocol is one :class:`Protocol` subclass, registered with
+``register_protocol`` or through the entry-point group ``bench.protocols``; its ``heads`` become
+valid ``--head`` values.
+"""
+from __future__ import annotations
+
+from ..errors import UserError, did_you_mean
+from ..registry import Registry
+from .base import Protocol, ProtocolOutput, SplitSizes
+
+# the order is the matching order: the first protocol that applies runs a config
+BUILTINS = {"probe": "bench.protocols.probe:PROBE", "knn": "bench.protocols.knn:KNN",
+            "finetune": "bench.protocols.finetune:FINETUNE", "deit": "bench.protocols.deit:DEIT"}
+PROTOCOLS: Registry[Protocol] = Registry("protocol", "bench.protocols", BUILTINS, Protocol)
+
+
+def register_protocol(protocol: Protocol) -> Protocol:
+    return PROTOCOLS.register(protocol)
+
+
+def all_protocols() -> list[Protocol]:
+    return PROTOCOLS.all()
+
+
+def heads() -> list[str]:
+    """Every valid --head value."""
+    out: list[str] = []
+    for p in all_protocols():
+        out += [h for h in p.heads if h not in out]
+    return out
+
+
+def protocol_for(cfg) -> Protocol:
+    """The protocol that runs a config: the first that serves its head and applies."""
+    serving = [p for p in all_protocols() if cfg.head in p.heads]
+    if not serving:
+        raise UserError(f"unknown head {cfg.head!r}; {did_you_mean(cfg.head, heads())}")
+    for p in serving:
+        if p.applies(cfg):
+            return p
+    raise UserError(serving[0].mismatch(cfg))
+
+
+def get(name: str) -> Protocol:
+    return PROTOCOLS.get(name)
+
+
+__all__ = ["Protocol", "ProtocolOutput", "SplitSizes", "PROTOCOLS", "register_protocol", "all_protocols",
+           "heads", "protocol_for", "get"]

@@ -1,0 +1,82 @@
+"""The protocol interface: what is trained on a backbone, and how.
+
+A protocol says which configs it runs (``heads`` x ``applies``), which per-protocol options it
+reads (``options``: the others are None in its configs, so they never change a run id), what
+frozen work it shares with other runs (``shares``: the sweep bundles runs with equal keys on one
+worker so the frozen part is computed once), what it costs (``cost``, in backbone image passes),
+and ``run(ctx)``: scores for val and test of the model selected on val.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from ..config import RunConfig
+    from ..context import RunContext
+
+
+@dataclass
+class ProtocolOutput:
+    val_scores: np.ndarray        # (N, C) class probabilities / label scores of the selected model
+    test_scores: np.ndarray       # the same model, test split, computed once
+    selected: dict                # what was chosen on val (hyper-parameters, epoch, criterion)
+    curves: list[dict] | None = None   # per-epoch / per-head validation records
+    extra: dict = field(default_factory=dict)  # protocol-specific provenance for the run's JSON
+
+
+@dataclass(frozen=True)
+class SplitSizes:
+    train: int
+    val: int
+    test: int
+
+    @property
+    def total(self) -> int:
+        return self.train + self.val + self.test
+
+
+class Protocol:
+    name: str = ""
+    heads: tuple[str, ...] = ()     # --head values it serves
+    options: tuple[str, ...] = ()   # per-protocol options it reads (bench.options)
+    kind: str = "trained"           # probe (heads on cached readout features) | trained
+    description: str = ""
+
+    def applies(self, cfg: "RunConfig") -> bool:
+        """Does this protocol run ``cfg``? (Only head and unfreeze are asked; the default serves
+        every --unfreeze.)"""
+        return cfg.head in self.heads
+
+    def mismatch(self, cfg: "RunConfig") -> str:
+        """Why it does not apply, for the error when no protocol takes a config."""
+        return f"--head {cfg.head} does not run with --unfreeze {cfg.unfreeze}"
+
+    def validate(self, cfg: "RunConfig") -> None:
+        """Checks across options, once every option is resolved (UserError)."""
+
+    def shares(self, cfg: "RunConfig") -> tuple | None:
+        """Key of the frozen computation this run shares with others (None: nothing shared)."""
+        return None
+
+    def shared_cost(self, cfg: "RunConfig", n: SplitSizes, num_blocks: int) -> float:
+        """Image passes of the frozen work shared by every run with the same ``shares`` key,
+        counted once per group."""
+        return float(n.total) if self.shares(cfg) is not None else 0.0
+
+    def cost(self, cfg: "RunConfig", n: SplitSizes, num_blocks: int) -> float:
+        """This run's own backbone image passes beyond the shared frozen part (a forward = 1,
+        a backward = 2). Used to balance shards and by benchmarks/estimate_cost.py."""
+        return float(n.total)
+
+    def head_parameters(self, cfg: "RunConfig", model, n_outputs: int) -> int:
+        """Trainable parameters of the head (dry runs report them; nothing is downloaded)."""
+        return 0
+
+    def run(self, ctx: "RunContext") -> ProtocolOutput:
+        raise NotImplementedError
+
+    def finished(self, cfg: "RunConfig", opts) -> None:
+        """Called once the run's results are written (e.g. to drop resume state)."""

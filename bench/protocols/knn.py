@@ -1,0 +1,42 @@
+"""kNN probe on cached readout features: cosine similarity, k nearest train images vote."""
+from __future__ import annotations
+
+from ..context import RunContext
+from .base import Protocol, ProtocolOutput, SplitSizes
+from .probe import probe_shares
+
+
+class KNNProbe(Protocol):
+    name = "knn"
+    heads = ("knn",)
+    options = ("knn_k",)
+    kind = "probe"
+    description = "k nearest train neighbours (cosine) on cached features; scores = vote shares"
+
+    def applies(self, cfg) -> bool:
+        return cfg.unfreeze == "none"
+
+    def mismatch(self, cfg) -> str:
+        return (f"--head knn has nothing to train; use it with --unfreeze none, or pick --head linear|mlp|deit "
+                f"for --unfreeze {cfg.unfreeze}")
+
+    def shares(self, cfg) -> tuple:
+        return probe_shares(cfg)
+
+    def cost(self, cfg, n: SplitSizes, num_blocks: int) -> float:
+        return 0.0
+
+    def run(self, ctx: RunContext) -> ProtocolOutput:
+        from .. import heads
+        from ..datasets import SPLITS
+
+        cfg, ds = ctx.cfg, ctx.dataset
+        feats = {s: ctx.readout_features(s) for s in SPLITS}
+        y_train = ds.splits["train"].labels
+        with ctx.timings("head"):
+            val, test = (heads.knn_scores(feats["train"], y_train, feats[s], ds.task, ds.n_outputs, cfg.knn_k,
+                                          ctx.device) for s in ("val", "test"))
+        return ProtocolOutput(val, test, {"head": "knn", "k": cfg.knn_k, "metric": "cosine"})
+
+
+KNN = KNNProbe()

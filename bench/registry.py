@@ -1,0 +1,79 @@
+"""One generic registry for what users extend (protocols, dataset sources), in the style of
+lm-evaluation-harness: built-ins as lazy ``"module:attr"`` strings imported on first use, plugins
+through an entry-point group, run-time ``register`` for tests and notebooks, and "did you mean"
+errors. (Backbones keep their own registry in backbones/registry.py, with the same rules.)
+"""
+from __future__ import annotations
+
+import importlib
+from importlib import metadata
+from typing import Generic, TypeVar
+
+from .errors import UserError, did_you_mean
+
+T = TypeVar("T")
+
+
+def load_target(target: str) -> object:
+    module, _, attr = target.partition(":")
+    obj = importlib.import_module(module)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+class Registry(Generic[T]):
+    def __init__(self, kind: str, group: str, builtins: dict[str, str], base: type) -> None:
+        self.kind, self.group, self.base = kind, group, base
+        self._builtins = dict(builtins)
+        self._registered: dict[str, T] = {}
+        self._loaded: dict[str, T] = {}
+
+    def register(self, obj: T, name: str | None = None) -> T:
+        """Add (or replace) an entry at run time; returns it, so it works as a decorator too."""
+        obj = self._check(obj, name or getattr(obj, "name", ""))
+        key = name or obj.name  # type: ignore[attr-defined]
+        self._registered[key] = obj
+        self._loaded.pop(key, None)
+        return obj
+
+    def unregister(self, name: str) -> None:
+        self._registered.pop(name, None)
+        self._loaded.pop(name, None)
+
+    def _entry_points(self) -> dict[str, metadata.EntryPoint]:
+        return {ep.name: ep for ep in metadata.entry_points(group=self.group)}
+
+    def names(self) -> list[str]:
+        # built-ins first, in their declared order (the order protocols are matched in)
+        out = list(self._registered) + [n for n in self._builtins if n not in self._registered]
+        return out + sorted(n for n in self._entry_points() if n not in out)
+
+    def get(self, name: str) -> T:
+        if name in self._registered:
+            return self._registered[name]
+        if name in self._loaded:
+            return self._loaded[name]
+        if name in self._builtins:
+            obj = self._check(load_target(self._builtins[name]), name)
+        else:
+            eps = self._entry_points()
+            if name not in eps:
+                raise UserError(f"unknown {self.kind} {name!r}; {did_you_mean(name, self.names())}")
+            try:
+                loaded = eps[name].load()
+            except Exception as e:  # a broken plugin should not look like a typo
+                raise UserError(f"{self.kind} plugin {name!r} ({eps[name].value}) failed to import: {e}") from e
+            obj = self._check(loaded, name)
+        self._loaded[name] = obj
+        return obj
+
+    def all(self) -> list[T]:
+        return [self.get(n) for n in self.names()]
+
+    def _check(self, obj: object, name: str) -> T:
+        if isinstance(obj, type) and issubclass(obj, self.base):
+            obj = obj()  # a class with a no-argument constructor
+        if not isinstance(obj, self.base):
+            raise UserError(f"{self.kind} entry {name!r} is not a {self.base.__module__}.{self.base.__name__}")
+        return obj  # type: ignore[return-value]

@@ -1,0 +1,70 @@
+"""User choices -> a complete RunConfig: every option checked against its declaration
+(bench.options), the dataset against its source, backbone choices against its Spec, and the
+protocol's own options filled in (the others stay None, so they never change a run id)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from . import options
+from .config import RunConfig, parse_unfreeze
+from .errors import UserError, did_you_mean
+
+
+def resolve(backbone: str, dataset: str, **given: Any) -> RunConfig:
+    """Validate user choices and fill every default, so the config (and its id) is complete.
+    ``given`` takes any run option by name; None means "not given"."""
+    run_names = options.names("run")
+    unknown = set(given) - set(run_names)
+    if unknown:
+        bad = sorted(unknown)[0]
+        raise UserError(f"unknown run option {bad!r}; {did_you_mean(bad, run_names)}")
+    given = {k: options.get(k).check(v) for k, v in given.items() if v is not None}
+    from . import datasets
+
+    size = given.get("size", options.get("size").default)
+    datasets.check(dataset, size)
+    unfreeze = given.get("unfreeze", "none")
+    parse_unfreeze(unfreeze)
+    common = {k: given.get(k, options.get(k).default) for k in options.names("run", per_protocol=False)
+              if k not in ("backbone", "dataset")}
+    cfg = RunConfig(backbone=backbone, dataset=dataset, **_backbone_choices(backbone, common))
+    protocol = cfg.protocol  # unknown head / head x unfreeze that nothing runs: one line here
+    own = {k: given.get(k, options.get(k).default) for k in protocol.options}
+    cfg = cfg.replace(**own)
+    protocol.validate(cfg)
+    return cfg
+
+
+def _backbone_choices(backbone: str, c: dict) -> dict:
+    """Variant, readout and input size resolved against the backbone's Spec; weights file fingerprinted."""
+    import backbones
+
+    if c["input_size"] and c["resize"] == "none" and c["input_size"] != c["size"]:
+        raise UserError(f"--resize none keeps {c['size']} px images, so --input-size {c['input_size']} cannot "
+                        f"apply; use --resize resize|pad or drop --input-size")
+    spec = backbones.get(backbone).spec
+    c = dict(c)
+    c["variant"] = c["variant"] or spec.default_variant
+    if spec.variants and c["variant"] not in spec.variants:
+        raise UserError(f"backbone {backbone!r} has no variant {c['variant']!r}; "
+                        f"{did_you_mean(c['variant'], spec.variants)}")
+    c["readout"] = c["readout"] or spec.readouts[0]
+    if c["readout"] not in spec.readouts:
+        raise UserError(f"unknown readout {c['readout']!r}; {did_you_mean(c['readout'], spec.readouts)}")
+    if c["resize"] == "none":
+        c["input_size"] = c["input_size"] or c["size"]
+    c["input_size"] = c["input_size"] or spec.input_size
+    if c["resize"] == "pad" and c["size"] > c["input_size"]:
+        raise UserError(f"--resize pad cannot fit {c['size']} px images into {c['input_size']} px; "
+                        f"use --resize resize or a larger --input-size")
+    weights = c["weights"]
+    c["weights_fingerprint"] = ""
+    if weights not in ("default", "random"):
+        if not Path(weights).is_file():
+            raise UserError(f"--weights {weights!r}: no such file; use default, random or a path to a checkpoint")
+        from backbones.hub import file_fingerprint
+
+        c["weights"] = str(Path(weights).resolve())
+        c["weights_fingerprint"] = file_fingerprint(c["weights"])
+    return c

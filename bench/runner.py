@@ -1,0 +1,113 @@
+"""One run, end to end: load data and backbone, hand a RunContext to the config's protocol,
+score val and test, write the results. Every run goes through ``execute``."""
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import backbones
+from backbones.base import Backbone, count_params
+
+from . import datasets, metrics
+from .config import RunConfig, RunOptions, parse_unfreeze
+from .context import RunContext, Timings, log
+from .errors import UserError
+from .features import FeatureCache, default_cache_dir
+from .preprocess import Preprocess
+from .results import ResultStore, RunResult, git_revision, now, versions
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device {name!r}: not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"--device {name!r}: only cpu and cuda are supported; use auto, cpu, cuda or cuda:N")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: CUDA is not available here; use --device cpu or auto")
+    return device
+
+
+def build_backbone(cfg: RunConfig, weights: str | None = None) -> Backbone:
+    # random init must not depend on what ran before in this process
+    seed_everything(cfg.seed)
+    return backbones.build(cfg.backbone, cfg.variant, weights or cfg.weights, readout=cfg.readout,
+                           input_size=cfg.input_size)
+
+
+def load_options(cfg: RunConfig, opts: RunOptions, download: bool = True) -> datasets.LoadOptions:
+    return datasets.LoadOptions(root=opts.data_root, check_md5=not opts.skip_md5, limit=cfg.limit,
+                                cache_dir=Path(opts.cache_dir or default_cache_dir()), download=download)
+
+
+def trainable_count(cfg: RunConfig, model: Backbone, n_outputs: int) -> dict:
+    n_unfrozen = parse_unfreeze(cfg.unfreeze, model.num_blocks)
+    backbone_params = count_params(model.trainable_parameters(n_unfrozen)) if n_unfrozen else 0
+    head_params = cfg.protocol.head_parameters(cfg, model, n_outputs)
+    choices = ["none"] + [f"last{n}" for n in (1, 2, 4) if n < model.num_blocks] + ["all"]
+    by_choice = {c: count_params(model.trainable_parameters(parse_unfreeze(c, model.num_blocks)))
+                 for c in choices}
+    return {"backbone": backbone_params, "head": head_params, "total": backbone_params + head_params,
+            "backbone_total": count_params(model), "blocks": model.num_blocks, "unfrozen_blocks": n_unfrozen,
+            "backbone_by_unfreeze": by_choice}
+
+
+def execute(cfg: RunConfig, opts: RunOptions, *, model: Backbone | None = None,
+            cache: FeatureCache | None = None) -> RunResult:
+    """Run ``cfg`` unless its result exists (then read it back; ``opts.force`` reruns).
+
+    ``model``: a backbone built by the caller (a notebook, a test) instead of the registry's;
+    its weights must be what ``cfg`` says (bench.api.run fingerprints an instance for the id).
+    ``cache``: the feature cache to use (default: ``opts.cache_dir``)."""
+    store = ResultStore(opts.results_dir)
+    if store.is_done(cfg.run_id) and not opts.force:
+        log(f"{cfg.run_id}: already done ({store.csv_path(cfg.run_id)}); --force to rerun", opts.quiet)
+        return RunResult.read(store, cfg.run_id)
+    store.check_writable()
+    protocol = cfg.protocol
+    timings = Timings()
+    t0 = time.perf_counter()
+    device = pick_device(opts.device)
+    cache = cache or FeatureCache(Path(opts.cache_dir or default_cache_dir()))
+    with timings("load_data"):
+        ds = datasets.load(cfg.dataset, cfg.size, load_options(cfg, opts))
+    if model is None:
+        model = build_backbone(cfg)
+    else:
+        seed_everything(cfg.seed)  # heads and batches draw from the seed as for a built model
+    parse_unfreeze(cfg.unfreeze, model.num_blocks)  # N > block count is an error before any work
+    model.eval().to(device)
+    pre = Preprocess(cfg.input_size, cfg.resize, *model.normalization(), cfg.gray)
+    ctx = RunContext(cfg, opts, ds, model, pre, device, cache, timings)
+    out = protocol.run(ctx)
+    y_val, y_test = ds.targets("val"), ds.targets("test")
+    by_split = {"val": metrics.evaluate(ds.task, y_val, out.val_scores),
+                "test": metrics.evaluate(ds.task, y_test, out.test_scores)}
+    timings.values["total_s"] = time.perf_counter() - t0
+    meta = {
+        "run_id": cfg.run_id, "config": cfg.to_dict(), "protocol": protocol.name, "task": ds.task,
+        "labels": ds.label_names,
+        "dataset": {"source": ds.source, "path": str(ds.path) if ds.path else None, "fingerprint": ds.fingerprint,
+                    "modality": ds.modality, "n": {s: len(v) for s, v in ds.splits.items()}, **ds.extra},
+        "backbone": {"weights_id": model.weights_id, "embed_dim": model.embed_dim,
+                     "blocks": model.num_blocks, "input_size": cfg.input_size},
+        "selected": out.selected, "seeds": {"seed": cfg.seed, "torch_initial_seed": torch.initial_seed()},
+        "versions": versions(), "git": git_revision(), "device": str(device),
+        "timings": timings.as_dict(), "created": now(), **out.extra,
+    }
+    store.write_run(cfg, by_split, meta, (y_test, out.test_scores), out.curves)
+    protocol.finished(cfg, opts)  # e.g. drop a resume checkpoint: only now, after the results are written
+    return RunResult.read(store, cfg.run_id, status="done")
