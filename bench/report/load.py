@@ -1,13 +1,15 @@
 """Read a results folder (written by `bench run`) into one tidy frame plus per-run metadata.
 
-Each run contributes ``runs/<run_id>.csv`` (tidy rows), ``runs/<run_id>.json`` (provenance) and
-``runs/<run_id>.scores.npz`` (test scores). Failed runs sit in ``failures/`` and are only counted.
+Each run contributes ``runs/<run_id>.csv`` (tidy rows), ``meta/<run_id>.json`` (provenance) and
+``scores/<run_id>.npz`` (test scores), located by bench.results.ResultStore (which also reads
+folders of the older layout). Failed runs sit in ``failures/`` and are only counted.
 """
 from __future__ import annotations
 
 import json
 import re
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -41,11 +43,9 @@ class RunSet:
     n_total_runs: int = 0
 
     def scores(self, run_id: str) -> tuple[np.ndarray, np.ndarray] | None:
-        path = self.root / "runs" / f"{run_id}.scores.npz"
-        if not path.exists():
-            return None
-        with np.load(path) as z:
-            return np.asarray(z["y_true"]), np.asarray(z["y_score"])
+        from ..results import ResultStore
+
+        return ResultStore(self.root).read_scores(run_id)
 
     def task(self, run_id: str) -> str | None:
         return self.meta.get(run_id, {}).get("task")
@@ -55,14 +55,15 @@ class RunSet:
 
 
 def load_results(results_dir: Path, filters: list[str] | tuple[str, ...] = ()) -> RunSet:
+    from ..results import ResultStore
+
     root = Path(results_dir)
-    runs_dir = root / "runs"
+    store = ResultStore(root)
+    runs_dir = store.runs
     if not root.is_dir():
         raise UserError(f"results folder {root} does not exist; run `bench run ...` first "
                         f"or pass --results-dir to the folder holding runs/")
-    # curves.csv files sit next to the run CSVs but are per-epoch curves, not results
-    files = sorted(p for p in runs_dir.glob("*.csv") if not p.name.endswith(".curves.csv")) \
-        if runs_dir.is_dir() else []
+    files = store.result_csvs()
     failures = _read_failures(root / "failures")
     if not files and not runs_dir.is_dir() and any(root.glob("*.csv")):
         raise UserError(f"{root} looks like the runs/ folder itself; pass its parent: --results-dir {root.parent}")
@@ -74,12 +75,9 @@ def load_results(results_dir: Path, filters: list[str] | tuple[str, ...] = ()) -
     rows = pd.concat(frames, ignore_index=True)
     meta = {}
     for rid in rows.run_id.unique():
-        path = runs_dir / f"{rid}.json"
-        if path.exists():
-            try:
-                meta[rid] = json.loads(path.read_text())
-            except json.JSONDecodeError as e:
-                raise UserError(f"{path} is not valid JSON ({e.msg}); delete the run or rerun it") from None
+        got = store.read_meta(rid)
+        if got:
+            meta[rid] = got
     n_total = rows.run_id.nunique()
     rows = apply_filters(rows, filters)
     rows = rows.assign(model=model_labels(rows, meta))
@@ -146,38 +144,83 @@ def apply_filters(rows: pd.DataFrame, filters: list[str] | tuple[str, ...]) -> p
 
 
 def model_labels(rows: pd.DataFrame, meta: dict[str, dict]) -> pd.Series:
-    """A display name per row: the backbone, plus the config values that tell apart runs of the
-    same backbone within one section (variant, weights, readout, hyper-parameters...)."""
+    """A display name per row, the same in every section and figure: the backbone; its variant
+    when it is not the backbone's default or several variants ran; its weights when not the
+    default (``resnet18 (random)``, a local file by its name); the recipe when the results hold
+    several; then any other config value that tells apart runs of one backbone in one section
+    (readout, hyper-parameters...) as ``key=value``."""
     per_run = rows.drop_duplicates("run_id").set_index("run_id")
+    info = run_identity(per_run, meta)
     configs: dict[str, dict] = {}
-    for rid, r in per_run.iterrows():
+    for rid in per_run.index:
         cfg = dict(meta.get(rid, {}).get("config") or {})
-        for c in ("backbone", "variant", "weights"):  # the CSV is the source of truth for these
-            cfg[c] = r[c]
-        configs[rid] = {k: v for k, v in cfg.items() if k not in _NOT_MODEL_KEYS}
-    label: dict[str, str] = {}
+        configs[rid] = {k: v for k, v in cfg.items() if k not in _NOT_MODEL_KEYS and k not in _IDENTITY_KEYS}
+    label: dict[str, str] = {rid: info.loc[rid, "label"] for rid in per_run.index}
     groups = per_run.groupby(["backbone", *SECTION_KEYS], dropna=False).groups
     for _, rids in groups.items():
         rids = list(rids)
-        keys = sorted({k for rid in rids for k in configs[rid]} - {"backbone"})
+        keys = sorted({k for rid in rids for k in configs[rid]})
         differing = [k for k in keys if len({_norm(configs[r].get(k)) for r in rids}) > 1]
         for rid in rids:
-            parts = [_label_part(k, configs[rid].get(k)) for k in differing]
-            label[rid] = ":".join([str(per_run.loc[rid, "backbone"]), *parts])
+            label[rid] = " ".join([label[rid], *[f"{k}={_norm(configs[rid].get(k)) or 'none'}" for k in differing]])
     return rows.run_id.map(label)
 
 
+_IDENTITY_KEYS = {"backbone", "variant", "weights", "recipe"}
+
+
+def run_identity(per_run: pd.DataFrame, meta: dict[str, dict]) -> pd.DataFrame:
+    """Per run (index: run_id): backbone, variant, weights (``default``, ``random`` or a file
+    name, never a path), recipe ("" when none) and the label those give."""
+    recipes = {rid: _norm((meta.get(rid, {}).get("config") or {}).get("recipe")) for rid in per_run.index}
+    several_recipes = len(set(recipes.values())) > 1
+    variants = per_run.groupby("backbone").variant.agg(lambda v: set(map(_norm, v)))
+    recs = {}
+    for rid, r in per_run.iterrows():
+        backbone, variant, weights = str(r["backbone"]), _norm(r["variant"]), weights_name(r["weights"])
+        parts = [backbone]
+        if variant and (len(variants[backbone]) > 1 or variant != default_variant(backbone)):
+            parts.append(variant)
+        if weights != "default":
+            parts.append(f"({weights})")
+        if several_recipes:
+            parts.append(f"[{recipes[rid] or 'no recipe'}]")
+        recs[rid] = {"backbone": backbone, "variant": variant, "weights": weights, "recipe": recipes[rid],
+                     "label": " ".join(parts)}
+    return pd.DataFrame.from_dict(recs, orient="index",
+                                  columns=["backbone", "variant", "weights", "recipe", "label"])
+
+
+def weights_name(value: object) -> str:
+    """``default`` / ``random`` as they are; a local file by its name only (no machine paths)."""
+    v = _norm(value) or "default"
+    return v if v in ("default", "random") else Path(v).name
+
+
+@lru_cache(maxsize=None)
+def default_variant(backbone: str) -> str | None:
+    """The registry's default variant, or None when the backbone cannot be looked up here (a
+    plugin that is not installed, an offline timm name): then the variant shows only when
+    several ran."""
+    try:
+        from backbones.registry import get
+
+        return get(backbone).spec.default_variant
+    except Exception:  # any failure only costs a longer label, never the report
+        return None
+
+
+def model_table(rs: RunSet) -> pd.DataFrame:
+    """One row per model label (index): backbone, variant, weights, recipe, the columns every table
+    CSV carries. A label covering several values (only via the key=value parts) joins them by '|'."""
+    per_run = rs.rows.drop_duplicates("run_id").set_index("run_id")
+    ident = run_identity(per_run, rs.meta).assign(model=per_run["model"])
+    return ident.groupby("model")[["backbone", "variant", "weights", "recipe"]].agg(
+        lambda v: "|".join(sorted(set(map(str, v)))))
+
+
 def _norm(v: object) -> str:
-    return "" if v is None else str(v)
-
-
-def _label_part(key: str, value: object) -> str:
-    if key == "variant":
-        return _norm(value) or "default"
-    if key == "weights":
-        v = _norm(value)
-        return v if v in ("default", "random") else Path(v).name
-    return f"{key}={_norm(value) or 'none'}"
+    return "" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v)
 
 
 _LAST = re.compile(r"last(\d+)")
