@@ -303,15 +303,19 @@ def test_holm_and_wilcoxon_by_hand():
     assert np.isnan(S.wilcoxon_p([1.0], [1.0])[0])  # no non-zero difference: not testable
 
 
-def test_wilcoxon_table_pairs_datasets_and_seeds(fixture_results):
-    from bench.report.tables import wilcoxon_table
+def test_wilcoxon_table_uses_datasets_not_seeds_as_units(fixture_results):
+    from bench.report.ranking import wilcoxon_table
 
     a = analysis(fixture_results)
-    t = wilcoxon_table(a, sec28(a)).data.set_index("model")
-    # dinov2 vs resnet50: 3 BreastMNIST seeds + 2 PneumoniaMNIST seeds, every difference positive
-    assert t.loc["dinov2", "pairs"] == 5 and t.loc["dinov2", "wins"] == 5
-    assert t.loc["dinov2", "p"] == pytest.approx(2 / 32)
-    assert t.loc["clip", "pairs"] == 3
+    t = wilcoxon_table(a, sec28(a))
+    df = t.data.set_index("model")
+    # dinov2 vs resnet50: 3 BreastMNIST seeds + 2 PneumoniaMNIST seeds, but only 2 datasets
+    assert df.loc["dinov2", "datasets"] == 2 and df.loc["dinov2", "wins"] == 2
+    assert df.loc["dinov2", "p"] == pytest.approx(0.5)  # exact: 2 / 2**2
+    assert not df.loc["dinov2", "testable"] and np.isnan(df.loc["dinov2", "p_holm"])
+    assert df.loc["clip", "datasets"] == 1
+    reading = {r[0].text: r[-1].text for r in t.rows}
+    assert reading["dinov2"].startswith("too few datasets: 2 cannot reach p < 0.05")
 
 
 # -- files: markdown, figures, html, latex, provenance, reference --------------------------------
@@ -456,12 +460,12 @@ def test_real_dummy_runs_then_report_end_to_end(tmp_path):
         assert p.returncode == 0, err[-3000:]
     out = tmp_path / "report"
     r = subprocess.run([*base, "report", "--results-dir", str(results), "--out", str(out),
-                        "--baseline", "dummy:tiny", "--format", "md", "--format", "html", "--format", "png"],
+                        "--baseline", "dummy tiny", "--format", "md", "--format", "html", "--format", "png"],
                        capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     md = (out / "report.md").read_text()
-    assert "dummy:small" in md and "dummy:tiny" in md and "Paired bootstrap against dummy:tiny" in md
+    assert "dummy small" in md and "dummy tiny" in md and "Paired bootstrap against dummy tiny" in md
     ci = pd.read_csv(next((out / "tables").glob("ci_linear_none_28*.csv"))).set_index("model")
     assert (ci.ci_low <= ci["mean"]).all() and (ci["mean"] <= ci.ci_high).all()
-    assert set(ci.index) == {"dummy:tiny", "dummy:small"} and (ci.valid_resamples > 0).all()
+    assert set(ci.index) == {"dummy tiny", "dummy small"} and (ci.valid_resamples > 0).all()
     assert (out / "report.html").exists() and list((out / "figures").glob("heatmap_*.png"))

@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..errors import UserError, did_you_mean
+from . import ranking as R
 from . import render
 from . import tables as T
 from .doc import Cell, Report, Section, Table
@@ -18,7 +19,6 @@ FORMATS = ("md", "html", "png", "latex")
 _ALIASES = {"markdown": "md", "tex": "latex", "htm": "html"}
 
 
-DEFAULT_BASELINE = "resnet50"  # the ImageNet ResNet-50, as the paper's Figure 1
 
 
 def make_report(results_dir: Path, out: Path, *, baseline: str | None = None, filters: list[str] | tuple[str, ...] = (),
@@ -29,7 +29,8 @@ def make_report(results_dir: Path, out: Path, *, baseline: str | None = None, fi
     Writes ``report.md`` / ``report.html`` / ``report.tex`` (per ``formats``), ``figures/*.png``
     (``png``) and, always, ``tables/*.csv`` with the numbers behind every table. Returns the
     main document (HTML if written, else Markdown, else LaTeX, else the output folder).
-    ``baseline`` None means the ImageNet ResNet-50 where it has runs (gains are left out elsewhere).
+    ``baseline`` None means the first ImageNet reference with runs (resnet50, resnet152, deit,
+    resnet18 with their default weights); with none, the report says there is nothing to compare.
     Raises UserError for an empty or missing results folder, an unknown baseline, metric,
     filter key or format.
     """
@@ -37,9 +38,16 @@ def make_report(results_dir: Path, out: Path, *, baseline: str | None = None, fi
     if n_boot < 10:
         raise UserError(f"--n-boot {n_boot}: use at least 10 resamples (1000 or more for a paper)")
     rs = load_results(Path(results_dir), list(filters or ()))
-    # an explicitly named baseline must exist; the default one is used where it has runs
-    a = T.Analysis(rs, metric, baseline or DEFAULT_BASELINE, n_boot=n_boot, seed=seed,
-                   require_baseline=baseline is not None)
+    # an explicitly named baseline must exist; the default one is the first reference that ran
+    if baseline is not None:
+        why = "chosen with --baseline"
+    else:
+        baseline = T.default_baseline(rs)
+        refs = ", ".join(T.DEFAULT_BASELINES)
+        why = (f"the first ImageNet reference with runs, of {refs}" if baseline else
+               f"none of the ImageNet references ({refs}, with their default weights) has runs; pass "
+               f"--baseline MODEL to compare against one of yours")
+    a = T.Analysis(rs, metric, baseline, n_boot=n_boot, seed=seed, baseline_why=why)
     draw = "png" in fmts or "html" in fmts
     report = build(a, with_reference=with_reference, figures=draw)
     return write(report, Path(out), fmts)
@@ -71,27 +79,45 @@ def build(a: T.Analysis, *, with_reference: bool = False, figures: bool = True) 
     overview.tables += T.average_tables(a)
     sections.append(overview)
 
-    gain = Section(f"Gain over {a.baseline}", intro="Relative change of the seed means against the baseline, "
-                   "averaged over datasets. Read it together with the paired comparisons of each section: "
-                   "a gain inside the noise is not a ranking.")
-    if figures:
-        fig, note = F.gain_figure(a)
-        gain.figures += [fig] if fig else []
-        gain.notes += [note] if note else []
-    sections.append(gain)
+    comparable = a.baseline is not None and any(a.baseline_model(s) for s in secs)
+    if a.baseline is None:
+        sections.append(Section("Gain over a baseline", notes=[f"Nothing to compare against: {a.baseline_why}."]))
+    elif not comparable:
+        sections.append(Section(f"Gain over {a.baseline}", notes=[
+            f"Nothing to compare: the baseline {a.baseline} has no runs in any section of this report."]))
+    else:
+        gain = Section(f"Gain over {a.baseline}", intro="Relative change of the seed means against the baseline, "
+                       "averaged over datasets. Read it together with the paired comparisons of each section: "
+                       "a gain inside the noise is not a ranking.")
+        if figures:
+            fig, note = F.gain_figure(a)
+            gain.figures += [fig] if fig else []
+            gain.notes += [note] if note else []
+        sections.append(gain)
 
     for sec in secs:
         s = Section(T.section_title(sec), level=2)
         s.tables.append(T.seed_table(a, sec))
-        gt, notes = T.gain_table(a, sec)
-        s.tables += [gt] if not gt.empty else []
-        s.notes += notes
+        if a.baseline_model(sec) is not None:
+            gt, notes = T.gain_table(a, sec)
+            s.tables += [gt] if not gt.empty else []
+            s.notes += notes
+        elif comparable:  # one sentence instead of empty comparison tables
+            s.notes.append(f"No comparison in this section: the baseline {a.baseline} has no runs here.")
         ct, notes = T.ci_table(a, sec)
         s.tables += [ct] if not ct.empty else []
         s.notes += notes
-        for t in (T.paired_table(a, sec), T.wilcoxon_table(a, sec)):
+        for t in (T.paired_table(a, sec), R.wilcoxon_table(a, sec)):
             if t is not None and not t.empty:
                 s.tables.append(t)
+        rank_tables, notes, rk = R.ranking_tables(a, sec)
+        s.tables += rank_tables
+        s.notes += notes
+        if figures and rk is not None:
+            s.figures.append(F.cd_figure(a, rk))
+        cal, notes = T.calibration_table(a, sec)
+        s.tables += [cal] if cal is not None and not cal.empty else []
+        s.notes += notes
         rt, n_checked = T.recall_table(a, sec)
         if rt is not None:
             s.tables += [rt] if not rt.empty else []
@@ -121,20 +147,43 @@ def build(a: T.Analysis, *, with_reference: bool = False, figures: bool = True) 
         ref.notes += notes
         sections.append(ref)
 
+    # every table's CSV names each model's backbone, variant, weights and recipe
+    for sec in sections:
+        for t in sec.tables:
+            if t.data is not None:
+                t.data = T.with_model_columns(t.data, a.model_info)
+
     summary = _summary(a, secs)
     return Report(f"medfm-bench report — test {a.metric.upper()}", summary, sections, provenance(a))
+
+
+def display_path(path: Path) -> str:
+    """A folder as the report shows it: relative to the working folder when inside it, else its
+    name only, so no report carries a machine's absolute paths."""
+    p = Path(path)
+    try:
+        return str(p.resolve().relative_to(Path.cwd().resolve())) or "."
+    except ValueError:
+        return p.resolve().name
 
 
 def _summary(a: T.Analysis, secs) -> list[str]:
     rs = a.rs
     n_runs = rs.runs.shape[0]
+    base = f"baseline: {a.baseline} ({a.baseline_why})" if a.baseline else f"no baseline: {a.baseline_why}"
     out = [f"{n_runs} run(s) of {rs.runs.model.nunique()} model(s) on {rs.runs.dataset.nunique()} dataset(s), "
-           f"{len(secs)} protocol/setting section(s); metric: test {a.metric}; baseline: {a.baseline}.",
-           f"Seeds: {', '.join(map(str, sorted(set(int(s) for s in rs.runs.seed.dropna()))))}."]
+           f"{len(secs)} protocol/setting section(s); metric: test {a.metric} ({T.direction(a)}).",
+           base[0].upper() + base[1:] + ".",
+           f"Seeds: {', '.join(map(str, sorted(set(int(s) for s in rs.runs.seed.dropna()))))}; they are averaged "
+           f"within a dataset before any test across datasets."]
+    info = a.model_info
+    shown = [m for m in info.index if info.loc[m, "weights"] != "default"]
+    if shown:
+        out.append(f"Not ImageNet/default weights: {', '.join(shown)} (the weights are in brackets).")
     if rs.filters:
         out.append(f"Filters: {'; '.join(rs.filters)} ({n_runs} of {rs.n_total_runs} runs kept).")
     if rs.failures:
-        out.append(f"{len(rs.failures)} failed run(s) in {rs.root / 'failures'} are not in the tables.")
+        out.append(f"{len(rs.failures)} failed run(s) in {display_path(rs.root)}/failures are not in the tables.")
     partial = a.summary[a.summary.n < a.summary.expected_n]
     if len(partial):
         out.append(f"{len(partial)} cell(s) have fewer seeds than their section (marked †).")
@@ -152,7 +201,7 @@ def provenance(a: T.Analysis) -> Table:
     """What the report was made from: runs, seeds, versions, git revisions, dates."""
     rs: RunSet = a.rs
     metas = [rs.meta.get(r, {}) for r in rs.runs.run_id]
-    rows = [("results folder", str(rs.root.resolve())),
+    rows = [("results folder", display_path(rs.root)),
             ("runs in report", f"{len(rs.runs)} (of {rs.n_total_runs} completed; {len(rs.failures)} failed)"),
             ("filters", "; ".join(rs.filters) or "none"),
             ("models", ", ".join(sorted(set(rs.runs.model)))),
@@ -182,7 +231,7 @@ def write(report: Report, out: Path, fmts: list[str]) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     fig_dir, tab_dir = out / "figures", out / "tables"
     # files from an earlier report in the same folder would otherwise linger as stale results
-    for d, pattern in ((fig_dir, "*.png"), (tab_dir, "*.csv")):
+    for d, pattern in ((fig_dir, "*.png"), (fig_dir, "*.svg"), (tab_dir, "*.csv")):
         for old in d.glob(pattern) if d.is_dir() else []:
             old.unlink()
     tab_dir.mkdir(exist_ok=True)
@@ -193,6 +242,8 @@ def write(report: Report, out: Path, fmts: list[str]) -> Path:
         fig_dir.mkdir(exist_ok=True)
         for f in report.figures():
             (fig_dir / f"{f.name}.png").write_bytes(f.png)
+            if f.svg:
+                (fig_dir / f"{f.name}.svg").write_bytes(f.svg)
     written = {}
     if "md" in fmts:
         written["md"] = out / "report.md"

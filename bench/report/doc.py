@@ -40,7 +40,7 @@ class Table:
         """Per column: right-align (numbers) or left-align (names, words)."""
         out = []
         for j in range(len(self.columns)):
-            texts = [r[j].text for r in self.rows if j < len(r) and not r[j].missing]
+            texts = [r[j].text for r in self.rows if j < len(r) and not r[j].missing and r[j].text != MISSING]
             out.append(j > 0 and j not in self.text_cols and all(t[:1].isdigit() or t[:1] in "+-<[" for t in texts))
         return out
 
@@ -49,8 +49,9 @@ class Table:
 class Figure:
     name: str
     title: str
-    png: bytes
+    png: bytes                      # raster for the HTML and Markdown (200 dpi)
     caption: str = ""
+    svg: bytes = b""                # the same figure as vector graphics, for papers
 
 
 @dataclass

@@ -1,5 +1,6 @@
-"""Figures with seaborn on the Agg backend (no display needed). Each builder returns a Figure, or
-None plus a note saying why there was nothing to plot."""
+"""Figures with seaborn/matplotlib on the Agg backend (no display needed). Each builder returns a
+Figure (200 dpi PNG plus SVG), or None plus a note saying why there was nothing to plot. A model
+has the same colour in every figure of a report (``model_colors``)."""
 from __future__ import annotations
 
 import io
@@ -14,18 +15,39 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from .doc import Figure  # noqa: E402
-from .tables import (Analysis, SectionKey, dataset_label, dataset_order, gains, protocol_label,  # noqa: E402
+from .ranking import Ranking  # noqa: E402
+from .tables import (Analysis, SectionKey, dataset_label, dataset_order, mean_gains, protocol_label,  # noqa: E402
                      section_title, setting_label)
 from .load import unfreeze_order  # noqa: E402
 
-DPI = 110
+DPI = 200
+matplotlib.rcParams["svg.hashsalt"] = "medfm-bench"  # stable ids: the same figure gives the same SVG
+matplotlib.rcParams["svg.fonttype"] = "none"          # text stays text (searchable, editable)
 
 
-def _png(fig: plt.Figure) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight", facecolor="white")
+def _render(fig: plt.Figure) -> tuple[bytes, bytes]:
+    """PNG and SVG of a figure, then closed."""
+    out = []
+    for fmt, kw in (("png", {"dpi": DPI}), ("svg", {"metadata": {"Date": None}})):
+        buf = io.BytesIO()
+        fig.savefig(buf, format=fmt, bbox_inches="tight", facecolor="white", **kw)
+        out.append(buf.getvalue())
     plt.close(fig)
-    return buf.getvalue()
+    return out[0], out[1]
+
+
+def _figure(name: str, title: str, fig: plt.Figure, caption: str) -> Figure:
+    png, svg = _render(fig)
+    return Figure(name, title, png, caption, svg)
+
+
+def model_colors(a: Analysis) -> dict[str, tuple]:
+    """One colour per model label of the whole report (sorted labels, colour-blind palette; more
+    than ten models continue with husl colours)."""
+    models = sorted(set(a.rs.rows.model))
+    base = sns.color_palette("colorblind", 10)
+    extra = sns.color_palette("husl", max(len(models) - 10, 0)) if len(models) > 10 else []
+    return dict(zip(models, list(base) + list(extra)))
 
 
 def _theme() -> None:
@@ -33,40 +55,93 @@ def _theme() -> None:
 
 
 def gain_figure(a: Analysis) -> tuple[Figure | None, str | None]:
-    """Mean relative gain over the baseline per model, grouped by protocol (paper Figure 1 style)."""
-    recs = []
+    """Mean relative gain over the baseline per model and section (paper Figure 1 style), with
+    95% paired-bootstrap intervals of that mean."""
+    panels = []
     for sec in a.sections():
-        g = gains(a, sec).dropna(subset=["rel_gain_pct"])
-        for m, gm in g.groupby("model"):
-            recs.append({"model": m, "protocol": protocol_label(sec.head, sec.unfreeze),
-                         "setting": setting_label(sec), "gain": gm.rel_gain_pct.mean(),
-                         "datasets": gm.dataset.nunique()})
-    if not recs:
-        return None, (f"Gain figure skipped: no model shares a dataset with the baseline {a.baseline!r} "
-                      f"in any section.")
-    df = pd.DataFrame(recs)
+        mg = mean_gains(a, sec)
+        if len(mg):
+            panels.append((sec, mg))
+    if not panels:
+        return None, (f"Gain figure skipped: no model shares a dataset with the baseline {a.baseline} in any "
+                      f"section.")
+    colors = model_colors(a)
     _theme()
-    settings = list(dict.fromkeys(df.setting))
-    n_models = df.model.nunique()
-    g = sns.catplot(df, kind="bar", x="gain", y="model", hue="protocol", col="setting", col_order=settings,
-                    col_wrap=min(2, len(settings)), orient="h", height=max(2.6, 0.45 * n_models + 1.4),
-                    aspect=1.5, sharex=False, legend_out=False)
-    for ax in g.axes.flat:
+    n_models = max(len(mg) for _, mg in panels)
+    ncol = min(2, len(panels))
+    nrow = math.ceil(len(panels) / ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(6.2 * ncol, (0.42 * n_models + 1.3) * nrow), squeeze=False)
+    no_ci = False
+    for ax, (sec, mg) in zip(axes.flat, panels):
+        mg = mg.iloc[::-1]  # first model on top
+        y = np.arange(len(mg))
+        err = np.array([mg.mean_rel_gain_pct - mg.ci_low, mg.ci_high - mg.mean_rel_gain_pct])
+        ax.barh(y, mg.mean_rel_gain_pct, color=[colors[m] for m in mg.model], height=0.6)
+        ok = np.isfinite(err).all(axis=0)
+        no_ci |= not ok.all()
+        ax.errorbar(mg.mean_rel_gain_pct[ok], y[ok], xerr=err[:, ok], fmt="none", ecolor="0.15", capsize=3, lw=1)
+        for yi, (v, hi, lo) in enumerate(zip(mg.mean_rel_gain_pct, mg.ci_high, mg.ci_low)):
+            end_ = (hi if v >= 0 else lo) if math.isfinite(hi) else v
+            ax.annotate(f"{v:+.1f}%", (end_, yi), xytext=(4 if v >= 0 else -4, 0), textcoords="offset points",
+                        ha="left" if v >= 0 else "right", va="center", fontsize=8)
+        ax.set_yticks(y, [f"{m} ({d})" for m, d in zip(mg.model, mg.datasets)])
         ax.axvline(0, color="0.2", lw=1)
+        lo_, hi_ = ax.get_xlim()
+        span = max(hi_ - lo_, 1e-9)
+        ax.set_xlim(min(lo_, 0) - 0.18 * span, max(hi_, 0) + 0.18 * span)  # room for the value labels
         ax.set_xlabel(f"relative gain in test {a.metric.upper()} (%)")
-        ax.set_ylabel("")
-        for c in ax.containers:
-            ax.bar_label(c, fmt="%+.1f%%", fontsize=8, padding=3)
-        # room on both sides of zero so the value labels of negative bars clear the model names
-        lo, hi = ax.get_xlim()
-        span = max(hi - lo, 1e-9)
-        ax.set_xlim(min(lo, 0) - 0.22 * span, max(hi, 0) + 0.22 * span)
-    g.set_titles(col_template="{col_name}")
-    if g.legend is not None:
-        sns.move_legend(g, "lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, title=None, frameon=False)
-    return Figure("gain_over_baseline", f"Gain over {a.baseline}", _png(g.figure),
-                  f"Mean over datasets of 100 × (model − {a.baseline}) / {a.baseline}, per protocol; "
-                  f"computed on seed means. Bars do not show uncertainty: see the paired comparisons."), None
+        ax.set_title(section_title(sec), fontsize=9)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    fig.tight_layout()
+    direction = "" if a.higher_is_better else " (a reduction counts as a gain: lower is better)"
+    caption = (f"Mean over datasets (count in brackets) of the relative gain over {a.baseline} on seed means"
+               f"{direction}. Whiskers: 95% paired-bootstrap interval of that mean ({a.n_boot} test-set "
+               f"resamples per dataset); they show test-set sampling only, not seed or dataset variation.")
+    if no_ci:
+        caption += " Bars without whiskers lack saved test scores on some dataset."
+    return _figure("gain_over_baseline", f"Gain over {a.baseline}", fig, caption), None
+
+
+def cd_figure(a: Analysis, rk: Ranking) -> Figure:
+    """Critical-difference diagram (Demsar 2006): mean ranks on an axis, best at the left; models
+    joined by a bar do not differ by the Nemenyi test at alpha 0.05."""
+    from . import stats as S
+
+    colors = model_colors(a)
+    k = len(rk.models)
+    half = math.ceil(k / 2)
+    _theme()
+    sns.set_style("white")
+    fig, ax = plt.subplots(figsize=(7.5, 1.1 + 0.3 * half))
+    lo, hi = 1, max(k, 2)
+    ax.set_xlim(lo - 0.6, hi + 0.6)
+    ax.set_ylim(-(0.55 * half + 0.35), 1.6)
+    ax.hlines(0, lo, hi, color="0.2", lw=1)
+    for r in range(lo, hi + 1):
+        ax.vlines(r, 0, 0.12, color="0.2", lw=1)
+        ax.text(r, 0.2, str(r), ha="center", va="bottom", fontsize=8)
+    for i, (m, r) in enumerate(zip(rk.models, rk.mean_ranks)):
+        left = i < half
+        row = -(i + 1) if left else -(k - i)
+        x_text = lo - 0.5 if left else hi + 0.5
+        ax.plot([r, r, x_text], [0, row * 0.55, row * 0.55], color=colors.get(m, "0.3"), lw=1.2)
+        ax.text(x_text, row * 0.55, f"{m}  {r:.2f}" if left else f"{r:.2f}  {m}", ha="right" if left else "left",
+                va="center", fontsize=8, color="0.1")
+    for j, (i0, i1) in enumerate(S.cd_groups(rk.mean_ranks, rk.cd)):
+        yy = -0.18 - 0.14 * j
+        ax.hlines(yy, rk.mean_ranks[i0] - 0.03, rk.mean_ranks[i1] + 0.03, color="0.1", lw=3)
+    if math.isfinite(rk.cd):
+        ax.hlines(1.15, lo, lo + rk.cd, color="0.1", lw=1.5)
+        ax.vlines([lo, lo + rk.cd], 1.05, 1.25, color="0.1", lw=1.5)
+        ax.text(lo + rk.cd / 2, 1.3, f"CD = {rk.cd:.2f}", ha="center", va="bottom", fontsize=8)
+    ax.axis("off")
+    f = rk.friedman
+    p, kind = f.headline()
+    caption = (f"Mean rank of test {a.metric.upper()} over {len(rk.datasets)} datasets (1 = best). Models joined by "
+               f"a thick bar are within the Nemenyi critical difference (α = 0.05) of each other. Friedman p = "
+               f"{S.fmt_p(p)} ({kind}).")
+    return _figure(f"cd_{rk.section.slug}", f"Critical difference — {section_title(rk.section)}", fig, caption)
 
 
 def heatmap_figure(a: Analysis, sec: SectionKey) -> tuple[Figure | None, str | None]:
@@ -82,7 +157,7 @@ def heatmap_figure(a: Analysis, sec: SectionKey) -> tuple[Figure | None, str | N
     sns.set_style("white")  # no grid lines across the grey 'no run' cells
     fig, ax = plt.subplots(figsize=(1.1 * len(datasets) + 2.8, 0.5 * len(models) + 1.6))
     ax.set_facecolor("#d9d9d9")  # missing cells show as grey, labelled below; never as a colour value
-    sns.heatmap(mat, annot=True, fmt=".3f", cmap="viridis", ax=ax, linewidths=0.5, linecolor="white",
+    sns.heatmap(mat, annot=True, fmt=".3f", cmap="viridis" if a.higher_is_better else "viridis_r", ax=ax, linewidths=0.5, linecolor="white",
                 cbar_kws={"label": f"test {a.metric.upper()}"}, annot_kws={"fontsize": 8})
     for i, m in enumerate(mat.index):
         for j, d in enumerate(mat.columns):
@@ -93,8 +168,8 @@ def heatmap_figure(a: Analysis, sec: SectionKey) -> tuple[Figure | None, str | N
     ax.set_title(section_title(sec), fontsize=10)
     plt.setp(ax.get_xticklabels(), rotation=30, ha="right")
     plt.setp(ax.get_yticklabels(), rotation=0)
-    return Figure(f"heatmap_{sec.slug}", f"Heatmap — {section_title(sec)}", _png(fig),
-                  f"Seed mean of test {a.metric.upper()}; grey cells had no run."), None
+    return _figure(f"heatmap_{sec.slug}", f"Heatmap — {section_title(sec)}", fig,
+                   f"Seed mean of test {a.metric.upper()}; grey cells had no run."), None
 
 
 def _blocks(a: Analysis, run_ids: list[str]) -> int | None:
@@ -134,7 +209,9 @@ def unfreeze_figure(a: Analysis) -> tuple[Figure | None, str | None]:
     df["x"] = df.blocks.fillna(top + 1)
     df["panel"] = df["head"] + " head · " + df["setting"]
     _theme()
+    colors = model_colors(a)
     g = sns.relplot(df, kind="line", x="x", y="value", hue="model", col="panel", marker="o",
+                    hue_order=[m for m in colors if m in set(df.model)], palette=colors,
                     col_wrap=min(3, df.panel.nunique()), height=3.2, aspect=1.3, facet_kws={"sharey": False})
     for ax, (_, pd_) in zip(g.axes.flat, df.groupby("panel", sort=False)):
         ticks = pd_.drop_duplicates("x").sort_values("x")
@@ -143,8 +220,8 @@ def unfreeze_figure(a: Analysis) -> tuple[Figure | None, str | None]:
                             for b, u in zip(ticks.blocks.fillna(np.nan), ticks.unfreeze)])
     g.set_axis_labels("unfrozen blocks", f"test {a.metric.upper()} (mean over datasets)")
     g.set_titles(col_template="{col_name}")
-    return Figure("metric_vs_unfrozen_blocks", "Metric against unfrozen blocks", _png(g.figure),
-                  "Seed means averaged over the datasets that every plotted level of a model covers."), None
+    return _figure("metric_vs_unfrozen_blocks", "Metric against unfrozen blocks", g.figure,
+                   "Seed means averaged over the datasets that every plotted level of a model covers."), None
 
 
 def resolution_figure(a: Analysis) -> tuple[Figure | None, str | None]:
@@ -169,7 +246,9 @@ def resolution_figure(a: Analysis) -> tuple[Figure | None, str | None]:
         return None, "Resolution figure skipped: no model was run at two or more image sizes under one protocol."
     df = pd.DataFrame(recs)
     _theme()
+    colors = model_colors(a)
     g = sns.relplot(df, kind="line", x="size", y="value", hue="model", col="protocol", marker="o",
+                    hue_order=[m for m in colors if m in set(df.model)], palette=colors,
                     col_wrap=min(3, df.protocol.nunique()), height=3.2, aspect=1.3, facet_kws={"sharey": False})
     for ax in g.axes.flat:
         ax.set_xscale("log", base=2)
@@ -179,5 +258,5 @@ def resolution_figure(a: Analysis) -> tuple[Figure | None, str | None]:
         ax.minorticks_off()
     g.set_axis_labels("image size (px)", f"test {a.metric.upper()} (mean over datasets)")
     g.set_titles(col_template="{col_name}")
-    return Figure("metric_vs_resolution", "Metric against resolution", _png(g.figure),
-                  "Seed means averaged over the datasets every plotted size of a model covers."), None
+    return _figure("metric_vs_resolution", "Metric against resolution", g.figure,
+                   "Seed means averaged over the datasets every plotted size of a model covers."), None

@@ -42,7 +42,8 @@ def to_markdown(r: Report, figure_dir: str | None = "figures") -> str:
             out.append(md_table(t))
         for f in s.figures:
             if figure_dir:
-                out += [f"![{f.title}]({figure_dir}/{f.name}.png)", "", f"_{f.caption}_", ""]
+                vector = f" ([SVG]({figure_dir}/{f.name}.svg))" if f.svg else ""
+                out += [f"![{f.title}]({figure_dir}/{f.name}.png)", "", f"_{f.caption}_{vector}", ""]
             else:
                 out += [f"_Figure “{f.title}” is in report.html._", ""]
         out += [f"> {n}" for n in s.notes] + ([""] if s.notes else [])
@@ -63,9 +64,9 @@ table{border-collapse:collapse;font-size:.86rem;font-variant-numeric:tabular-num
 caption{caption-side:top;text-align:left;font-weight:600;padding-bottom:.3rem;white-space:nowrap}
 th,td{border-bottom:1px solid #e5e7eb;padding:.3rem .6rem;text-align:right;white-space:nowrap}
 th{background:#f6f8fa;border-bottom:2px solid #d0d7de}
-td:first-child,th:first-child,td.txt{text-align:left}
+td.txt,th.txt{text-align:left}
 tr:hover td{background:#fafbfc}
-td.missing{color:#8c959f;text-align:center}
+td.missing{color:#8c959f}
 td.best{font-weight:700;background:#eef6ee}
 .flag{color:#bc4c00;font-weight:700;margin-left:.15rem}
 p.cap{color:#57606a;font-size:.85rem;margin:.2rem 0}
@@ -84,8 +85,10 @@ def _h(s: str) -> str:
 
 def html_table(t: Table) -> str:
     parts = ['<div class="tbl">', f"<table><caption>{_h(t.title)}</caption>"]
-    parts.append("<thead><tr>" + "".join(f"<th>{_h(c)}</th>" for c in t.columns) + "</tr></thead><tbody>")
     numeric = t.numeric()
+    # a header sits over its column's alignment: text columns left, numbers right
+    parts.append("<thead><tr>" + "".join(f'<th class="{"num" if num else "txt"}">{_h(c)}</th>'
+                                         for c, num in zip(t.columns, numeric)) + "</tr></thead><tbody>")
     for row in t.rows:
         cells = []
         for c, num in zip(row, numeric):

@@ -212,6 +212,15 @@ class Friedman:
     iman_davenport: float      # F_F = (N-1) chi2 / (N(k-1) - chi2), Demsar's recommendation
     p_iman_davenport: float    # F distribution with (k-1), (k-1)(N-1) df
 
+    def headline(self) -> tuple[float, str]:
+        """The p-value to read, and its kind: exact where enumerated, else Iman-Davenport's F,
+        else the chi-square approximation."""
+        if self.p_exact is not None:
+            return self.p_exact, "exact"
+        if math.isfinite(self.p_iman_davenport):
+            return self.p_iman_davenport, "Iman-Davenport"
+        return self.p, "chi-square"
+
 
 def friedman_statistic(mean_ranks: Sequence[float], n: int) -> float:
     """chi-square_F from mean ranks, without tie correction (Demsar 2006, eq. before Table 5)."""
@@ -222,8 +231,8 @@ def friedman_statistic(mean_ranks: Sequence[float], n: int) -> float:
 
 def iman_davenport(chi2: float, n: int, k: int) -> tuple[float, float]:
     denom = n * (k - 1) - chi2
-    if denom <= 1e-12:  # every dataset ranks the models the same way
-        return float("inf"), 0.0
+    if denom <= 1e-12 or n < 2:  # every dataset ranks the models alike: F is undefined (infinite)
+        return float("nan"), float("nan")
     f = (n - 1) * chi2 / denom
     return float(f), float(sps.f.sf(f, k - 1, (k - 1) * (n - 1)))
 

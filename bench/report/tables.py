@@ -3,7 +3,8 @@
 A *section* is one protocol (head x unfreeze) at one setting (image size, input size, resize
 policy, image limit); every table inside a section compares models on the same footing.
 Conventions: seed statistics are mean and sample std (ddof=1) over seeds; a cell with no run is
-missing (never zero); a cell with fewer seeds than the section's seed set is flagged.
+missing (never zero); a cell with fewer seeds than the section's seed set is flagged. ECE and
+Brier are lower-is-better: "best", gains and rankings follow each metric's direction.
 """
 from __future__ import annotations
 
@@ -13,15 +14,20 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from .. import metrics as M
 from ..errors import UserError, did_you_mean
 from . import stats as S
 from .doc import Cell, Table
-from .load import SECTION_KEYS, RunSet, unfreeze_order
+from .load import SECTION_KEYS, RunSet, model_table, unfreeze_order
 
 ALPHA = 0.05
 LOW_RECALL = 0.5          # a class recall below this is flagged ...
 RECALL_GAP = 0.25         # ... and so is one this far below the model's balanced accuracy
 FLAG_SEEDS = "† fewer seeds than the section's seed set (n = seeds present / seeds in section)"
+# the ImageNet references a default baseline is taken from, in this order (the paper's Figure 1
+# compares against ResNet-50)
+DEFAULT_BASELINES = ("resnet50", "resnet152", "deit", "resnet18")
+MODEL_COLUMNS = ("backbone", "variant", "weights", "recipe")
 
 
 @dataclass(frozen=True)
@@ -115,10 +121,11 @@ class Analysis:
 
     rs: RunSet
     metric: str
-    baseline: str
+    baseline: str | None             # a model label or backbone; None: nothing to compare against
     n_boot: int = 1000
     seed: int = 0
     require_baseline: bool = True  # False for the default baseline: report without gains if absent
+    baseline_why: str = ""          # how the baseline was chosen, for the report's header
     summary: pd.DataFrame = field(init=False)       # one row per (section, model, dataset)
     rows: pd.DataFrame = field(init=False)          # all tidy rows with a section column
     per_seed: pd.DataFrame = field(init=False)      # test rows of the chosen metric
@@ -130,9 +137,11 @@ class Analysis:
         if self.metric not in present:
             raise UserError(f"no test results for metric {self.metric!r}; {did_you_mean(self.metric, present)}")
         models = set(self.rs.rows.model) | set(self.rs.rows.backbone)
-        if self.baseline not in models and self.require_baseline:
+        if self.baseline is not None and self.baseline not in models and self.require_baseline:
             raise UserError(f"unknown baseline {self.baseline!r}: no runs of it in the results; "
-                            f"{did_you_mean(self.baseline, models)}")
+                            f"{did_you_mean(self.baseline, sorted(models))}")
+        self.higher_is_better = self.metric not in M.LOWER_IS_BETTER
+        self.model_info = model_table(self.rs)
         self._backbone = dict(zip(self.rs.rows.model, self.rs.rows.backbone))
         # every row learns its section once; tables then select with a plain comparison
         self.rows = self.rs.rows.assign(section=[self.key_of(r) for r in self.rs.rows.itertuples()])
@@ -161,8 +170,20 @@ class Analysis:
     def sections(self) -> list[SectionKey]:
         return sorted(set(self.summary.section), key=lambda k: k.sort_key)
 
+    def best(self, values) -> float:
+        """The best of some values in this metric's direction (NaN when none is finite)."""
+        v = np.asarray([x for x in values if x is not None and math.isfinite(x)], float)
+        if v.size == 0:
+            return float("nan")
+        return float(v.max() if self.higher_is_better else v.min())
+
+    def better(self, delta: float) -> bool:
+        return delta > 0 if self.higher_is_better else delta < 0
+
     def baseline_model(self, sec: SectionKey) -> str | None:
         """The baseline's label in a section: an exact label, else the only model of that backbone."""
+        if self.baseline is None:
+            return None
         models = sorted(set(self.summary[self.summary.section == sec].model))
         if self.baseline in models:
             return self.baseline
@@ -221,7 +242,7 @@ def seed_table(a: Analysis, sec: SectionKey) -> Table:
     sub = a.summary[a.summary.section == sec]
     datasets = dataset_order(sub.dataset)
     models = a.models(sec)
-    best = {d: sub[sub.dataset == d]["mean"].max() for d in datasets}
+    best = {d: a.best(sub[sub.dataset == d]["mean"]) for d in datasets}
     rows, flagged, undefined = [], False, False
     for m in models:
         row = [Cell(m)]
@@ -241,7 +262,8 @@ def seed_table(a: Analysis, sec: SectionKey) -> Table:
             row.append(Cell(f"{fmt(c['mean'])}{sd} ({n})", bold=bool(np.isclose(c["mean"], best[d])),
                             flag=bool(partial)))
         rows.append(row)
-    legend = ["bold: best mean in the column", "— no run for this cell"] + ([FLAG_SEEDS] if flagged else [])
+    legend = [f"bold: best mean in the column ({direction(a)})", "— no run for this cell"] + \
+        ([FLAG_SEEDS] if flagged else [])
     if undefined:
         legend.append("undefined: the metric could not be computed (e.g. AUC with a single class in the test split)")
     data = sub.drop(columns=["section", "run_ids"]).assign(seeds=sub.seeds.map(lambda s: " ".join(map(str, s))))
@@ -284,9 +306,9 @@ def average_tables(a: Analysis) -> list[Table]:
                 flagged |= partial
                 row.append(Cell(f"{fmt(v)} ({k}/{kk} datasets)" if partial else
                                 f"{fmt(v)} ({k} dataset{'s' if k > 1 else ''})",
-                                bold=bool(not partial and complete and np.isclose(v, max(complete))), flag=partial))
+                                bold=bool(not partial and complete and np.isclose(v, a.best(complete))), flag=partial))
             rows.append(row)
-        legend = ["bold: best among models with every dataset of the setting", "— no run"]
+        legend = [f"bold: best among models with every dataset of the setting ({direction(a)})", "— no run"]
         if flagged:
             legend.append("† averaged over fewer datasets than the setting holds: not comparable")
         out.append(Table(f"average_{proto[0]}_{proto[1]}", f"Average {a.metric.upper()} over datasets — "
@@ -296,8 +318,20 @@ def average_tables(a: Analysis) -> list[Table]:
     return out
 
 
+def direction(a: Analysis) -> str:
+    return "higher is better" if a.higher_is_better else f"lower is better for {a.metric.upper()}"
+
+
+def _rel_gain(a: Analysis, model: np.ndarray | float, base: np.ndarray | float) -> np.ndarray | float:
+    # positive = better in the metric's direction: for ECE/Brier a reduction is a gain
+    sign = 1.0 if a.higher_is_better else -1.0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return sign * 100 * (np.asarray(model, float) - base) / base
+
+
 def gains(a: Analysis, sec: SectionKey) -> pd.DataFrame:
-    """Per (model, dataset): baseline mean, model mean, absolute and relative gain (%)."""
+    """Per (model, dataset): baseline mean, model mean, absolute and relative gain (%, positive =
+    better)."""
     base = a.baseline_model(sec)
     cols = ["model", "dataset", "baseline", "baseline_mean", "mean", "delta", "rel_gain_pct"]
     if base is None:
@@ -308,17 +342,42 @@ def gains(a: Analysis, sec: SectionKey) -> pd.DataFrame:
     for r in sub[sub.model != base].itertuples():
         bm = b.get(r.dataset, float("nan"))
         delta = r.mean - bm
-        rel = 100 * delta / bm if math.isfinite(bm) and bm != 0 else float("nan")
+        rel = float(_rel_gain(a, r.mean, bm)) if math.isfinite(bm) and bm != 0 else float("nan")
         recs.append([r.model, r.dataset, base, bm, r.mean, delta, rel])
     return pd.DataFrame(recs, columns=cols)
+
+
+def mean_gains(a: Analysis, sec: SectionKey) -> pd.DataFrame:
+    """Per model: the mean over datasets of the relative gain, with a 95% paired-bootstrap
+    interval (each dataset resampled on its own, the same resample for model and baseline; the
+    b-th resamples are averaged over datasets). NaN interval when a dataset lacks saved scores."""
+    g = gains(a, sec).dropna(subset=["rel_gain_pct"])
+    base = a.baseline_model(sec)
+    recs = []
+    for m, gm in g.groupby("model", sort=False):
+        per_ds = []
+        for d in gm.dataset:
+            bm, bb = a.boot(sec, m, d), a.boot(sec, base, d)
+            if not (bm and bb and np.array_equal(bm["y_true"], bb["y_true"])):
+                per_ds = None
+                break
+            per_ds.append(_rel_gain(a, bm["samples"], bb["samples"]))
+        lo = hi = float("nan")
+        if per_ds:
+            lo, hi = S.percentile_ci(np.mean(per_ds, axis=0))  # NaN in any dataset drops that resample
+        recs.append({"model": m, "baseline": base, "mean_rel_gain_pct": float(gm.rel_gain_pct.mean()),
+                     "ci_low": lo, "ci_high": hi, "datasets": int(gm.dataset.nunique()), "n_boot": a.n_boot})
+    return pd.DataFrame(recs, columns=["model", "baseline", "mean_rel_gain_pct", "ci_low", "ci_high", "datasets",
+                                       "n_boot"])
 
 
 def gain_table(a: Analysis, sec: SectionKey) -> tuple[Table, list[str]]:
     base = a.baseline_model(sec)
     g = gains(a, sec)
+    mg = mean_gains(a, sec).set_index("model") if base else pd.DataFrame()
     notes = []
-    if base is None:
-        notes.append(f"No gains in this section: the baseline {a.baseline!r} has no runs here.")
+    if base is None and a.baseline is not None:
+        notes.append(f"No comparison in this section: the baseline {a.baseline} has no runs here.")
     datasets = dataset_order(a.summary[a.summary.section == sec].dataset)
     rows = []
     for m in [m for m in a.models(sec) if m != base] if base else []:
@@ -327,14 +386,21 @@ def gain_table(a: Analysis, sec: SectionKey) -> tuple[Table, list[str]]:
         for d in datasets:
             v = gm["rel_gain_pct"].get(d, float("nan"))
             row.append(Cell(fmt_pct(v)) if math.isfinite(v) else Cell.empty())
-        valid = gm["rel_gain_pct"].dropna()
-        row.append(Cell(f"{fmt_pct(valid.mean())} ({len(valid)})") if len(valid) else Cell.empty())
+        if m in mg.index:
+            r = mg.loc[m]
+            ci = f" [{fmt_pct(r.ci_low)}, {fmt_pct(r.ci_high)}]" if math.isfinite(r.ci_low) else ""
+            row.append(Cell(f"{fmt_pct(r.mean_rel_gain_pct)}{ci} ({int(r.datasets)})"))
+        else:
+            row.append(Cell.empty())
         rows.append(row)
+    sign = "model − {b}" if a.higher_is_better else "{b} − model"
+    expr = sign.format(b=base or a.baseline)
     t = Table(f"gain_{sec.slug}", f"Relative gain over {base or a.baseline}",
               ["model", *map(dataset_label, datasets), "mean (datasets)"], rows,
-              caption=f"100 × (model − {base or a.baseline}) / {base or a.baseline} on the seed means of test "
-                      f"{a.metric}; the last column averages the per-dataset gains over the datasets where both "
-                      f"ran (count in brackets).",
+              caption=f"100 × ({expr}) / {base or a.baseline} on the seed means of test {a.metric} (positive = "
+                      f"better); the last column averages the per-dataset gains over the datasets where both ran "
+                      f"(count in brackets), with a 95% paired-bootstrap interval of that mean (test-set "
+                      f"sampling only) where every dataset has saved scores.",
               legend=["— no run of the model or the baseline on that dataset"], data=g)
     return t, notes
 
@@ -405,53 +471,21 @@ def paired_table(a: Analysis, sec: SectionKey) -> Table | None:
     for r in df.itertuples():
         rows.append([Cell(r.model), Cell(dataset_label(r.dataset)), Cell(f"{r.delta:+.3f}"),
                      Cell(f"[{r.ci_low:+.3f}, {r.ci_high:+.3f}]") if math.isfinite(r.ci_low) else Cell.empty(),
-                     Cell(S.fmt_p(r.p)), Cell(S.fmt_p(r.p_holm), bold=bool(r.p_holm < ALPHA)),
-                     Cell(verdict(r.delta, r.p_holm))])
+                     Cell(S.fmt_p(r.p)), Cell(S.fmt_p(r.p_holm)), Cell(verdict(a, r.delta, r.p_holm))])
     return Table(f"paired_{sec.slug}", f"Paired bootstrap against {base}",
                  ["model", "dataset", "Δ", "95% CI of Δ", "p", "p (Holm)", "reading"], rows,
                  caption=f"Δ = model − {base} (seed means of test {a.metric}); interval and two-sided p from "
                          f"the same {a.n_boot} test-set resamples for both models; Holm correction over every "
                          f"comparison in this table.",
-                 legend=[f"bold: Holm-adjusted p < {ALPHA}", "— no saved scores"], data=df)
+                 legend=[f"reading: better/worse when the Holm-adjusted p < {ALPHA}", "— no saved scores"], data=df)
 
 
-def wilcoxon_table(a: Analysis, sec: SectionKey) -> Table | None:
-    """Each model against the baseline across datasets and seeds (Wilcoxon signed-rank)."""
-    base = a.baseline_model(sec)
-    if base is None:
-        return None
-    ps = a.per_seed[a.per_seed.section == sec]
-    b = ps[ps.model == base].set_index(["dataset", "seed"]).value
-    recs = []
-    for m in [m for m in a.models(sec) if m != base]:
-        mv = ps[ps.model == m].set_index(["dataset", "seed"]).value
-        common = mv.index.intersection(b.index)
-        d = (mv.loc[common] - b.loc[common]).to_numpy(float)
-        p, n = S.wilcoxon_p(mv.loc[common].to_numpy(float), b.loc[common].to_numpy(float))
-        recs.append({"model": m, "pairs": n, "datasets": int(common.get_level_values(0).nunique()),
-                     "median_delta": float(np.median(d)) if n else float("nan"),
-                     "wins": int((d > 0).sum()), "losses": int((d < 0).sum()), "p": p})
-    df = pd.DataFrame(recs, columns=["model", "pairs", "datasets", "median_delta", "wins", "losses", "p"])
-    df["p_holm"] = S.holm(df.p.tolist()) if len(df) else []
-    rows = [[Cell(r.model), Cell(f"{r.pairs} ({r.datasets} dataset{'s' if r.datasets != 1 else ''})"),
-             Cell(f"{r.median_delta:+.3f}") if math.isfinite(r.median_delta) else Cell.empty(),
-             Cell(f"{r.wins}/{r.losses}"),
-             Cell(S.fmt_p(r.p)), Cell(S.fmt_p(r.p_holm), bold=bool(r.p_holm < ALPHA)),
-             Cell(verdict(r.median_delta, r.p_holm))] for r in df.itertuples()]
-    return Table(f"wilcoxon_{sec.slug}", f"Wilcoxon signed-rank against {base} across datasets and seeds",
-                 ["model", "pairs", "median Δ", "wins/losses", "p", "p (Holm)", "reading"], rows,
-                 caption=f"Pairs are (dataset, seed) runs present for both the model and {base}; two-sided "
-                         f"test, zero differences dropped; Holm correction over the models in this table. With "
-                         f"fewer than 6 pairs no p-value can fall below 0.05.",
-                 legend=[f"bold: Holm-adjusted p < {ALPHA}"], data=df)
-
-
-def verdict(delta: float, p_holm: float) -> str:
+def verdict(a: Analysis, delta: float, p_holm: float) -> str:
     if not (math.isfinite(p_holm) and math.isfinite(delta)):
         return "not tested"
     if p_holm >= ALPHA:
         return "no clear difference"
-    return "better" if delta > 0 else "worse"
+    return "better" if a.better(delta) else "worse"
 
 
 def recall_table(a: Analysis, sec: SectionKey) -> tuple[Table | None, int]:
@@ -474,7 +508,7 @@ def recall_table(a: Analysis, sec: SectionKey) -> tuple[Table | None, int]:
     shown = df[df.flagged]
     rows = [[Cell(r.model), Cell(dataset_label(r.dataset)),
              Cell(f"{r[2]}: {r.class_name}" if r.class_name else str(r[2])),
-             Cell(fmt(r.recall_mean) + (f" ± {fmt(r.recall_std)}" if math.isfinite(r.recall_std) else ""), bold=True),
+             Cell(fmt(r.recall_mean) + (f" ± {fmt(r.recall_std)}" if math.isfinite(r.recall_std) else "")),
              Cell(fmt(r.balanced_acc))] for r in shown.itertuples(index=False)]
     t = Table(f"recall_{sec.slug}", "Classes a macro number hides", ["model", "dataset", "class",
               "class recall", "balanced acc"], rows,
@@ -513,8 +547,8 @@ def reference_table(a: Analysis, ref: pd.DataFrame) -> tuple[Table, list[str]]:
                 for d in datasets:
                     c = a.cell(sec, m, d)
                     row.append(Cell(fmt(c["mean"])) if c is not None and math.isfinite(c["mean"]) else Cell.empty())
-                    recs.append({"row": row[0].text, "dataset": d, "value": None if c is None else c["mean"],
-                                 "source": "this report"})
+                    recs.append({"row": row[0].text, "model": m, "dataset": d,
+                                 "value": None if c is None else c["mean"], "source": "this report"})
                 rows.append(row)
     r = ref[(ref.metric == metric_ref) & (ref.dataset.isin(datasets))]
     unverified = 0
@@ -525,7 +559,7 @@ def reference_table(a: Analysis, ref: pd.DataFrame) -> tuple[Table, list[str]]:
             v = mr["value"].get(d, float("nan")) if d in mr.index else float("nan")
             unverified += int(d in mr.index and not math.isfinite(v))
             row.append(Cell(fmt(v)) if math.isfinite(v) else Cell.empty())
-            recs.append({"row": row[0].text, "dataset": d, "value": v,
+            recs.append({"row": row[0].text, "model": "", "dataset": d, "value": v,
                          "source": mr["source"].get(d, "") if d in mr.index else ""})
         rows.append(row)
     src = "; ".join(sorted(set(r.source)))
@@ -540,3 +574,72 @@ def reference_table(a: Analysis, ref: pd.DataFrame) -> tuple[Table, list[str]]:
     return Table("reference", f"Published reference ({metric_ref.upper()}, test split)",
                  ["row", *map(dataset_label, datasets)], rows, caption=f"Sources: {src}.", legend=legend,
                  data=pd.DataFrame(recs)), notes
+
+
+# -- calibration, model columns, default baseline ----------------------------------------------
+
+CALIBRATION = ("ece", "brier")
+
+
+def calibration_table(a: Analysis, sec: SectionKey) -> tuple[Table | None, list[str]]:
+    """Model x dataset: test ECE and Brier score (mean ± std over seeds), lowest per column in bold."""
+    rows_all = a.rows[(a.rows.split == "test") & (a.rows.section == sec) & a.rows.metric.isin(CALIBRATION)]
+    if rows_all.empty:
+        return None, ["No calibration metrics (ECE, Brier) in this section: the runs predate them; rerun with a "
+                      "current `bench run` to get them."]
+    datasets = dataset_order(a.summary[a.summary.section == sec].dataset)
+    recs = []
+    for (m, d, metric), g in rows_all.groupby(["model", "dataset", "metric"]):
+        mean, std, n = S.seed_summary(list(g.value))
+        recs.append({"model": m, "dataset": d, "metric": metric, "mean": mean, "std": std, "seeds": n})
+    df = pd.DataFrame(recs)
+    cols = [(d, metric) for d in datasets for metric in CALIBRATION]
+    best = {c: df[(df.dataset == c[0]) & (df.metric == c[1])]["mean"].min() for c in cols}
+    rows = []
+    for m in a.models(sec):
+        row = [Cell(m)]
+        for d, metric in cols:
+            hit = df[(df.model == m) & (df.dataset == d) & (df.metric == metric)]
+            if hit.empty or not math.isfinite(hit["mean"].iloc[0]):
+                row.append(Cell.empty())
+                continue
+            r = hit.iloc[0]
+            sd = f" ± {fmt(r['std'])}" if math.isfinite(r["std"]) else ""
+            row.append(Cell(f"{fmt(r['mean'])}{sd}", bold=bool(np.isclose(r["mean"], best[(d, metric)]))))
+        rows.append(row)
+    t = Table(f"calibration_{sec.slug}", "Calibration: can the scores be read as probabilities?",
+              ["model", *[f"{dataset_label(d)} {metric.upper() if metric == 'ece' else 'Brier'}"
+                          for d, metric in cols]], rows,
+              caption=f"Test expected calibration error ({M.ECE_BINS} equal-width confidence bins, top label) and "
+                      f"Brier score (binary: (p − y)²; multi-class: summed over classes), mean ± std over seeds. "
+                      f"Both lower is better; a high AUC with a high ECE ranks well but its probabilities "
+                      f"should not be quoted as risks.",
+              legend=["bold: lowest in the column", "— no run"], data=df)
+    return t, []
+
+
+def with_model_columns(df: pd.DataFrame, info: pd.DataFrame) -> pd.DataFrame:
+    """``df`` with backbone, variant, weights and recipe right after its ``model`` column
+    (empty for rows whose model is not a run label, e.g. published references)."""
+    if "model" not in df.columns:
+        return df
+    out = df.drop(columns=[c for c in MODEL_COLUMNS if c in df.columns])
+    at = list(out.columns).index("model") + 1
+    for i, c in enumerate(MODEL_COLUMNS):
+        out.insert(at + i, c, out["model"].map(info[c]).fillna("") if len(info) else "")
+    return out
+
+
+def default_baseline(rs: RunSet) -> str | None:
+    """The first ImageNet reference (DEFAULT_BASELINES, default weights) with runs, as its model
+    label: the default variant where it ran, else the variant with the most runs."""
+    info = model_table(rs)
+    counts = rs.runs.model.value_counts()
+    for backbone in DEFAULT_BASELINES:
+        cands = info[(info.backbone == backbone) & (info.weights == "default")]
+        if cands.empty:
+            continue
+        if backbone in cands.index:  # the label is the bare name: default variant and weights
+            return backbone
+        return max(cands.index, key=lambda m: (counts.get(m, 0), m))
+    return None
