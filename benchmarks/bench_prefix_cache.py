@@ -20,7 +20,8 @@ from common import SHARED, record
 
 from bench import train
 from bench.config import RunOptions
-from bench.run import execute, resolve
+from bench.resolve import resolve
+from bench.runner import execute
 
 
 def epoch_seconds(backbone: str, variant: str | None, cache: bool, a: argparse.Namespace, tmp: Path) -> dict:

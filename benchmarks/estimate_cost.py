@@ -22,7 +22,7 @@ from pathlib import Path
 
 from common import RESULTS
 
-from bench import data
+from bench.datasets import medmnist as data
 from bench.config import parse_unfreeze
 from bench.sweep import grid
 from bench.sweep.plan import group_key, resolve_points

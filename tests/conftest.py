@@ -81,3 +81,35 @@ def shared_medmnist() -> Path:
 
 def bench_env() -> dict[str, str]:
     return dict(os.environ)
+
+
+@pytest.fixture
+def captured():
+    """The backbone each trained run uses (with a copy of its state when the protocol starts) and
+    the head it trains, seen through the protocol seam: spies of the fine-tune and DeiT-head
+    protocols are registered ahead of the built-ins for the test, so they run the same configs."""
+    from bench.protocols import PROTOCOLS, register_protocol
+    from bench.protocols.deit import DeiTHead
+    from bench.protocols.finetune import Finetune
+
+    got: dict[str, list] = {"models": [], "init": [], "heads": []}
+    spies = []
+    for base in (Finetune, DeiTHead):
+        class Spy(base):
+            name = f"spy-{base.name}"
+
+            def run(self, ctx):
+                got["models"].append(ctx.model)
+                got["init"].append({k: v.detach().clone() for k, v in ctx.model.state_dict().items()})
+                return super().run(ctx)
+
+            def build_head(self, cfg, model, n_outputs, pretrained=None):
+                head = super().build_head(cfg, model, n_outputs, pretrained)
+                if pretrained is None:  # the run's head, not a dry run's parameter count
+                    got["heads"].append(head)
+                return head
+
+        spies.append(register_protocol(Spy()))
+    yield got
+    for spy in spies:
+        PROTOCOLS.unregister(spy.name)

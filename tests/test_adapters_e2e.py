@@ -31,10 +31,10 @@ def test_every_adapter_runs_end_to_end(family, capsys, data_root, tmp_path):
     for head in ("linear", "knn"):
         code = main(["run", *FAMILIES[family], "--head", head, *common])
         assert code == 0, capsys.readouterr().err
-    csvs = [p for p in (results / "runs").glob("*.csv") if not p.name.endswith("curves.csv")]
+    csvs = list((results / "runs").glob("*.csv"))  # only result CSVs live in runs/
     assert len(csvs) == 2
     for csv in csvs:
         df = pd.read_csv(csv)
         assert set(df.split) == {"val", "test"} and df.value.notna().all()
-        meta = json.loads(csv.with_suffix(".json").read_text())
-        assert meta["backbone"]["blocks"] >= 1 and meta["dataset_file"]["n"]["test"] == 32
+        meta = json.loads((results / "meta" / f"{csv.stem}.json").read_text())
+        assert meta["backbone"]["blocks"] >= 1 and meta["dataset"]["n"]["test"] == 32

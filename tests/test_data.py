@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from bench import data
+from bench.datasets import medmnist as data
 from bench.errors import UserError
 from conftest import write_synthetic_npz
 

@@ -9,9 +9,10 @@ import pytest
 import torch
 
 import backbones
-from bench import data, results
+from bench import results
+from bench.datasets import medmnist as data
 from bench.cli import main
-from bench.run import feature_parts
+from bench.context import feature_parts
 from bench.trained_heads import build_head
 from conftest import write_synthetic_npz
 
@@ -58,24 +59,17 @@ def test_knn_with_unfreeze_is_refused(capsys, data_root, tmp_path):
     assert code == 2 and "--head knn has nothing to train" in err
 
 
-def test_frozen_readout_batchnorm_does_not_drift(capsys, data_root, tmp_path, monkeypatch):
-    import bench.run as run_mod
+def test_frozen_readout_batchnorm_does_not_drift(capsys, data_root, tmp_path, captured):
+    from bench.resolve import resolve
+    from bench.runner import build_backbone
 
-    built = {}
-    real = run_mod.build_backbone
-
-    def capture(cfg, weights=None):
-        built["model"] = real(cfg, weights)
-        return built["model"]
-
-    monkeypatch.setattr(run_mod, "build_backbone", capture)
     args = ["--backbone", "timm:efficientnet_b0", "--weights", "random", "--input-size", "32",
             "--head", "mlp", "--epochs", "1", "--limit", "16", *common(data_root, tmp_path / "r")]
-    before = {k: v.clone() for k, v in real(run_mod.resolve("timm:efficientnet_b0", "breastmnist",
+    before = {k: v.clone() for k, v in build_backbone(resolve("timm:efficientnet_b0", "breastmnist",
               weights="random", input_size=32, head="mlp", epochs=1, limit=16)).state_dict().items()}
     code, err = run(capsys, *args)
     assert code == 0, err
-    after = built["model"].state_dict()
+    after = captured["models"][0].state_dict()
     changed = [k for k in before if not torch.equal(before[k], after[k].cpu())]
     assert changed == []  # no running statistic of the frozen backbone moved
 
@@ -98,14 +92,14 @@ def test_resume_after_early_stop_trains_no_further(capsys, data_root, tmp_path, 
     assert run(capsys, *args, *common(data_root, tmp_path / "killed"))[0] == 130
     code, err = run(capsys, *args, *[a for a in common(data_root, tmp_path / "killed") if a != "-q"])
     assert code == 0 and "resuming fine-tune" in err
-    curves = [pd.read_csv(next((d / "runs").glob("*.curves.csv"))) for d in (tmp_path / "plain", tmp_path / "killed")]
+    curves = [pd.read_csv(next((d / "curves").glob("*.csv"))) for d in (tmp_path / "plain", tmp_path / "killed")]
     assert len(curves[0]) < 12  # it did stop early
     pd.testing.assert_frame_equal(curves[0], curves[1])
     assert not list((tmp_path / "killed" / "checkpoints").glob("*"))
 
 
 def test_cache_key_has_precision_and_library_versions():
-    from bench.run import resolve
+    from bench.resolve import resolve
 
     cfg = resolve("dummy", "breastmnist")
     parts = feature_parts(cfg, "w", "md5", "train")

@@ -18,13 +18,12 @@ import pytest
 import torch
 
 import backbones
-import bench.run
 import bench.train
 from bench import augment
 from bench.cli import main
 from bench.config import parse_unfreeze
 from bench.errors import UserError
-from bench.run import resolve
+from bench.resolve import resolve
 from bench.train import Checkpoint, class_weights, epoch_order, lr_factor, param_groups, plan_for
 from conftest import write_synthetic_npz
 
@@ -83,42 +82,20 @@ def common(data_root: Path, results: Path, quiet: bool = True) -> list[str]:
 
 
 def run_csvs(results: Path) -> list[Path]:
-    return sorted(p for p in (results / "runs").glob("*.csv") if not p.name.endswith(".curves.csv"))
+    return sorted((results / "runs").glob("*.csv"))
 
 
 def scores(results: Path, run_id: str) -> np.ndarray:
-    return np.load(results / "runs" / f"{run_id}.scores.npz")["y_score"]
+    return np.load(results / "scores" / f"{run_id}.npz")["y_score"]
 
 
 def curves(results: Path, run_id: str) -> pd.DataFrame:
-    return pd.read_csv(results / "runs" / f"{run_id}.curves.csv")
+    return pd.read_csv(results / "curves" / f"{run_id}.csv")
 
 
 def final_test_metrics(results: Path, run_id: str) -> pd.Series:
     df = pd.read_csv(results / "runs" / f"{run_id}.csv")
     return df[df.split == "test"].set_index("metric").value
-
-
-@pytest.fixture
-def captured(monkeypatch):
-    """The backbone each run builds (with a copy of its state at build time) and the head it trains."""
-    got: dict[str, list] = {"models": [], "init": [], "heads": []}
-    build_backbone, build_head = bench.run.build_backbone, bench.train.build_head
-
-    def spy_backbone(cfg, weights=None):
-        model = build_backbone(cfg, weights)
-        got["models"].append(model)
-        got["init"].append({k: v.detach().clone() for k, v in model.state_dict().items()})
-        return model
-
-    def spy_head(cfg, model, n_out):
-        head = build_head(cfg, model, n_out)
-        got["heads"].append(head)
-        return head
-
-    monkeypatch.setattr(bench.run, "build_backbone", spy_backbone)
-    monkeypatch.setattr(bench.train, "build_head", spy_head)
-    return got
 
 
 def ids(params) -> set[int]:
@@ -281,7 +258,7 @@ def test_frozen_weights_and_batchnorm_stats_bit_identical(capsys, data_root, tmp
     moved = [b for b in bn_stats if not torch.equal(before[b], after[b])]
     assert [b for b in moved if not in_trained_block(b)] == []
     assert any(in_trained_block(b) for b in moved), "BatchNorm of the unfrozen blocks never updated"
-    meta = json.loads(next((results / "runs").glob("*.json")).read_text())
+    meta = json.loads(next((results / "meta").glob("*.json")).read_text())
     n_head = sum(p.numel() for p in captured["heads"][0].parameters())
     assert meta["selected"]["trainable_params"] == sum(p.numel() for p in model.trainable_parameters(n)) + n_head
 
@@ -301,16 +278,23 @@ def test_prefix_cache_gives_the_same_numbers(capsys, data_root, tmp_path, monkey
         m.setattr(bench.train, "PREFIX_MEMORY_BYTES", 0)
         assert run(capsys, *args, *common(data_root, tmp_path / "spilled"))[0] == 0
     assert np.array_equal(scores(tmp_path / "spilled", run_id), scores(cached, run_id))
-    real_plan_for = bench.train.plan_for
+    from bench.protocols import PROTOCOLS, register_protocol
+    from bench.protocols.finetune import Finetune
 
-    def no_cache(cfg, model):
-        return dataclasses.replace(real_plan_for(cfg, model), cache_prefix=False)
+    class NoTrainCache(Finetune):  # the protocol seam: same configs, train prefix recomputed every step
+        name = "no-train-cache"
 
-    monkeypatch.setattr(bench.train, "plan_for", no_cache)
-    code, _, err = run(capsys, *args, *common(data_root, uncached, quiet=False))
+        def plan(self, cfg, model):
+            return dataclasses.replace(super().plan(cfg, model), cache_prefix=False)
+
+    register_protocol(NoTrainCache())
+    try:
+        code, _, err = run(capsys, *args, *common(data_root, uncached, quiet=False))
+    finally:
+        PROTOCOLS.unregister("no-train-cache")
     # without the train cache only val and test (never augmented) reuse their prefix
     assert code == 0 and "prefix stem+blocks[:2] train" not in err and err.count("prefix stem") == 2, err
-    meta = {d: json.loads((d / "runs" / f"{run_id}.json").read_text()) for d in (cached, uncached)}
+    meta = {d: json.loads((d / "meta" / f"{run_id}.json").read_text()) for d in (cached, uncached)}
     assert meta[cached]["selected"]["prefix_cached"] == ["train", "val", "test"]
     assert meta[uncached]["selected"]["prefix_cached"] == ["val", "test"]
     assert np.array_equal(scores(cached, run_id), scores(recomputed, run_id))
@@ -358,7 +342,7 @@ def test_deit_head_on_every_adapter(capsys, data_root, tmp_path, captured, name)
     assert head.pos_embed.shape[1] == 1 + tokens.shape[1]  # own class token + every backbone token
     assert head.proj[0].in_features == tokens.shape[2]
     assert len(head.blocks) == 2
-    meta = json.loads((results / "runs" / f"{run_id}.json").read_text())
+    meta = json.loads((results / "meta" / f"{run_id}.json").read_text())
     assert meta["selected"]["head"] == "deit" and meta["config"]["head_arch"] == "deit_tiny"
     assert len(curves(results, run_id)) == 1
     assert np.isfinite(scores(results, run_id)).all()
@@ -531,7 +515,7 @@ def test_save_model_then_start_a_later_run_from_it(capsys, data_root, tmp_path, 
     assert second != run_id
     start = captured["init"][1]
     assert start.keys() == saved.keys() and all(torch.equal(start[k], saved[k]) for k in saved)
-    meta = json.loads((results / "runs" / f"{second}.json").read_text())
+    meta = json.loads((results / "meta" / f"{second}.json").read_text())
     assert meta["config"]["weights"] == str((folder / "backbone.safetensors").resolve())
     assert meta["backbone"]["weights_id"] not in ("random", "")
 
@@ -561,7 +545,7 @@ def test_training_options_run(capsys, data_root, tmp_path, dataset, extra):
     run_id = run_ok(capsys, *args)
     c = curves(results, run_id)
     assert list(c.epoch) == [1, 2, 3, 4] and c.train_loss.notna().all()
-    meta = json.loads((results / "runs" / f"{run_id}.json").read_text())
+    meta = json.loads((results / "meta" / f"{run_id}.json").read_text())
     for flag, value in zip(extra[::2], extra[1::2]):
         key = flag.lstrip("-").replace("-", "_")
         assert str(meta["config"][key]) == value
@@ -641,9 +625,11 @@ def test_augment_geometry():
 
 
 def test_auto_augment_respects_anatomy():
-    chest = augment.policy_for("auto", "chestmnist")
+    from bench.datasets.medmnist import MODALITY
+
+    chest = augment.policy_for("auto", MODALITY["chestmnist"])
     assert not (chest.hflip or chest.vflip or chest.rot90)
-    path = augment.policy_for("auto", "pathmnist")
+    path = augment.policy_for("auto", MODALITY["pathmnist"])
     assert path.hflip and path.vflip and path.rot90
     with pytest.raises(UserError, match="unknown augment"):
         augment.policy_for("ligth", "pathmnist")

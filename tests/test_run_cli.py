@@ -27,8 +27,7 @@ def base(data_root, tmp_path):
 
 
 def only_csv(results):
-    files = sorted((results / "runs").glob("*.csv"))
-    return [f for f in files if not f.name.endswith(".curves.csv")]
+    return sorted((results / "runs").glob("*.csv"))
 
 
 def test_linear_probe_far_above_chance_and_tidy_csv(capsys, base, tmp_path):
@@ -40,10 +39,10 @@ def test_linear_probe_far_above_chance_and_tidy_csv(capsys, base, tmp_path):
     test = df[df.split == "test"].set_index("metric").value
     assert test["auc"] > 0.9 and test["acc"] > 0.8  # chance is 0.5
     run_id = csv.stem
-    meta = json.loads((csv.parent / f"{run_id}.json").read_text())
+    meta = json.loads((csv.parent.parent / "meta" / f"{run_id}.json").read_text())
     assert meta["config"]["seed"] == 0 and meta["versions"]["torch"] == torch.__version__
     assert {"git", "timings", "device", "selected"} <= set(meta)
-    scores = np.load(csv.parent / f"{run_id}.scores.npz")
+    scores = np.load(csv.parent.parent / "scores" / f"{run_id}.npz")
     assert scores["y_score"].shape == (48, 2) and scores["y_true"].shape == (48,)
     assert "test  acc" in out and str(csv) in out
     assert not list((tmp_path / "results").rglob("*.tmp*"))

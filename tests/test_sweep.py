@@ -31,7 +31,7 @@ def plan(capsys, argv: list[str]) -> dict:
 
 
 def csvs(results: Path) -> set[str]:
-    return {p.name[:-4] for p in (results / "runs").glob("*.csv") if not p.name.endswith(".curves.csv")}
+    return {p.stem for p in (results / "runs").glob("*.csv")}
 
 
 def tmp_files(*folders: Path) -> list[Path]:
@@ -44,7 +44,7 @@ def assert_complete(results: Path, run_ids: set[str]) -> None:
     for rid in run_ids:
         rows = (results / "runs" / f"{rid}.csv").read_text().splitlines()
         assert rows[0].startswith("run_id,") and len(rows) > 4
-        assert json.loads((results / "runs" / f"{rid}.json").read_text())["run_id"] == rid
+        assert json.loads((results / "meta" / f"{rid}.json").read_text())["run_id"] == rid
     assert not list((results / "failures").glob("*.json")) if (results / "failures").exists() else True
     assert tmp_files(results, Path(os.environ["BENCH_CACHE_DIR"])) == []
 
