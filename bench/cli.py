@@ -11,21 +11,6 @@ from typing import Sequence
 from .errors import UserError
 
 
-def _protocol_help(name: str) -> str:
-    if name != "head":
-        return ""
-    from .protocols import heads
-
-    return f" ({' | '.join(heads())}; default linear)"
-
-
-def add_run_options(p: argparse.ArgumentParser, *, many: bool = False) -> None:
-    """Every option of bench.options as a flag (a sweep: each run option takes several values)."""
-    from . import options
-
-    options.add_arguments(p, many=many, dynamic_help=_protocol_help)
-
-
 def _given(args: argparse.Namespace, scope: str) -> dict:
     from . import options
 
@@ -40,9 +25,9 @@ def config_from_args(args: argparse.Namespace):
 
 
 def options_from_args(args: argparse.Namespace):
-    from .api import run_options
+    from .config import make_run_options
 
-    return run_options(**_given(args, "exec"))
+    return make_run_options(**_given(args, "exec"))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -107,6 +92,17 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_results(args: argparse.Namespace) -> int:
+    from .report.export import export, format_status, status_table
+
+    if args.action == "ls":
+        print(format_status(status_table(args.results_dir)))
+        return 0
+    out, n_rows, n_runs = export(args.results_dir, args.out, filters=args.filter or [])
+    print(f"{n_rows} rows of {n_runs} run(s) written to {out}")
+    return 0
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
     from .sweep import main as sweep_main
 
@@ -118,7 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     r = sub.add_parser("run", help="one backbone x dataset x protocol x seed")
-    add_run_options(r)
+    from . import options
+
+    options.add_arguments(r)
     r.add_argument("--dry-run", action="store_true", help="print the resolved config, run id and "
                    "trainable parameters; touch nothing")
     r.set_defaults(fn=cmd_run)
@@ -145,6 +143,16 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for intervals and paired tests")
     rep.add_argument("--bootstrap-seed", type=int, default=0)
     rep.set_defaults(fn=cmd_report)
+
+    res = sub.add_parser("results", help="what a results folder holds (ls); every run as one tidy table (export)")
+    res_sub = res.add_subparsers(dest="action", required=True)
+    res_ls = res_sub.add_parser("ls", help="runs done and failed per model x dataset")
+    res_ex = res_sub.add_parser("export", help="every run merged into one tidy CSV or Parquet table")
+    res_ex.add_argument("--out", type=Path, required=True, help="FILE.csv or FILE.parquet")
+    res_ex.add_argument("--filter", action="append", help="KEY=VALUE, e.g. dataset=breastmnist (repeatable)")
+    for q in (res_ls, res_ex):
+        q.add_argument("--results-dir", type=Path, default=Path("results"))
+    res.set_defaults(fn=cmd_results)
 
     sw = sub.add_parser("sweep", help="a grid of runs from a YAML file and/or flags")
     from .sweep import add_sweep_arguments  # light import (no torch): bench --help stays fast

@@ -39,10 +39,12 @@ def write_run(results: Path, *, backbone: str, dataset: str, metrics: dict[tuple
               size: int = 28, head: str = "linear", unfreeze: str = "none", seed: int = 0, variant: str = "",
               weights: str = "default", input_size: int = 224, limit: str = "", task: str = "binary-class",
               scores: tuple[np.ndarray, np.ndarray] | None = None, git: str | None = "abc123",
-              created: str = "2026-11-01T10:00:00+00:00") -> str:
-    """One run in the layout `bench run` writes: tidy CSV, provenance JSON, optional test scores."""
+              created: str = "2026-11-01T10:00:00+00:00", extra_config: dict | None = None) -> str:
+    """One run in the layout `bench run` writes: tidy CSV, provenance JSON, optional test scores.
+    ``extra_config``: more keys of the run's config (e.g. recipe, lr)."""
     cfg = dict(backbone=backbone, variant=variant, weights=weights, dataset=dataset, size=size,
-               input_size=input_size, resize="resize", head=head, unfreeze=unfreeze, seed=seed, limit=limit)
+               input_size=input_size, resize="resize", head=head, unfreeze=unfreeze, seed=seed, limit=limit,
+               **(extra_config or {}))
     digest = hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:10]
     run_id = f"{backbone}-{dataset}_{size}-{head}-{unfreeze}-s{seed}-{digest}"
     runs = results / "runs"

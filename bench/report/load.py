@@ -113,6 +113,13 @@ def _read_failures(folder: Path) -> list[dict]:
     return out
 
 
+def read_failures(results_dir: Path) -> list[dict]:
+    """The failure records of a results folder (empty when none), without needing completed runs."""
+    from ..results import ResultStore
+
+    return _read_failures(ResultStore(Path(results_dir)).failures)
+
+
 def parse_filters(filters: list[str] | tuple[str, ...]) -> list[tuple[str, set[str]]]:
     """``KEY=V1,V2`` (values OR-ed); separate filters are AND-ed."""
     parsed = []

@@ -1,0 +1,124 @@
+"""`bench results export` and `bench results ls`: every run as one tidy table, and what a results
+folder holds per model x dataset (done, failed).
+
+The export is CLIP_benchmark's ``build`` step: one row per (run, split, metric) with every config
+column of the run, so a notebook can pivot it without knowing the folder layout.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from ..errors import UserError
+from .load import ROW_COLUMNS, load_results, read_failures, run_identity
+from .tables import dataset_order
+
+EXPORT_FORMATS = (".csv", ".parquet")
+# provenance worth a column next to the config (nested parts such as versions stay in the JSON)
+_META_COLUMNS = ("task", "created", "git", "device")
+
+
+def tidy_table(results_dir: Path, filters: list[str] | tuple[str, ...] = ()) -> pd.DataFrame:
+    """One row per (run, split, metric): the result columns of the run CSV, the model label the
+    report uses, every other key of the run's config (e.g. recipe, readout, lr) and its task,
+    creation date, git revision and device. Config keys a run lacks are empty."""
+    rs = load_results(Path(results_dir), list(filters))
+    rows = rs.rows
+    cfg_keys = sorted({k for m in rs.meta.values() for k in (m.get("config") or {})} - set(ROW_COLUMNS))
+    per_run = {}
+    for rid in rows.run_id.unique():
+        m = rs.meta.get(rid, {})
+        cfg = m.get("config") or {}
+        per_run[rid] = {**{k: _cell(cfg.get(k)) for k in cfg_keys}, **{k: _cell(m.get(k)) for k in _META_COLUMNS}}
+    extra = pd.DataFrame.from_dict(per_run, orient="index", columns=[*cfg_keys, *_META_COLUMNS])
+    extra = extra.loc[:, ~extra.columns.duplicated()]
+    if "recipe" not in extra.columns:  # always present, empty where recipes are not recorded
+        extra["recipe"] = ""
+    head = ["run_id", "model", *ROW_COLUMNS[1:12]]
+    out = rows[head].join(extra, on="run_id")
+    out = pd.concat([out, rows[["split", "metric", "value"]]], axis=1)
+    return out.reset_index(drop=True)
+
+
+def _cell(v: object) -> object:
+    # nested values (lists, dicts) become their text so every column is a plain scalar
+    return v if v is None or isinstance(v, (str, int, float, bool)) else str(v)
+
+
+def export(results_dir: Path, out: Path, filters: list[str] | tuple[str, ...] = ()) -> tuple[Path, int, int]:
+    """Write the tidy table to ``out`` (.csv or .parquet); returns (path, rows, runs)."""
+    out = Path(out)
+    suffix = out.suffix.lower()
+    if suffix not in EXPORT_FORMATS:
+        raise UserError(f"--out {out}: use a .csv or .parquet file name")
+    df = tidy_table(results_dir, filters)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if suffix == ".csv":
+        df.to_csv(out, index=False)
+    else:
+        try:
+            df.to_parquet(out, index=False)
+        except ImportError:
+            raise UserError("writing .parquet needs pyarrow (pip install pyarrow); or use --out FILE.csv") from None
+    return out, len(df), int(df.run_id.nunique())
+
+
+def status_table(results_dir: Path) -> pd.DataFrame:
+    """Per (model, dataset, size): runs done, runs failed, and the seeds done. Models are labelled
+    as in the report (backbone, non-default variant, non-default weights)."""
+    from ..results import ResultStore
+
+    root = Path(results_dir)
+    if not root.is_dir():
+        raise UserError(f"results folder {root} does not exist; run `bench run ...` or `bench sweep ...` first")
+    recs = []
+    if ResultStore(root).result_csvs():
+        rs = load_results(root)
+        per_run = rs.runs.drop(columns=["model"])
+        ident = run_identity(per_run, rs.meta)
+        for rid, r in per_run.iterrows():
+            recs.append({"model": ident.loc[rid, "label"], "dataset": r.dataset, "size": int(r["size"]),
+                         "status": "done", "seed": None if pd.isna(r.seed) else int(r.seed)})
+    records = read_failures(root)
+    failures = [f for f in records if isinstance(f.get("config"), dict)]
+    if failures:
+        cfgs = pd.DataFrame([{**{c: f["config"].get(c) for c in ROW_COLUMNS[1:12]}, "run_id": f.get("run_id")}
+                             for f in failures]).set_index("run_id")
+        ident = run_identity(cfgs, {})
+        for rid, r in cfgs.iterrows():
+            recs.append({"model": ident.loc[rid, "label"], "dataset": r.dataset, "size": int(r["size"]) if pd.notna(r["size"]) else 0,
+                         "status": "failed", "seed": r.seed})
+    unplaced = len(records) - len(failures)  # unreadable, or written before records held the config
+    if not recs:
+        extra = f" ({unplaced} failure record(s) without a config)" if unplaced else ""
+        raise UserError(f"nothing in {root}: no completed or failed runs{extra}")
+    df = pd.DataFrame(recs)
+    g = df.groupby(["model", "dataset", "size"])
+    out = pd.DataFrame({"done": g.status.agg(lambda s: int((s == "done").sum())),
+                        "failed": g.status.agg(lambda s: int((s == "failed").sum())),
+                        "seeds_done": g.apply(lambda x: " ".join(str(int(s)) for s in sorted(
+                            x[x.status == "done"].seed.dropna())), include_groups=False)}).reset_index()
+    order = {d: i for i, d in enumerate(dataset_order(out.dataset))}
+    out = out.sort_values(["model", "dataset", "size"], key=lambda c: c.map(order) if c.name == "dataset" else c)
+    out.attrs["unplaced_failures"] = unplaced
+    return out.reset_index(drop=True)
+
+
+def format_status(df: pd.DataFrame) -> str:
+    """Model rows x dataset@size columns; a cell is 'done' or 'done/failed' ('·' where nothing ran),
+    then totals."""
+    df = df.assign(where=[f"{d}@{s}" for d, s in zip(df.dataset, df["size"])])
+    order = {d: i for i, d in enumerate(dataset_order(df.dataset))}
+    cols = [f"{d}@{s}" for s, d in sorted({(int(s), d) for d, s in zip(df.dataset, df["size"])},
+                                         key=lambda t: (t[0], order[t[1]]))]
+    grid = pd.DataFrame("·", index=list(dict.fromkeys(df.model)), columns=cols)
+    for r in df.itertuples():
+        grid.loc[r.model, r.where] = f"{r.done}" + (f"/{r.failed} failed" if r.failed else "")
+    grid.index.name = "model"
+    lines = [grid.to_string(), "",
+             f"{int(df.done.sum())} run(s) done, {int(df.failed.sum())} failed, in {len(df)} model x dataset cell(s)"
+             " (a cell: runs done, '/N failed' when some failed)."]
+    if df.attrs.get("unplaced_failures"):
+        lines.append(f"{df.attrs['unplaced_failures']} more failure record(s) without a readable config.")
+    return "\n".join(lines)
