@@ -72,24 +72,31 @@ def status_table(results_dir: Path) -> pd.DataFrame:
     root = Path(results_dir)
     if not root.is_dir():
         raise UserError(f"results folder {root} does not exist; run `bench run ...` or `bench sweep ...` first")
-    recs = []
+    frames, meta, status = [], {}, {}
     if ResultStore(root).result_csvs():
         rs = load_results(root)
-        per_run = rs.runs.drop(columns=["model"])
-        ident = run_identity(per_run, rs.meta)
-        for rid, r in per_run.iterrows():
-            recs.append({"model": ident.loc[rid, "label"], "dataset": r.dataset, "size": int(r["size"]),
-                         "status": "done", "seed": None if pd.isna(r.seed) else int(r.seed)})
+        frames.append(rs.runs[list(ROW_COLUMNS[1:12])])
+        meta.update(rs.meta)
+        status.update({rid: "done" for rid in rs.runs.index})
     records = read_failures(root)
-    failures = [f for f in records if isinstance(f.get("config"), dict)]
+    failures = [f for f in records if isinstance(f.get("config"), dict) and f.get("run_id")]
     if failures:
-        cfgs = pd.DataFrame([{**{c: f["config"].get(c) for c in ROW_COLUMNS[1:12]}, "run_id": f.get("run_id")}
-                             for f in failures]).set_index("run_id")
-        ident = run_identity(cfgs, {})
-        for rid, r in cfgs.iterrows():
-            recs.append({"model": ident.loc[rid, "label"], "dataset": r.dataset, "size": int(r["size"]) if pd.notna(r["size"]) else 0,
-                         "status": "failed", "seed": r.seed})
+        frames.append(pd.DataFrame([{c: f["config"].get(c) for c in ROW_COLUMNS[1:12]} for f in failures],
+                                   index=[f["run_id"] for f in failures]))
+        meta.update({f["run_id"]: {"config": f["config"]} for f in failures if f["run_id"] not in status})
+        status.update({f["run_id"]: "failed" for f in failures if f["run_id"] not in status})
     unplaced = len(records) - len(failures)  # unreadable, or written before records held the config
+    recs = []
+    if frames:
+        per_run = pd.concat(frames)
+        per_run = per_run[~per_run.index.duplicated()]  # a run done after a failure counts as done
+        ident = run_identity(per_run, meta)  # one labelling for done and failed runs alike
+        for rid, r in per_run.iterrows():
+            size = pd.to_numeric(r["size"], errors="coerce")
+            seed = pd.to_numeric(r["seed"], errors="coerce")
+            recs.append({"model": ident.loc[rid, "label"], "dataset": r.dataset,
+                         "size": int(size) if pd.notna(size) else 0, "status": status[rid],
+                         "seed": int(seed) if pd.notna(seed) else None})
     if not recs:
         extra = f" ({unplaced} failure record(s) without a config)" if unplaced else ""
         raise UserError(f"nothing in {root}: no completed or failed runs{extra}")
