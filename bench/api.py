@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
     from backbones.base import Backbone
 
-    from .config import RunConfig, RunOptions
+    from .config import RunConfig
     from .features import FeatureCache
     from .results import RunResult
 
@@ -34,15 +34,6 @@ def split_options(kw: dict[str, Any]) -> tuple[dict, dict]:
         value = opt.coerce(v, opt.flag) if v is not None else None
         (run if opt.scope == "run" else execution)[k] = value
     return run, execution
-
-
-def run_options(**execution: Any) -> "RunOptions":
-    from .config import RunOptions
-
-    kw = {k: v for k, v in execution.items() if v is not None}
-    for k, v in kw.items():
-        options.get(k).check(v)
-    return RunOptions(**kw)
 
 
 def config(backbone: "str | Backbone", dataset: str, **run: Any) -> "RunConfig":
@@ -90,12 +81,13 @@ def run(backbone: "str | Backbone", dataset: str, *, cache: "FeatureCache | None
     ``backbone`` is a registry name or a Backbone instance (e.g. built in a notebook);
     ``cache`` a FeatureCache to use instead of ``cache_dir``'s. Returns a RunResult whose
     ``status`` says whether it ran now ("done") or was read back ("existing")."""
+    from .config import make_run_options
     from .runner import execute
 
     run_kw, exec_kw = split_options(kw)
     cfg = config(backbone, dataset, **run_kw)
     model = None if isinstance(backbone, str) else backbone
-    return execute(cfg, run_options(**exec_kw), model=model, cache=cache)
+    return execute(cfg, make_run_options(**exec_kw), model=model, cache=cache)
 
 
 def sweep(config_file: str | Path | None = None, *, dry_run: bool = False, **kw: Any) -> int:

@@ -79,6 +79,12 @@ RunOptions.__doc__ = "How a run executes; fields and defaults from bench.options
 RunConfig.__module__ = RunOptions.__module__ = __name__  # picklable by reference (sweep workers)
 
 
+def make_run_options(**execution: Any) -> "RunOptions":
+    """RunOptions from keyword options, each checked against its declaration (None: the default)."""
+    kw = {k: options.get(k).check(v) for k, v in execution.items() if v is not None}
+    return RunOptions(**kw)
+
+
 def parse_unfreeze(value: str, num_blocks: int | None = None) -> int | None:
     """'none' -> 0, 'lastN' -> N, 'all' -> num_blocks (None when the count is not known yet)."""
     if value == "none":

@@ -26,10 +26,12 @@ def log(msg: str, quiet: bool = False) -> None:
         print(f"bench: {msg}", file=sys.stderr, flush=True)
 
 
-def weights_key(weights_id: str, seed: int) -> str:
+def weights_key(cfg: "RunConfig", weights_id: str) -> str:
     """What identifies the weights a frozen pass ran with: a random init is only reproducible
-    through the seed that drew it."""
-    return f"random-seed{seed}" if weights_id == "random" else weights_id
+    through the seed that drew it; a model passed in by the caller, through its state fingerprint."""
+    if cfg.weights == "instance":
+        return cfg.weights_fingerprint
+    return f"random-seed{cfg.seed}" if weights_id == "random" else weights_id
 
 
 def frozen_identity(cfg: "RunConfig") -> tuple:
@@ -86,7 +88,7 @@ class RunContext:
 
     @property
     def weights_key(self) -> str:
-        return weights_key(self.model.weights_id, self.cfg.seed)
+        return weights_key(self.cfg, self.model.weights_id)
 
     def feature_parts(self, split: str, what: str = "readout") -> dict:
         from .features import precision

@@ -22,7 +22,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .errors import UserError, did_you_mean
 
@@ -190,13 +190,16 @@ def defaults(scope: str) -> dict[str, Any]:
     return {o.name: o.default for o in OPTIONS if o.scope == scope}
 
 
-def check_all(values: dict[str, Any]) -> None:
-    for k, v in values.items():
-        BY_NAME[k].check(v)
+def _dynamic_help(name: str) -> str:
+    """Choices that live in a registry (the heads every registered protocol serves)."""
+    if name != "head":
+        return ""
+    from .protocols import heads
+
+    return f" ({' | '.join(heads())}; default linear)"
 
 
-def add_arguments(parser: argparse.ArgumentParser, *, many: bool = False,
-                  dynamic_help: Callable[[str], str] | None = None) -> None:
+def add_arguments(parser: argparse.ArgumentParser, *, many: bool = False) -> None:
     """Add every option as a flag, grouped. ``many``: each run option takes one or more values and
     nothing has a default (a sweep: several values make a grid axis, unset means "the YAML's")."""
     groups: dict[str, argparse._ArgumentGroup] = {}
@@ -205,7 +208,7 @@ def add_arguments(parser: argparse.ArgumentParser, *, many: bool = False,
             continue
         g = groups.get(o.group) or groups.setdefault(o.group, parser.add_argument_group(o.group))
         flags = [o.flag] + ([o.short] if o.short else [])
-        text = o.help_text() + (dynamic_help(o.name) if dynamic_help else "")
+        text = o.help_text() + _dynamic_help(o.name)
         text = text.replace("%", "%%")  # argparse formats help with %
         if o.type is bool:
             if many:

@@ -21,9 +21,9 @@ EXECUTORS = ("inline", "local", "slurm")
 def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
     """Options of `bench sweep`: every `bench run` option taking a list, plus the sweep's own."""
     p.add_argument("config", nargs="?", type=Path, help="sweep YAML (see configs/). Every run option below takes one or more values (several = a grid axis); a flag replaces what the YAML says about that option")
-    from ..cli import add_run_options
+    from .. import options
 
-    add_run_options(p, many=True)
+    options.add_arguments(p, many=True)
     s = p.add_argument_group("sweep")
     s.add_argument("--dry-run", action="store_true",
                    help="print the plan (runs, done, failed, cached features, shared extractions); run nothing")
@@ -83,13 +83,13 @@ def _shard(args: argparse.Namespace, conf: dict, executor: str) -> tuple[tuple[i
 
 def _options(execution: dict, verbose: bool):
     """RunOptions with absolute paths, so workers on other nodes or cwd agree on every folder."""
-    from ..api import run_options
+    from ..config import make_run_options
     from ..features import default_cache_dir
 
     def absolute(p, default):
         return Path(os.path.expanduser(str(p or default))).resolve()
 
-    return run_options(**{**execution, "results_dir": absolute(execution.get("results_dir"), "results"),
+    return make_run_options(**{**execution, "results_dir": absolute(execution.get("results_dir"), "results"),
                           # None: each dataset source's own default folder
                           "data_root": absolute(execution["data_root"], "") if execution.get("data_root") else None,
                           "cache_dir": absolute(execution.get("cache_dir"), default_cache_dir()),

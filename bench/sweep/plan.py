@@ -181,7 +181,7 @@ def weights_key_for(cfg: RunConfig, known: dict[tuple[str, str], str]) -> str | 
 
             hook = getattr(backbones.get(cfg.backbone), "default_weights_id", None)
             wid = hook(cfg.variant) if callable(hook) else None
-    return None if wid is None else weights_key(wid, cfg.seed)
+    return None if wid is None else weights_key(cfg, wid)
 
 
 def data_fingerprint(cfg: RunConfig, opts: RunOptions, memo: dict) -> str | None:
