@@ -471,3 +471,10 @@ def test_real_dummy_runs_then_report_end_to_end(tmp_path):
     assert (ci.ci_low <= ci["mean"]).all() and (ci["mean"] <= ci.ci_high).all()
     assert set(ci.index) == {"dummy tiny", "dummy small"} and (ci.valid_resamples > 0).all()
     assert (out / "report.html").exists() and list((out / "figures").glob("heatmap_*.png"))
+
+
+def test_latex_maps_the_statistics_symbols_to_commands():
+    from bench.report.render import tex
+
+    out = tex("χ² p (Holm) · CD (α=0.05) = q_α √(k(k+1)/(6N)) · (p − y)²")
+    assert out.isascii() and r"$\chi$\textsuperscript{2}" in out and r"$\alpha$" in out and r"$\surd$" in out

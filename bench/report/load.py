@@ -31,7 +31,7 @@ class RunSet:
     """Every completed run that passed the filters.
 
     ``rows``: tidy metric rows with a ``model`` label column (backbone plus whatever distinguishes
-    runs of the same backbone, e.g. ``resnet50:random``). ``runs``: one row per run.
+    runs of the same backbone, e.g. ``resnet50 (random)``). ``runs``: one row per run.
     """
 
     root: Path

@@ -142,7 +142,8 @@ _TEX_ESCAPE = [("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("$", r"
                ("_", r"\_"), ("{", r"\{"), ("}", r"\}"), ("~", r"\textasciitilde{}"), ("^", r"\textasciicircum{}")]
 _TEX_UNICODE = [("±", r"$\pm$"), ("—", "--"), ("–", "--"), ("−", "-"), ("Δ", r"$\Delta$"), ("×", r"$\times$"),
                 ("†", r"$^{\dagger}$"), ("·", r"\textperiodcentered{}"), ("“", "``"), ("”", "''"),
-                ("≥", r"$\geq$"),
+                ("≥", r"$\geq$"), ("χ", r"$\chi$"), ("α", r"$\alpha$"), ("²", r"\textsuperscript{2}"),
+                ("√", r"$\surd$"),
                 ("<", r"\textless{}"), (">", r"\textgreater{}")]
 
 
