@@ -5,12 +5,12 @@ imported until a name is looked up, so `bench --help` stays fast.
 """
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Callable, Protocol
 
 from bench.errors import UserError, did_you_mean
+from bench.registry import load_target
 
 from .base import Backbone, Spec
 
@@ -70,14 +70,6 @@ def register(name: str, spec: Spec, build: Builder) -> None:
     _registered[name] = Adapter(spec, build)
 
 
-def _load(target: str) -> object:
-    module, _, attr = target.partition(":")
-    obj = importlib.import_module(module)
-    for part in attr.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
 def _entry_points() -> dict[str, metadata.EntryPoint]:
     return {ep.name: ep for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)}
 
@@ -91,10 +83,10 @@ def get(name: str) -> Adapter:
     if name in _registered:
         return _registered[name]
     if name in BUILTINS:
-        return _as_adapter(_load(BUILTINS[name]), name)
+        return _as_adapter(load_target(BUILTINS[name]), name)
     prefix, sep, rest = name.partition(":")
     if sep and prefix in PREFIXES:
-        return _as_adapter(_load(PREFIXES[prefix])(rest), name)
+        return _as_adapter(load_target(PREFIXES[prefix])(rest), name)
     eps = _entry_points()
     if name in eps:
         try:
