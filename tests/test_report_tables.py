@@ -382,3 +382,12 @@ def test_model_colours_are_one_mapping_for_the_whole_report(synth_report):
         if m != "resnet50":
             assert to_hex(c) in gain_svg, m
         assert to_hex(c) in cd_svg, m
+
+
+def test_header_names_the_baseline_as_the_tables_do(tmp_path):
+    results = tmp_path / "r"
+    _two(results, [("resnet18", "random"), ("dinov2", "default")])
+    make_report(results, tmp_path / "a", formats=("md",), n_boot=20, baseline="resnet18")
+    md = (tmp_path / "a" / "report.md").read_text()
+    assert "Baseline: resnet18 (random) (chosen with --baseline)." in md
+    assert "## Gain over resnet18 (random)" in md

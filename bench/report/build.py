@@ -83,10 +83,10 @@ def build(a: T.Analysis, *, with_reference: bool = False, figures: bool = True) 
     if a.baseline is None:
         sections.append(Section("Gain over a baseline", notes=[f"Nothing to compare against: {a.baseline_why}."]))
     elif not comparable:
-        sections.append(Section(f"Gain over {a.baseline}", notes=[
-            f"Nothing to compare: the baseline {a.baseline} has no runs in any section of this report."]))
+        sections.append(Section(f"Gain over {a.baseline_label}", notes=[
+            f"Nothing to compare: the baseline {a.baseline_label} has no runs in any section of this report."]))
     else:
-        gain = Section(f"Gain over {a.baseline}", intro="Relative change of the seed means against the baseline, "
+        gain = Section(f"Gain over {a.baseline_label}", intro="Relative change of the seed means against the baseline, "
                        "averaged over datasets. Read it together with the paired comparisons of each section: "
                        "a gain inside the noise is not a ranking.")
         if figures:
@@ -103,7 +103,7 @@ def build(a: T.Analysis, *, with_reference: bool = False, figures: bool = True) 
             s.tables += [gt] if not gt.empty else []
             s.notes += notes
         elif comparable:  # one sentence instead of empty comparison tables
-            s.notes.append(f"No comparison in this section: the baseline {a.baseline} has no runs here.")
+            s.notes.append(f"No comparison in this section: the baseline {a.baseline_label} has no runs here.")
         ct, notes = T.ci_table(a, sec)
         s.tables += [ct] if not ct.empty else []
         s.notes += notes
@@ -170,7 +170,7 @@ def display_path(path: Path) -> str:
 def _summary(a: T.Analysis, secs) -> list[str]:
     rs = a.rs
     n_runs = rs.runs.shape[0]
-    base = f"baseline: {a.baseline} ({a.baseline_why})" if a.baseline else f"no baseline: {a.baseline_why}"
+    base = f"baseline: {a.baseline_label} ({a.baseline_why})" if a.baseline else f"no baseline: {a.baseline_why}"
     out = [f"{n_runs} run(s) of {rs.runs.model.nunique()} model(s) on {rs.runs.dataset.nunique()} dataset(s), "
            f"{len(secs)} protocol/setting section(s); metric: test {a.metric} ({T.direction(a)}).",
            base[0].upper() + base[1:] + ".",

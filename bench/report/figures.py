@@ -63,7 +63,7 @@ def gain_figure(a: Analysis) -> tuple[Figure | None, str | None]:
         if len(mg):
             panels.append((sec, mg))
     if not panels:
-        return None, (f"Gain figure skipped: no model shares a dataset with the baseline {a.baseline} in any "
+        return None, (f"Gain figure skipped: no model shares a dataset with the baseline {a.baseline_label} in any "
                       f"section.")
     colors = model_colors(a)
     _theme()
@@ -95,12 +95,12 @@ def gain_figure(a: Analysis) -> tuple[Figure | None, str | None]:
         ax.set_visible(False)
     fig.tight_layout()
     direction = "" if a.higher_is_better else " (a reduction counts as a gain: lower is better)"
-    caption = (f"Mean over datasets (count in brackets) of the relative gain over {a.baseline} on seed means"
+    caption = (f"Mean over datasets (count in brackets) of the relative gain over {a.baseline_label} on seed means"
                f"{direction}. Whiskers: 95% paired-bootstrap interval of that mean ({a.n_boot} test-set "
                f"resamples per dataset); they show test-set sampling only, not seed or dataset variation.")
     if no_ci:
         caption += " Bars without whiskers lack saved test scores on some dataset."
-    return _figure("gain_over_baseline", f"Gain over {a.baseline}", fig, caption), None
+    return _figure("gain_over_baseline", f"Gain over {a.baseline_label}", fig, caption), None
 
 
 def cd_figure(a: Analysis, rk: Ranking) -> Figure:
@@ -115,7 +115,7 @@ def cd_figure(a: Analysis, rk: Ranking) -> Figure:
     sns.set_style("white")
     fig, ax = plt.subplots(figsize=(7.5, 1.1 + 0.3 * half))
     lo, hi = 1, max(k, 2)
-    ax.set_xlim(lo - 0.6, hi + 0.6)
+    ax.set_xlim(lo - 0.6, max(hi, lo + rk.cd if math.isfinite(rk.cd) else hi) + 0.6)  # the CD bar fits
     ax.set_ylim(-(0.55 * half + 0.35), 1.6)
     ax.hlines(0, lo, hi, color="0.2", lw=1)
     for r in range(lo, hi + 1):

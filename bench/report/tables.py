@@ -193,6 +193,15 @@ class Analysis:
                             f"{', '.join(same)}; pass one of these labels to --baseline")
         return same[0] if same else None
 
+    @property
+    def baseline_label(self) -> str:
+        """The baseline as the tables name it (``resnet18 (random)`` for ``--baseline resnet18``):
+        the labels it resolves to in the sections, or the name given when it resolves nowhere."""
+        if self.baseline is None:
+            return ""
+        found = sorted({m for s in self.sections() if (m := self.baseline_model(s)) is not None})
+        return " / ".join(found) or self.baseline
+
     def models(self, sec: SectionKey) -> list[str]:
         """Baseline first, then alphabetical."""
         ms = sorted(set(self.summary[self.summary.section == sec].model))
@@ -377,7 +386,7 @@ def gain_table(a: Analysis, sec: SectionKey) -> tuple[Table, list[str]]:
     mg = mean_gains(a, sec).set_index("model") if base else pd.DataFrame()
     notes = []
     if base is None and a.baseline is not None:
-        notes.append(f"No comparison in this section: the baseline {a.baseline} has no runs here.")
+        notes.append(f"No comparison in this section: the baseline {a.baseline_label} has no runs here.")
     datasets = dataset_order(a.summary[a.summary.section == sec].dataset)
     rows = []
     for m in [m for m in a.models(sec) if m != base] if base else []:
@@ -394,10 +403,10 @@ def gain_table(a: Analysis, sec: SectionKey) -> tuple[Table, list[str]]:
             row.append(Cell.empty())
         rows.append(row)
     sign = "model − {b}" if a.higher_is_better else "{b} − model"
-    expr = sign.format(b=base or a.baseline)
-    t = Table(f"gain_{sec.slug}", f"Relative gain over {base or a.baseline}",
+    expr = sign.format(b=base or a.baseline_label)
+    t = Table(f"gain_{sec.slug}", f"Relative gain over {base or a.baseline_label}",
               ["model", *map(dataset_label, datasets), "mean (datasets)"], rows,
-              caption=f"100 × ({expr}) / {base or a.baseline} on the seed means of test {a.metric} (positive = "
+              caption=f"100 × ({expr}) / {base or a.baseline_label} on the seed means of test {a.metric} (positive = "
                       f"better); the last column averages the per-dataset gains over the datasets where both ran "
                       f"(count in brackets), with a 95% paired-bootstrap interval of that mean (test-set "
                       f"sampling only) where every dataset has saved scores.",
