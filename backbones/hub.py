@@ -17,9 +17,10 @@ from urllib.parse import urlparse
 
 import torch
 
+from bench.env import env_number
 from bench.errors import UserError
 
-PROBE_TIMEOUT_S = float(os.environ.get("BENCH_PROBE_TIMEOUT", "3"))
+PROBE_TIMEOUT_S = env_number("BENCH_PROBE_TIMEOUT", 3.0, low=0.1)
 
 
 @lru_cache(maxsize=None)

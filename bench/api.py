@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from backbones.base import Backbone
 
     from .config import RunConfig
-    from .features import FeatureCache
+    from .cache import FeatureCache
     from .results import RunResult
 
 

@@ -35,6 +35,7 @@ import numpy as np
 
 from .config import RunConfig
 from .errors import UserError
+from .fsio import atomic_write_text, check_creatable, remove_stale, write_all_then_swap
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -43,20 +44,6 @@ ROW_COLUMNS = ("run_id", "backbone", "variant", "weights", "dataset", "size", "i
                "head", "unfreeze", "seed", "limit", "split", "metric", "value")
 PACKAGES = ("torch", "torchvision", "timm", "transformers", "open_clip_torch", "segment-anything",
             "medmnist", "numpy", "scikit-learn", "pandas", "medfm-bench")
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
 
 
 # where each kind of file lives: (folder, suffix), and where the layout before 0.2 kept it
@@ -128,51 +115,66 @@ class ResultStore:
             return np.asarray(z["y_true"]), np.asarray(z["y_score"])
 
     def check_writable(self) -> None:
-        try:
-            self.runs.mkdir(parents=True, exist_ok=True)
-            probe = self.runs / f".write-test{os.getpid()}"
-            probe.write_text("")
-            probe.unlink()
-        except OSError as e:
-            raise UserError(f"results folder {self.root} is not writable ({e.strerror}); "
-                            f"pass --results-dir to a writable folder") from None
+        """Fail early, in one line, where results could not be written (creates nothing)."""
+        check_creatable(self.root, "results folder", "--results-dir")
+
+    def remove_stale(self, run_id: str) -> int:
+        """Temporaries of this run left by a killed process (call while holding the run's lock)."""
+        return sum(remove_stale(self.root / folder, run_id) for folder, _ in LAYOUT.values()) + \
+            remove_stale(self.root / "checkpoints", run_id)
 
     def csv_path(self, run_id: str) -> Path:
         return self.runs / f"{run_id}.csv"
 
     def is_done(self, run_id: str) -> bool:
-        return self.csv_path(run_id).exists()
+        """A run is done when its CSV is there with at least one metric row (a header alone,
+        e.g. from a copy that was cut short, is not a result)."""
+        path = self.csv_path(run_id)
+        try:
+            with open(path, "rb") as f:
+                return f.readline().startswith(b"run_id,") and bool(f.readline().strip())
+        except OSError:
+            return False
 
     def write_run(self, cfg: RunConfig, metrics_by_split: dict[str, dict[str, float]], meta: dict,
                   test_scores: tuple[np.ndarray, np.ndarray], curves: list[dict] | None = None) -> Path:
+        """Write every file of a run. A rerun (--force) stages all new files first and swaps
+        them in after, CSV last: the old result stays complete until the new one is."""
         run_id = cfg.run_id
-        # a rerun (--force) drops the old completion marker first: a crash mid-write must not
-        # leave old metrics beside new scores
-        self.csv_path(run_id).unlink(missing_ok=True)
         buf = io.BytesIO()
         np.savez_compressed(buf, y_true=test_scores[0], y_score=test_scores[1])
-        atomic_write_bytes(self._new_path("scores", run_id), buf.getvalue())
-        if curves:
-            atomic_write_text(self._new_path("curves", run_id), _csv(curves, list(curves[0])))
-        atomic_write_text(self._new_path("meta", run_id), json.dumps(meta, indent=1, default=str))
-        for kind in LEGACY:  # a rerun of an old-layout run: its stale files must not linger in runs/
-            old = self.root / LEGACY[kind][0] / f"{run_id}{LEGACY[kind][1]}"
-            old.unlink(missing_ok=True)
         rows = [dict(_config_columns(cfg, run_id), split=split, metric=name, value=value)
                 for split, ms in metrics_by_split.items() for name, value in ms.items()]
-        path = self.csv_path(run_id)
-        atomic_write_text(path, _csv(rows, list(ROW_COLUMNS)))
-        failure = self.failures / f"{run_id}.json"
-        if failure.exists():  # a retry that succeeded supersedes the recorded failure
-            failure.unlink()
-        return path
+        files = [(self._new_path("scores", run_id), buf.getvalue())]
+        if curves:
+            files.append((self._new_path("curves", run_id), _csv(curves, list(curves[0])).encode()))
+        files.append((self._new_path("meta", run_id), json.dumps(meta, indent=1, default=str).encode()))
+        files.append((self.csv_path(run_id), _csv(rows, list(ROW_COLUMNS)).encode()))
+        write_all_then_swap(files, "the results of " + run_id)
+        if not curves:  # a rerun that has none must not leave the old run's curves beside it
+            self._new_path("curves", run_id).unlink(missing_ok=True)
+        for kind in LEGACY:  # a rerun of an old-layout run: its stale files must not linger in runs/
+            (self.root / LEGACY[kind][0] / f"{run_id}{LEGACY[kind][1]}").unlink(missing_ok=True)
+        (self.failures / f"{run_id}.json").unlink(missing_ok=True)  # a retry that succeeded supersedes it
+        return self.csv_path(run_id)
 
-    def write_failure(self, cfg: RunConfig, error: BaseException, tb: str) -> Path:
+    def write_failure(self, cfg: RunConfig, error: BaseException, tb: str, kind: str = "run") -> Path:
+        """Record a failed run. ``kind`` "environment" (disk full, read-only...) is retried by the
+        next sweep without --retry-failed; "run" (the run itself failed) is not."""
         path = self.failures / f"{cfg.run_id}.json"
         atomic_write_text(path, json.dumps({
             "run_id": cfg.run_id, "config": cfg.to_dict(), "error": f"{type(error).__name__}: {error}",
-            "traceback": tb, "created": now()}, indent=1, default=str))
+            "kind": kind, "traceback": tb, "created": now()}, indent=1, default=str), "failure record")
         return path
+
+    def failure_kind(self, run_id: str) -> str | None:
+        """"run" or "environment" for a recorded failure, None when there is none."""
+        try:
+            return str(json.loads((self.failures / f"{run_id}.json").read_text()).get("kind", "run"))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, AttributeError):
+            return "run"
 
 
 def _config_columns(cfg: RunConfig, run_id: str) -> dict:

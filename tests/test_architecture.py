@@ -206,7 +206,7 @@ def test_api_run_returns_a_result_also_when_already_done(data_root, tmp_path):
 
 def test_api_takes_a_model_instance_and_a_cache(data_root, tmp_path):
     import backbones
-    from bench.features import FeatureCache
+    from bench.cache import FeatureCache
 
     model = backbones.build("dummy", weights="random")
     cache = FeatureCache(tmp_path / "my-cache")

@@ -46,6 +46,38 @@ class Dataset:
     def multilabel(self) -> bool:
         return self.task.startswith("multi-label")
 
+    def validate(self) -> "Dataset":
+        """Check what every protocol relies on, whatever the source: non-empty splits, uint8
+        images, integer labels of the right shape and range (one line naming what is wrong)."""
+        from ..errors import UserError
+
+        where = f"dataset {self.name}" + (f" ({self.path})" if self.path else "")
+        n_out = self.n_outputs
+        if n_out < 2 and not self.multilabel:
+            raise UserError(f"{where}: {n_out} class; classification needs at least 2")
+        for split in SPLITS:
+            if split not in self.splits:
+                raise UserError(f"{where}: no {split} split; every dataset needs train, val and test")
+            s = self.splits[split]
+            if len(s) == 0:
+                raise UserError(f"{where}: the {split} split is empty")
+            if s.images.dtype != np.uint8:
+                raise UserError(f"{where}: {split} images are {s.images.dtype}, expected uint8")
+            y = s.labels
+            want = n_out if self.multilabel else 1
+            if y.ndim != 2 or y.shape != (len(s), want):
+                raise UserError(f"{where}: {split} labels have shape {y.shape}, expected ({len(s)}, {want})")
+            if not np.issubdtype(y.dtype, np.integer):
+                raise UserError(f"{where}: {split} labels are {y.dtype}; expected integer class indices")
+            lo, hi = int(y.min()), int(y.max())
+            top = 1 if self.multilabel else n_out - 1
+            if lo < 0 or hi > top:
+                raise UserError(f"{where}: {split} labels run from {lo} to {hi}; expected 0..{top}"
+                                + (" (0/1 per label)" if self.multilabel else f" for {n_out} classes"))
+        if len(np.unique(self.targets("train"), axis=0)) < 2:
+            raise UserError(f"{where}: the train split has a single label value; nothing to learn")
+        return self
+
     def targets(self, split: str) -> np.ndarray:
         """Labels as the metrics want them: (N,) class indices, or (N, L) for multi-label."""
         labels = self.splits[split].labels

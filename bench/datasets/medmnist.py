@@ -12,12 +12,13 @@ from urllib.parse import urlparse
 
 import numpy as np
 
+from ..env import env_number
 from ..errors import UserError, did_you_mean
 from .base import SPLITS, Dataset, DatasetSource, LoadOptions, Split
 
 SIZES = (28, 64, 128, 224)
 # arrays larger than this (bytes) are memory-mapped instead of read into memory
-MMAP_THRESHOLD = int(os.environ.get("BENCH_MMAP_THRESHOLD", str(1 << 30)))
+MMAP_THRESHOLD = env_number("BENCH_MMAP_THRESHOLD", 1 << 30, integer=True)
 
 # what each image shows: --augment auto picks its policy from this (bench.augment.MODALITY_POLICY)
 MODALITY = {
@@ -126,11 +127,18 @@ def _validate(path: Path, split: str, images: np.ndarray, labels: np.ndarray, si
                         f"(N, {size}, {size}) or (N, {size}, {size}, 3)")
     if labels.ndim != 2 or len(labels) != len(images):
         raise UserError(f"{path}: {split}_labels has shape {labels.shape}, expected ({len(images)}, L)")
+    if len(images) == 0:
+        raise UserError(f"{path}: the {split} split is empty")
+    if not np.issubdtype(labels.dtype, np.integer):
+        if not np.all(np.mod(labels, 1) == 0):  # never floor 0.5 to 0 silently
+            raise UserError(f"{path}: {split}_labels are fractional ({labels.dtype}); expected integer class indices")
     n_out = len(meta["label"])
-    hi = int(labels.max()) if labels.size else 0
-    if (meta["task"].startswith("multi-label") and labels.shape[1] != n_out) or \
-            (not meta["task"].startswith("multi-label") and hi >= n_out):
-        raise UserError(f"{path}: {split}_labels do not match the task ({meta['task']}, {n_out} labels)")
+    lo, hi = (int(labels.min()), int(labels.max())) if labels.size else (0, 0)
+    multilabel = meta["task"].startswith("multi-label")
+    if lo < 0 or (multilabel and (labels.shape[1] != n_out or hi > 1)) or (not multilabel and
+                                                                            (labels.shape[1] != 1 or hi >= n_out)):
+        raise UserError(f"{path}: {split}_labels do not match the task ({meta['task']}, {n_out} labels; "
+                        f"shape {labels.shape}, values {lo}..{hi})")
 
 
 def _read(path: Path, key: str, md5: str, cache_dir: Path | None) -> np.ndarray:
@@ -151,6 +159,11 @@ def _read(path: Path, key: str, md5: str, cache_dir: Path | None) -> np.ndarray:
 def _extract_memmap(path: Path, key: str, md5: str, cache_dir: Path) -> np.ndarray:
     """Stream one array out of the zip into an .npy once, then memory-map it read-only."""
     target = cache_dir / "npy" / md5 / f"{key}.npy"
+    if target.exists():
+        try:
+            return np.load(target, mmap_mode="r")
+        except (ValueError, OSError, EOFError):  # cut short (a killed copy, a full disk): extract again
+            target.unlink(missing_ok=True)
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_suffix(f".tmp{os.getpid()}")

@@ -24,18 +24,33 @@ def all_protocols() -> list[Protocol]:
     return PROTOCOLS.all()
 
 
+def _working() -> tuple[list[Protocol], list[str]]:
+    """Protocols that load, and the one-line errors of plugins that do not: a broken plugin
+    must not stop runs of the others."""
+    ok, broken = [], []
+    for name in PROTOCOLS.names():
+        try:
+            ok.append(PROTOCOLS.get(name))
+        except UserError as e:
+            broken.append(str(e))
+    return ok, broken
+
+
 def heads() -> list[str]:
     """Every valid --head value."""
     out: list[str] = []
-    for p in all_protocols():
+    for p in _working()[0]:
         out += [h for h in p.heads if h not in out]
     return out
 
 
 def protocol_for(cfg) -> Protocol:
     """The protocol that runs a config: the first that serves its head and applies."""
-    serving = [p for p in all_protocols() if cfg.head in p.heads]
+    working, broken = _working()
+    serving = [p for p in working if cfg.head in p.heads]
     if not serving:
+        if broken:  # perhaps the head belongs to the plugin that failed
+            raise UserError(f"unknown head {cfg.head!r}; {did_you_mean(cfg.head, heads())} ({broken[0]})")
         raise UserError(f"unknown head {cfg.head!r}; {did_you_mean(cfg.head, heads())}")
     for p in serving:
         if p.applies(cfg):

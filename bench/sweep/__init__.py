@@ -65,8 +65,13 @@ def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _setting(args: argparse.Namespace, conf: dict, key: str, default=None):
+    """A sweep setting: the flag (checked like the YAML value) or the YAML's (checked on load)."""
+    from .grid import SWEEP_OPTIONS
+
     v = getattr(args, key, None)
-    return v if v is not None else conf.get(key, default)
+    if v is not None:
+        return SWEEP_OPTIONS[key].check(v) if key in SWEEP_OPTIONS else v
+    return conf.get(key, default)
 
 
 def _shard(args: argparse.Namespace, conf: dict, executor: str) -> tuple[tuple[int, int], str]:
@@ -84,7 +89,7 @@ def _shard(args: argparse.Namespace, conf: dict, executor: str) -> tuple[tuple[i
 def _options(execution: dict, verbose: bool):
     """RunOptions with absolute paths, so workers on other nodes or cwd agree on every folder."""
     from ..config import make_run_options
-    from ..features import default_cache_dir
+    from ..cache import default_cache_dir
 
     def absolute(p, default):
         return Path(os.path.expanduser(str(p or default))).resolve()
@@ -111,8 +116,12 @@ def main(args: argparse.Namespace) -> int:
     earlier, unless retried), 2 for bad input before anything ran."""
     from .plan import Plan, Status, print_summary, summarize
 
+    from .grid import SWEEP_OPTIONS
+
     grid = from_args(args)
     conf = dict(grid.sweep)
+    for key in SWEEP_OPTIONS:  # bad settings are one line before anything runs
+        _setting(args, conf, key)
     executor = _setting(args, conf, "executor", "inline")
     if executor not in EXECUTORS:
         raise UserError(f"executor {executor!r}: choose from {', '.join(EXECUTORS)}")

@@ -15,7 +15,7 @@ from pathlib import Path
 from ..config import RunConfig
 from ..errors import UserError
 from .plan import assign
-from .worker import BUSY, LOST, RunResult, Settings, configure_threads, run_bundle
+from .worker import BUSY, LOST, RunResult, Settings, SweepProgress, configure_threads, run_bundle
 
 Bundle = list[RunConfig]
 
@@ -25,14 +25,15 @@ def _dicts(bundle: Bundle) -> list[dict]:
 
 
 def run_inline(bundles: list[Bundle], settings: Settings) -> list[RunResult]:
+    progress = SweepProgress(sum(len(b) for b in bundles), settings.quiet)
     results, busy = [], []
     for b in bundles:
-        for r in run_bundle(_dicts(b), settings, wait=False):
+        for r in run_bundle(_dicts(b), settings, wait=False, on_result=progress.tick):
             (busy.append(r.run_id) if r.status == BUSY else results.append(r))
     # runs another sweep was executing: wait for its lock, then it is done (skip) or ours to run
     by_id = {c.run_id: c for b in bundles for c in b}
     if busy:
-        results += run_bundle([by_id[i].to_dict() for i in busy], settings, wait=True)
+        results += run_bundle([by_id[i].to_dict() for i in busy], settings, wait=True, on_result=progress.tick)
     return results
 
 
@@ -103,17 +104,20 @@ def run_local(bundles: list[Bundle], settings: Settings, workers: int | None, gp
     if not settings.quiet:
         print(f"bench sweep: {workers} local workers{pinned}, {len(bundles)} bundles", file=sys.stderr, flush=True)
     results: list[RunResult] = []
+    progress = SweepProgress(sum(len(b) for b in bundles), settings.quiet)
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
                              initargs=(slots,)) as pool:
         def collect(futures: dict) -> list[str]:
             busy = []
             for f in as_completed(futures):
                 try:
-                    for r in f.result():
-                        (busy.append(r.run_id) if r.status == BUSY else results.append(r))
+                    got = f.result()
                 except Exception as e:  # a worker died (OOM killer, segfault): its runs are lost
                     err = f"worker died: {type(e).__name__}: {e}"
-                    results.extend(RunResult(RunConfig.from_dict(c).run_id, LOST, error=err) for c in futures[f])
+                    got = [RunResult(RunConfig.from_dict(c).run_id, LOST, error=err) for c in futures[f]]
+                for r in got:
+                    (busy.append(r.run_id) if r.status == BUSY else results.append(r))
+                    progress.tick(r)
             return busy
 
         futures = {pool.submit(_worker_bundle, _dicts(b), settings, False): _dicts(b) for b in bundles}

@@ -22,8 +22,17 @@ ALIASES = {"backbones": "backbone", "datasets": "dataset", "sizes": "size", "hea
            "seeds": "seed", "variants": "variant", "readouts": "readout", "input_sizes": "input_size"}
 # RunOptions fields a sweep may set (force is left out: delete result files to redo a run)
 EXEC_KEYS = tuple(o.name for o in options.OPTIONS if o.scope == "exec" and o.sweepable)
-# settings of the sweep itself (YAML top level; flags win)
-SWEEP_KEYS = ("executor", "workers", "gpus", "threads", "retry_failed", "shard", "slurm")
+# settings of the sweep itself (YAML top level; flags win), declared like run options so a YAML
+# value is typed and range-checked the same way as its flag
+SWEEP_OPTIONS = {o.name: o for o in (
+    options.Option("executor", str, "inline", choices=("inline", "local", "slurm"), scope="sweep"),
+    options.Option("workers", int, None, low=1, scope="sweep"),
+    options.Option("gpus", str, None, scope="sweep"),
+    options.Option("threads", int, None, low=1, scope="sweep"),
+    options.Option("retry_failed", bool, False, scope="sweep"),
+    options.Option("shard", str, None, scope="sweep"),
+)}
+SWEEP_KEYS = tuple(SWEEP_OPTIONS) + ("slurm",)
 SLURM_KEYS = ("cluster", "partition", "time", "gpus_per_task", "cpus_per_task", "mem", "array_parallelism",
               "tasks", "account", "qos", "constraint", "setup", "params", "max_requeue", "log_dir", "wait")
 META_KEYS = ("name", "description")
@@ -40,12 +49,14 @@ def canonical(key: str) -> str:
 
 
 def coerce(key: str, value: Any) -> Any:
-    """A YAML value to the type its flag would give (bench.options)."""
-    if key == "retry_failed":
-        if value is not None and not isinstance(value, bool):
-            raise UserError(f"{key}: expected true or false, got {value!r}")
-        return value
-    return options.get(key).coerce(value)
+    """A YAML value to the type its flag would give (bench.options), range-checked."""
+    opt = SWEEP_OPTIONS.get(key) or options.get(key)
+    if opt.name == "gpus" and isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)  # `gpus: 0` means GPU 0
+    value = opt.coerce(value)
+    if opt.scope != "run":  # run options are checked by resolve, with the grid point named
+        opt.check(value)
+    return value
 
 
 @dataclass
@@ -202,14 +213,33 @@ def from_mapping(doc: dict, source: str = "<yaml>") -> Grid:
                 if k not in SLURM_KEYS:
                     raise UserError(f"slurm: unknown setting {k!r}; {did_you_mean(str(k), SLURM_KEYS)}")
             grid.slurm.update(value)
-        elif name in SWEEP_KEYS:
-            grid.sweep[name] = value
+        elif name in SWEEP_OPTIONS:
+            grid.sweep[name] = coerce(name, value)
         elif name in META_KEYS:
             pass
         else:
             known = keys + EXEC_KEYS + SWEEP_KEYS + META_KEYS + tuple(ALIASES) + PAIRED_AXES + ("grid", "fixed")
             raise UserError(f"{source}: unknown key {name!r}; {did_you_mean(name, known)}")
     return grid
+
+
+def _unique_key_loader():
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        """A key written twice in one mapping is an error, not a silent last-one-wins."""
+
+        def construct_mapping(self, node, deep=False):
+            seen = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key {key!r} is written twice", key_node.start_mark)
+                seen.add(key)
+            return super().construct_mapping(node, deep)
+
+    return UniqueKeyLoader
 
 
 def load(path: Path) -> Grid:
@@ -220,7 +250,7 @@ def load(path: Path) -> Grid:
     except OSError as e:
         raise UserError(f"cannot read sweep file {path}: {e.strerror}") from None
     try:
-        doc = yaml.safe_load(text)
+        doc = yaml.load(text, Loader=_unique_key_loader())
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""

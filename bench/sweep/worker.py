@@ -15,6 +15,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from filelock import FileLock, Timeout
 
@@ -47,7 +48,7 @@ class RunResult:
 
 
 def lock_path(results_dir: Path, run_id: str) -> Path:
-    return Path(results_dir) / "locks" / f"{run_id}.lock"
+    return Path(results_dir) / "locks" / f"{run_id}.lock"  # as bench.runner.run_lock
 
 
 def say(msg: str, settings: Settings) -> None:
@@ -56,27 +57,61 @@ def say(msg: str, settings: Settings) -> None:
         print(f"bench sweep: {tag}{msg}", file=sys.stderr, flush=True)
 
 
-def run_bundle(cfgs: list[dict], settings: Settings, wait: bool = True) -> list[RunResult]:
+class SweepProgress:
+    """`[k/N]`, elapsed time and an ETA from the runs finished so far, one line per finished run
+    (on a terminal or in a SLURM log alike)."""
+
+    def __init__(self, total: int, quiet: bool = False) -> None:
+        self.total, self.quiet, self.k, self.t0 = total, quiet, 0, time.monotonic()
+
+    def tick(self, r: RunResult) -> None:
+        if r.status == BUSY:
+            return
+        self.k += 1
+        if self.quiet:
+            return
+        elapsed = time.monotonic() - self.t0
+        eta = elapsed / self.k * (self.total - self.k)
+        print(f"bench sweep: [{self.k}/{self.total}] {r.status} {r.run_id} | elapsed {_hms(elapsed)}, "
+              f"ETA {_hms(eta)}", file=sys.stderr, flush=True)
+
+
+def _hms(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def run_bundle(cfgs: list[dict], settings: Settings, wait: bool = True,
+               on_result: Callable[[RunResult], None] | None = None) -> list[RunResult]:
     """Run configs (RunConfig dicts) in order. Runs locked by another worker are tried again at
     the end, blocking (wait=True), or returned as BUSY for the caller to retry later."""
     out, busy = [], []
     for d in cfgs:
         r = attempt(RunConfig.from_dict(d), settings, block=False)
         (busy.append(d) if r.status == BUSY else out.append(r))
+        if on_result and r.status != BUSY:
+            on_result(r)
     for d in busy:
         cfg = RunConfig.from_dict(d)
-        out.append(attempt(cfg, settings, block=True) if wait else RunResult(cfg.run_id, BUSY))
+        r = attempt(cfg, settings, block=True) if wait else RunResult(cfg.run_id, BUSY)
+        out.append(r)
+        if on_result:
+            on_result(r)
     return out
 
 
 def _failure_state(cfg: RunConfig, settings: Settings) -> str | None:
     """FAILED_BEFORE when a recorded failure means: do not run it (now)."""
+    from ..results import ResultStore
+
     path = Path(settings.opts.results_dir) / "failures" / f"{cfg.run_id}.json"
     try:
         mtime = path.stat().st_mtime_ns
     except FileNotFoundError:
         return None
-    if settings.retry_failed and settings.failures_seen.get(cfg.run_id) == mtime:
+    seen = settings.failures_seen.get(cfg.run_id) == mtime  # recorded before this sweep started
+    if seen and (settings.retry_failed or ResultStore(settings.opts.results_dir).failure_kind(cfg.run_id)
+                 == "environment"):  # a full disk or a read-only folder is not the run's fault
         return None
     return FAILED_BEFORE
 
@@ -104,20 +139,9 @@ def attempt(cfg: RunConfig, settings: Settings, block: bool) -> RunResult:
             return RunResult(rid, SKIPPED, detail="done by another worker")
         if _failure_state(cfg, settings):
             return RunResult(rid, FAILED_BEFORE, detail="failed in another worker")
-        _remove_stale_tmp(store, rid)
         return _execute(cfg, settings)
     finally:
         lock.release()
-
-
-def _remove_stale_tmp(store, run_id: str) -> None:
-    # only the lock holder writes this run's files, so temporaries left now are from a killed run
-    # (results, failure record, bench.train's per-epoch checkpoint)
-    from ..results import LAYOUT
-
-    for folder in [store.root / f for f, _ in LAYOUT.values()] + [store.root / "checkpoints"]:
-        for p in folder.glob(f".{run_id}.*tmp*"):
-            p.unlink(missing_ok=True)
 
 
 def _execute(cfg: RunConfig, settings: Settings) -> RunResult:
@@ -126,16 +150,22 @@ def _execute(cfg: RunConfig, settings: Settings) -> RunResult:
 
     t0 = time.perf_counter()
     try:
-        out = runner.execute(cfg, settings.opts)
+        out = runner.execute(cfg, settings.opts, lock=False)  # attempt() holds the run's lock
     except KeyboardInterrupt:
         raise
     except Exception as e:  # any error of one run is recorded and the sweep goes on
+        from ..fsio import is_environment_error
+
         tb = traceback.format_exc()
-        path = ResultStore(settings.opts.results_dir).write_failure(cfg, e, tb)
+        kind = "environment" if is_environment_error(e) else "run"
         msg = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-        say(f"{cfg.run_id}: FAILED ({msg}); recorded in {path}", settings)
+        try:
+            where = str(ResultStore(settings.opts.results_dir).write_failure(cfg, e, tb, kind))
+        except Exception as e2:  # the disk that failed the run may refuse the record too
+            where = f"not recorded: {str(e2).splitlines()[0] if str(e2) else type(e2).__name__}"
+        say(f"{cfg.run_id}: FAILED ({msg}); {kind} failure, {where}", settings)
         _free_memory()
-        return RunResult(cfg.run_id, FAILED, time.perf_counter() - t0, error=msg, detail=str(path))
+        return RunResult(cfg.run_id, FAILED, time.perf_counter() - t0, error=msg, detail=where)
     dt = time.perf_counter() - t0
     if out.status != "done":
         return RunResult(cfg.run_id, SKIPPED, dt, detail="already done")
@@ -158,23 +188,9 @@ def _free_memory() -> None:
 
 def clean_cache_tmp(cache_dir: Path) -> int:
     """Remove feature-cache temporaries of writers that died (their key's lock is free)."""
-    removed = 0
-    folder = Path(cache_dir) / "features"
-    if not folder.is_dir():
-        return 0
-    for key in sorted({p.name.split(".tmp")[0] for p in folder.glob("*.tmp*")}):
-        lock = FileLock(str(folder / f"{key}.npy.lock"), thread_local=False)
-        try:
-            lock.acquire(timeout=0)
-        except Timeout:
-            continue  # someone is writing it right now
-        try:
-            for p in folder.glob(f"{key}.tmp*"):
-                p.unlink(missing_ok=True)
-                removed += 1
-        finally:
-            lock.release()
-    return removed
+    from ..cache import FeatureCache
+
+    return FeatureCache(Path(cache_dir)).clean_stale()
 
 
 def configure_threads(n: int | None) -> None:

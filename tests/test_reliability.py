@@ -1,0 +1,238 @@
+"""Nothing lost, nothing silently wrong: full and read-only disks (real tmpfs mounts where this
+runs as root; skipped otherwise), stale temporaries, half-written results, bad labels, bad
+environment variables and sweep settings, and progress in logs."""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bench.cli import main
+from conftest import write_synthetic_npz
+
+
+def common(data_root: Path, results: Path, *extra: str) -> list[str]:
+    return ["--dataset", "breastmnist", "--data-root", str(data_root), "--skip-md5", "--results-dir", str(results),
+            "-q", *extra]
+
+
+def run(capsys, *args: str) -> tuple[int, str]:
+    code = main(["run", *args])
+    return code, capsys.readouterr().err
+
+
+def digest(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file() and "locks" not in p.parts}
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, size: str = "4m"):
+    path.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("needs root and tmpfs mounts (a real full / read-only disk)")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+def fill(folder: Path) -> None:
+    """Fill the file system of ``folder`` to the last byte."""
+    with open(folder / "filler", "wb") as f:
+        with contextlib.suppress(OSError):
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+    with contextlib.suppress(OSError):  # the last partial block
+        with open(folder / "filler2", "wb") as f:
+            while True:
+                f.write(b"\0")
+                f.flush()
+
+
+# --- full and read-only disks -------------------------------------------------------------------
+
+def test_force_rerun_on_a_full_disk_keeps_the_completed_result(capsys, data_root, tmp_path):
+    with tmpfs(tmp_path / "disk") as disk:
+        out = disk / "results"
+        args = ["--backbone", "dummy", "--head", "knn", "--cache-dir", str(tmp_path / "cache"), *common(data_root, out)]
+        assert run(capsys, *args)[0] == 0
+        before = digest(out)
+        fill(disk)
+        code, err = run(capsys, *args, "--force")
+        assert code == 2 and "No space left on device" in err and err.count("\n") == 1, err
+        assert digest(out) == before  # every old file as it was, no temporaries beside them
+        (disk / "filler").unlink()
+        assert run(capsys, *args, "--force")[0] == 0  # with space again, the rerun completes
+
+
+def test_read_only_results_folder_is_one_line_and_creates_nothing(capsys, data_root, tmp_path):
+    with tmpfs(tmp_path / "ro") as disk:
+        subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+        code, err = run(capsys, "--backbone", "dummy", *common(data_root, disk / "results"))
+        assert code == 2 and "not writable" in err and err.count("\n") == 1, err
+        assert not (disk / "results").exists()
+
+
+def test_sweep_with_a_full_cache_disk_records_an_environment_failure_and_retries_it(capsys, data_root, tmp_path):
+    with tmpfs(tmp_path / "cache", size="256k") as cache:
+        fill(cache)
+        argv = ["sweep", "--backbone", "dummy", "--dataset", "breastmnist", "--head", "knn", "--data-root",
+                str(data_root), "--skip-md5", "--results-dir", str(tmp_path / "r"), "--cache-dir", str(cache)]
+        assert main(argv) == 1
+        out = capsys.readouterr()
+        assert "0 done, 0 already done, 1 failed" in out.out and "environment failure" in out.err
+        assert not list(cache.glob("features/*.tmp*"))  # the partial feature file was removed
+        for p in cache.glob("filler*"):
+            p.unlink()
+        assert main(argv) == 0  # a full disk is not the run's fault: retried without --retry-failed
+        assert "1 done" in capsys.readouterr().out
+
+
+# --- half-written and stale state ---------------------------------------------------------------
+
+def test_stale_temporaries_are_removed_and_a_header_only_csv_is_not_done(capsys, data_root, tmp_path):
+    out = tmp_path / "r"
+    args = ["--backbone", "dummy", "--head", "knn", *common(data_root, out)]
+    assert run(capsys, *args)[0] == 0
+    [csv] = (out / "runs").glob("*.csv")
+    rid = csv.stem
+    stale = [out / "meta" / f".{rid}.json.tmp99999", out / "runs" / f".{rid}.csv.tmp99999"]
+    for p in stale:
+        p.write_text("partial")
+    csv.write_text(csv.read_text().splitlines()[0] + "\n")  # a copy cut short: header only
+    code, err = run(capsys, *args)
+    assert code == 0 and "already done" not in err
+    assert len(csv.read_text().splitlines()) > 1 and not any(p.exists() for p in stale)
+
+
+def test_an_early_bad_input_creates_no_folders(capsys, data_root, tmp_path):
+    code, err = run(capsys, "--backbone", "dummy", "--head", "nope", *common(data_root, tmp_path / "r"))
+    assert code == 2 and not (tmp_path / "r").exists()
+
+
+# --- labels, splits, environment ----------------------------------------------------------------
+
+@pytest.mark.parametrize("mutate,match", [
+    (lambda a: a.update(train_labels=a["train_labels"].astype(np.int64) - 1), "values -1"),
+    (lambda a: a.update(val_labels=np.zeros((32, 2), np.uint8)), "shape (32, 2)"),
+    (lambda a: a.update(test_labels=a["test_labels"].astype(np.float32) + 0.5), "fractional"),
+    (lambda a: a.update(val_images=a["val_images"][:0], val_labels=a["val_labels"][:0]), "val split is empty"),
+])
+def test_bad_labels_and_empty_splits_are_one_line(capsys, tmp_path, mutate, match):
+    path = write_synthetic_npz(tmp_path / "data", "breastmnist")
+    arrays = dict(np.load(path))
+    mutate(arrays)
+    np.savez_compressed(path, **arrays)
+    code, err = run(capsys, "--backbone", "dummy", *common(tmp_path / "data", tmp_path / "r"))
+    assert code == 2 and match in err and err.count("\n") == 1, err
+    assert not list((tmp_path / "r").glob("runs/*.csv"))
+
+
+@pytest.mark.parametrize("var", ["BENCH_PROBE_TIMEOUT", "BENCH_MMAP_THRESHOLD", "BENCH_PROGRESS_SECONDS"])
+def test_bad_environment_numbers_are_one_line(tmp_path, data_root, var):
+    env = {**os.environ, var: "abc"}
+    bench = str(Path(os.sys.executable).parent / "bench")
+    p = subprocess.run([bench, "run", "--backbone", "dummy", *common(data_root, tmp_path / "r")], env=env,
+                       capture_output=True, text=True)
+    assert p.returncode == 2 and f"{var}='abc' is not" in p.stderr, p.stderr
+    assert p.stderr.count("\n") == 1, p.stderr
+
+
+@pytest.mark.parametrize("seed,ok", [(2**63 - 1, True), (2**63, False), (-1, False)])
+def test_seeds_are_checked_against_the_generator_range(capsys, data_root, tmp_path, seed, ok):
+    code, err = run(capsys, "--backbone", "dummy", "--head", "knn", "--seed", str(seed), *common(data_root, tmp_path / "r"))
+    assert (code == 0) == ok, err
+    if not ok:
+        assert "--seed" in err and err.count("\n") == 1
+
+
+# --- sweep settings -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("yaml_text,match", [
+    ('retry_failed: "no"\n', "retry_failed: expected true or false"),
+    ("workers: abc\n", "workers: 'abc' is not a valid int"),
+    ("threads: -3\n", "--threads -3: must be a finite number at least 1"),
+    ("seeds: [0]\nseeds: [1]\n", "key 'seeds' is written twice"),
+    ("executor: slrum\n", "did you mean: slurm"),
+])
+def test_sweep_settings_are_typed(capsys, tmp_path, yaml_text, match):
+    f = tmp_path / "grid.yaml"
+    f.write_text("backbones: [dummy]\ndatasets: [breastmnist]\n" + yaml_text)
+    assert main(["sweep", str(f), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert match in err and err.count("\n") == 1, err
+
+
+def test_sweep_prints_progress_with_eta(capsys, data_root, tmp_path):
+    argv = ["sweep", "--backbone", "dummy", "--dataset", "breastmnist", "--head", "knn", "--seed", "0", "1",
+            "--data-root", str(data_root), "--skip-md5", "--results-dir", str(tmp_path / "r")]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "[1/2] done" in err and "[2/2] done" in err and "ETA 0:00:00" in err
+
+
+# --- caches -------------------------------------------------------------------------------------
+
+def _truncate(p: Path) -> None:
+    p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
+
+
+def _fewer_rows(p: Path) -> None:
+    np.save(p, np.load(p)[:10])
+
+
+def _flip_a_byte(p: Path) -> None:
+    b = bytearray(p.read_bytes())
+    b[-3] ^= 0xFF
+    p.write_bytes(bytes(b))
+
+
+def _objects(p: Path) -> None:
+    np.save(p, np.array([object()] * 4), allow_pickle=True)
+
+
+@pytest.mark.parametrize("damage", [_truncate, _fewer_rows, _flip_a_byte, _objects, lambda p: p.write_bytes(b"")])
+def test_a_damaged_cache_entry_is_reported_and_rebuilt(capsys, data_root, tmp_path, monkeypatch, damage):
+    cache = tmp_path / "cache"
+    args = ["--backbone", "dummy", "--head", "knn", "--cache-dir", str(cache), *common(data_root, tmp_path / "a")]
+    assert run(capsys, *args)[0] == 0
+    scores = np.load(next((tmp_path / "a" / "scores").glob("*.npz")))["y_score"]
+    for p in (cache / "features").glob("*.npy"):
+        damage(p)
+    args = [a if a != str(tmp_path / "a") else str(tmp_path / "b") for a in args]
+    code, err = run(capsys, *[a for a in args if a != "-q"])
+    assert code == 0 and err.count("is unusable") == 3 and err.count("extracted") == 3, err
+    again = np.load(next((tmp_path / "b" / "scores").glob("*.npz")))["y_score"]
+    assert np.array_equal(scores, again)  # rebuilt, not served: the same numbers as the first run
+    code, err = run(capsys, *[a for a in args if a != "-q"], "--force")
+    assert code == 0 and err.count("cache hit") == 3 and "unusable" not in err
+
+
+def test_a_truncated_memory_mapped_image_array_is_extracted_again(tmp_path, monkeypatch):
+    from bench.datasets import medmnist
+
+    path = write_synthetic_npz(tmp_path, "breastmnist", 28, n=(12, 4, 4))
+    monkeypatch.setattr(medmnist, "MMAP_THRESHOLD", 0)
+    ds = medmnist.load("breastmnist", 28, tmp_path, check_md5=False, cache_dir=tmp_path / "c")
+    first = np.array(ds.splits["train"].images)
+    del ds  # its memory map must be gone before the file is cut (else SIGBUS)
+    for p in (tmp_path / "c" / "npy").rglob("train_images.npy"):
+        _truncate(p)
+    again = medmnist.load("breastmnist", 28, tmp_path, check_md5=False, cache_dir=tmp_path / "c")
+    assert np.array_equal(first, np.asarray(again.splits["train"].images))
+    assert path.exists()
+
+
+def test_progress_lines_off_a_terminal(capsys, data_root, tmp_path, monkeypatch):
+    monkeypatch.setenv("BENCH_PROGRESS_SECONDS", "0")
+    code, err = run(capsys, "--backbone", "dummy", "--head", "knn", *[a for a in common(data_root, tmp_path / "r")
+                                                                      if a != "-q"])
+    assert code == 0 and "readout train: 96/96 img (100%)" in err and "img/s" in err, err
