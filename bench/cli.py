@@ -58,7 +58,10 @@ def _dry_run(cfg, opts) -> int:
     model = build_backbone(cfg, weights="random")  # counting parameters needs no download
     n_out = datasets.source_for(cfg.dataset).n_classes(cfg.dataset)
     counts = trainable_count(cfg, model, n_out) if n_out else None
+    from .recipes import provenance
+
     print(json.dumps({"run_id": cfg.run_id, "protocol": cfg.protocol.name, "config": cfg.to_dict(),
+                      "recipe": provenance(cfg), "head": cfg.protocol.describe(cfg),
                       "trainable_parameters": counts,
                       "results": str(opts.results_dir / "runs" / f"{cfg.run_id}.csv")}, indent=1))
     return 0
@@ -68,7 +71,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
     from . import listing
 
     show = {"datasets": lambda: listing.list_datasets(args.data_root), "backbones": listing.list_backbones,
-            "protocols": listing.list_protocols, "options": listing.list_options}
+            "protocols": listing.list_protocols, "options": listing.list_options, "recipes": listing.list_recipes}
     print(show[args.what]())
     return 0
 
@@ -121,8 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "trainable parameters; touch nothing")
     r.set_defaults(fn=cmd_run)
 
-    ls = sub.add_parser("ls", help="list datasets or backbones")
-    ls.add_argument("what", choices=("datasets", "backbones", "protocols", "options"))
+    ls = sub.add_parser("ls", help="list datasets, backbones, protocols, options or recipes")
+    ls.add_argument("what", choices=("datasets", "backbones", "protocols", "options", "recipes"))
     ls.add_argument("--data-root", type=Path)
     ls.set_defaults(fn=cmd_ls)
 

@@ -21,9 +21,15 @@ class _RunConfigMethods:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def id_dict(self) -> dict:
+        """What the run id hashes: every field, except options added later while at their default
+        or unused (None), so runs from before they existed keep their ids."""
+        return {k: v for k, v in self.to_dict().items()
+                if not (k in _LATE and (v is None or v == _LATE[k]))}
+
     @property
     def run_id(self) -> str:
-        canon = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        canon = json.dumps(self.id_dict(), sort_keys=True, separators=(",", ":"))
         digest = hashlib.sha256(canon.encode()).hexdigest()[:10]
         name = re.sub(r"[^A-Za-z0-9.]+", "_", self.backbone).strip("_")
         data = re.sub(r"[^A-Za-z0-9.]+", "_", self.dataset).strip("_")
@@ -51,6 +57,9 @@ class _RunConfigMethods:
 
     def replace(self, **changes: Any) -> "RunConfig":
         return replace(self, **changes)
+
+
+_LATE = {o.name: o.default for o in options.OPTIONS if o.late}
 
 
 def _run_fields() -> list[tuple]:

@@ -38,7 +38,7 @@ def frozen_identity(cfg: "RunConfig") -> tuple:
     """Everything in a config that changes the frozen part's output (the sweep groups on it)."""
     seed = cfg.seed if cfg.weights == "random" else None
     return (cfg.backbone, cfg.variant, cfg.weights, cfg.weights_fingerprint, cfg.readout, cfg.input_size,
-            cfg.resize, cfg.gray, cfg.dataset, cfg.size, cfg.limit, seed)
+            cfg.resize, cfg.crop_from, cfg.normalize, cfg.precision, cfg.gray, cfg.dataset, cfg.size, cfg.limit, seed)
 
 
 def feature_parts(cfg: "RunConfig", weights: str, data_fingerprint: str, split: str, what: str = "readout",
@@ -48,10 +48,13 @@ def feature_parts(cfg: "RunConfig", weights: str, data_fingerprint: str, split: 
     it because an upgrade can change an architecture's code or its random init."""
     from .results import library_versions
 
+    # later knobs enter the key only when set, so features cached before them stay valid
+    later = {k: getattr(cfg, k) for k, default in (("normalize", "backbone"), ("crop_from", 0))
+             if getattr(cfg, k) != default}
     return {"what": what, "backbone": cfg.backbone, "variant": cfg.variant, "weights": weights,
             "readout": cfg.readout, "input_size": cfg.input_size, "resize": cfg.resize, "gray": cfg.gray,
             "dataset_md5": data_fingerprint, "split": split, "limit": cfg.limit, "precision": precision,
-            "libraries": library_versions()}
+            "libraries": library_versions(), **later}
 
 
 @dataclass
@@ -94,7 +97,7 @@ class RunContext:
         from .features import precision
 
         return feature_parts(self.cfg, self.weights_key, self.dataset.fingerprint, split, what,
-                             precision(self.device))
+                             precision(self.device, self.cfg.precision))
 
     def frozen_pass(self, split: str, fn: Callable[["torch.Tensor"], "torch.Tensor"], what: str = "readout",
                     memory_budget: int | None = None) -> tuple["np.ndarray", bool]:
@@ -103,7 +106,7 @@ class RunContext:
 
         return self.cache.get_or_compute(self.feature_parts(split, what), lambda: extract(
             fn, self.dataset.splits[split].images, self.pre, self.device, self.opts.extract_batch_size,
-            f"{what} {split}", self.opts.quiet), memory_budget=memory_budget)
+            f"{what} {split}", self.opts.quiet, self.cfg.precision), memory_budget=memory_budget)
 
     def readout_features(self, split: str) -> "np.ndarray":
         """Readout features of the fully frozen backbone for one split, from the cache when possible."""

@@ -29,19 +29,25 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("BENCH_CACHE_DIR") or Path.home() / ".cache" / "medfm-bench")
 
 
-def precision(device: torch.device) -> str:
-    """What ``autocast`` computes in on this device."""
+def precision(device: torch.device, requested: str = "auto") -> str:
+    """What ``autocast`` computes in on this device for ``--precision requested``."""
     if device.type != "cuda":
-        return "fp32"
-    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "fp32"  # CPU runs stay fp32 whatever is asked, so they are exactly reproducible
+    if requested == "auto":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if requested == "bf16" and not torch.cuda.is_bf16_supported():
+        from .errors import UserError
+
+        raise UserError("--precision bf16: this GPU has no bf16; use fp16, fp32 or auto")
+    return requested
 
 
-def autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA where supported (fp16 otherwise); plain fp32 on CPU, so CPU runs
-    are exactly reproducible."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16 if precision(device) == "bf16" else torch.float16)
-    return contextlib.nullcontext()
+def autocast(device: torch.device, requested: str = "auto") -> contextlib.AbstractContextManager:
+    """Autocast in ``precision(device, requested)``: bf16 or fp16 on CUDA, nothing for fp32."""
+    p = precision(device, requested)
+    if p == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast("cuda", dtype=torch.bfloat16 if p == "bf16" else torch.float16)
 
 
 def iterate_batches(images: np.ndarray, batch_size: int, desc: str = "", quiet: bool = False):
@@ -57,11 +63,11 @@ def iterate_batches(images: np.ndarray, batch_size: int, desc: str = "", quiet: 
 @torch.inference_mode()
 def extract(fn: Callable[[torch.Tensor], torch.Tensor], images: np.ndarray, pre: Preprocess,
             device: torch.device, batch_size: int = 128, desc: str = "extract",
-            quiet: bool = False) -> np.ndarray:
+            quiet: bool = False, requested_precision: str = "auto") -> np.ndarray:
     """Apply ``fn`` (normalised images -> features) to every image once, in batches."""
     out: np.ndarray | None = None
     for start, batch in iterate_batches(images, batch_size, desc, quiet):
-        with autocast(device):
+        with autocast(device, requested_precision):
             y = fn(pre(pre.to_device(batch, device)))
         y = y.float().cpu().numpy()
         if out is None:

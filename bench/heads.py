@@ -145,20 +145,47 @@ def train_linear_grid(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarra
     return LinearGridResult(bw, bb, mean, std, pairs[h][0], pairs[h][1], epoch, value, grid)
 
 
+KNN_METRICS, KNN_VOTES = choices("knn_metric"), choices("knn_vote")
+EUCLIDEAN_SPARE = 16  # float32 candidates beyond k, re-ranked on exact float64 distances
+
+
 @torch.no_grad()
 def knn_scores(x_train: np.ndarray, y_train: np.ndarray, x_query: np.ndarray, task: str, n_outputs: int,
-               k: int = 11, device: torch.device | None = None, chunk: int = 1024) -> np.ndarray:
-    """Class scores = share of the k nearest train neighbours (cosine) in each class / label."""
+               k: int = 11, device: torch.device | None = None, chunk: int = 1024, *,
+               metric: str = "cosine", vote: str = "shares") -> np.ndarray:
+    """Scores from the k nearest train neighbours of each query.
+
+    metric: cosine (L2-normalised features) or euclidean (raw features, as sklearn's
+    NearestNeighbors: candidates from float32 distances, ranked on exact float64 ones).
+    vote: shares (fraction of neighbours per class / label) or majority (one-hot of the most
+    common class, ties to the smallest label; multi-label: label mean > 0.5), as MedMNIST+."""
+    assert metric in KNN_METRICS and vote in KNN_VOTES, (metric, vote)
     device = device or torch.device("cpu")
-    xtr = F.normalize(torch.from_numpy(x_train).to(device), dim=1)
-    if metrics.is_multilabel(task):
+    xtr = torch.from_numpy(np.ascontiguousarray(x_train)).to(device)
+    if metric == "cosine":
+        xtr = F.normalize(xtr, dim=1)
+    else:
+        xtr_sq = (xtr * xtr).sum(1)
+        xtr64 = xtr.double()
+    multilabel = metrics.is_multilabel(task)
+    if multilabel:
         targets = torch.from_numpy(y_train).to(device).float()
     else:
         targets = F.one_hot(torch.from_numpy(y_train).view(-1).to(device), n_outputs).float()
     k = min(k, len(xtr))
     out = []
     for start in range(0, len(x_query), chunk):
-        q = F.normalize(torch.from_numpy(x_query[start:start + chunk]).to(device), dim=1)
-        idx = (q @ xtr.T).topk(k, dim=1).indices
-        out.append(targets[idx].mean(dim=1))
+        q = torch.from_numpy(np.ascontiguousarray(x_query[start:start + chunk])).to(device)
+        if metric == "cosine":
+            idx = (F.normalize(q, dim=1) @ xtr.T).topk(k, dim=1).indices
+        else:
+            approx = xtr_sq[None] - 2 * q @ xtr.T  # + |q|^2, the same for every candidate
+            cand = approx.topk(min(k + EUCLIDEAN_SPARE, len(xtr)), dim=1, largest=False).indices
+            exact = ((q.double()[:, None] - xtr64[cand]) ** 2).sum(-1)
+            order = exact.argsort(dim=1, stable=True)[:, :k]
+            idx = cand.gather(1, order)
+        votes = targets[idx].mean(dim=1)
+        if vote == "majority":
+            votes = (votes > 0.5).float() if multilabel else F.one_hot(votes.argmax(1), n_outputs).float()
+        out.append(votes)
     return torch.cat(out).cpu().numpy()

@@ -1,4 +1,4 @@
-"""`bench ls`: datasets, backbones, protocols and options from their registries (nothing is built)."""
+"""`bench ls`: datasets, backbones, protocols, options and recipes from their registries (nothing is built)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -50,6 +50,12 @@ def list_protocols() -> str:
     rows = [[p.name, ",".join(p.heads), p.kind, ",".join(o.replace("_", "-") for o in p.options) or "-",
              p.description] for p in all_protocols()]
     return table(rows, ["protocol", "--head", "kind", "its options", "what"])
+
+
+def list_recipes() -> str:
+    from .recipes import listing
+
+    return listing()
 
 
 def list_options() -> str:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UserError, did_you_mean
+from .recipes import RECIPE_NAMES
 
 WHAT, PROBE, TRAINED, WHERE = ("what to run", "probe heads",
                                "fine-tuning and trained heads (mlp, deit, --unfreeze lastN|all)",
@@ -48,6 +49,9 @@ class Option:
     sweepable: bool = True             # may a sweep set it (force is per invocation only)
     metavar: str | None = None
     short: str | None = None           # e.g. -q
+    # added after run ids were published: left out of the id while at its default (or None),
+    # so every earlier run keeps its id and result file
+    late: bool = False
 
     @property
     def flag(self) -> str:
@@ -119,9 +123,22 @@ OPTIONS: tuple[Option, ...] = (
     O("readout", str, "", help="pooled vector the heads see (backbone-specific; default: its first)"),
     O("size", int, 28, help="image size of the dataset file (MedMNIST+: 28, 64, 128, 224)"),
     O("input_size", int, 0, low=16, help="size the backbone sees (default: its native size)"),
-    O("resize", str, "resize", choices=("resize", "pad", "none"),
-      help="fit images to the input size: resize, pad (centred on a black canvas), none"),
+    O("recipe", str, "medfm", choices=RECIPE_NAMES, late=True,
+      help="a publication's protocol as defaults (bench ls recipes); explicit options still win"),
+    O("resize", str, "resize", choices=("resize", "pad", "pad-normalized", "resize-crop", "none"),
+      help="fit images to the input size: resize; pad (centred on a black canvas, then normalised); "
+           "pad-normalized (normalised, then padded with 0 as MedMNIST+); resize-crop (to --crop-from, "
+           "then centre crop); none"),
+    O("crop_from", int, 0, low=0, late=True,
+      help="--resize resize-crop: side resized to before the centre crop (default: input size x 256/224)"),
+    O("normalize", str, "backbone", choices=("backbone", "dataset", "half"), late=True,
+      help="mean/std: the backbone's, the dataset's train split's, or 0.5/0.5 (MedMNIST v2)"),
     O("gray", str, "repeat", choices=("repeat", "red"), help="grayscale input: repeat to RGB, or red filters only"),
+    O("precision", str, "auto", choices=("auto", "fp16", "bf16", "fp32"), late=True,
+      help="CUDA autocast dtype (auto: bf16 where supported, else fp16); CPU runs are always fp32"),
+    O("linear_mode", str, "cached", choices=("cached", "online"), late=True,
+      help="--head linear --unfreeze none: a head grid on cached features, or one head trained through "
+           "the frozen backbone on (augmented) images like fine-tuning (the publications' linear probe)"),
     O("head", str, "linear", help="what is trained on the backbone (choices: bench ls protocols)"),
     O("unfreeze", str, "none", help="none | lastN | all: how many backbone blocks train"),
     O("seed", int, 0, low=0, high=2**63 - 1),
@@ -129,6 +146,10 @@ OPTIONS: tuple[Option, ...] = (
     O("select", str, "auc", choices=("auc", "acc", "loss"), help="val criterion for model selection"),
     # -- probe heads on cached features -----------------------------------------------------------
     O("knn_k", int, 11, group=PROBE, per_protocol=True, low=1, help="neighbours of the kNN probe"),
+    O("knn_metric", str, "cosine", group=PROBE, per_protocol=True, late=True, choices=("cosine", "euclidean"),
+      help="kNN distance (euclidean: on raw features, as MedMNIST+)"),
+    O("knn_vote", str, "shares", group=PROBE, per_protocol=True, late=True, choices=("shares", "majority"),
+      help="kNN scores: vote shares per class, or the one-hot majority class (MedMNIST+; AUC degenerates)"),
     O("head_epochs", int, 100, group=PROBE, per_protocol=True, low=1, help="epochs of the linear head grid"),
     O("head_batch_size", int, 256, group=PROBE, per_protocol=True, low=1),
     # -- fine-tuning and trained heads ------------------------------------------------------------
@@ -143,12 +164,18 @@ OPTIONS: tuple[Option, ...] = (
     O("grad_clip", float, 1.0, group=TRAINED, per_protocol=True, low=0, help="gradient norm clip (0: off)"),
     O("layer_decay", float, 1.0, group=TRAINED, per_protocol=True, above=0, high=1,
       help="layer-wise lr decay (1.0 = off)"),
-    O("augment", str, "none", group=TRAINED, per_protocol=True, choices=("none", "light", "paper", "auto"),
+    O("augment", str, "none", group=TRAINED, per_protocol=True, choices=("none", "light", "paper", "auto", "huix"),
       help="augmentation on the device (none lets the frozen prefix be cached)"),
     O("balance", str, "none", group=TRAINED, per_protocol=True, choices=("none", "weighted-loss", "sampler"),
       help="class imbalance handling"),
     O("head_arch", str, "deit_small", group=TRAINED, per_protocol=True,
       choices=("deit_tiny", "deit_small", "deit_base"), help="--head deit: the DeiT the head starts from"),
+    O("head_depth", int, 2, group=TRAINED, per_protocol=True, late=True, low=1, high=12,
+      help="--head deit: how many of the DeiT's blocks the head keeps (12: the full DeiT, as the paper)"),
+    O("head_tokens", str, "all", group=TRAINED, per_protocol=True, late=True,
+      choices=("all", "patches", "patches-prenorm"),
+      help="--head deit: backbone tokens it reads: all after the final norm, patch tokens only, or patch "
+           "tokens before the final norm (the paper's DINOv2 path; feature maps are the same either way)"),
     # -- where and how ------------------------------------------------------------------------------
     O("results_dir", Path, Path("results"), group=WHERE, scope="exec"),
     O("data_root", Path, None, group=WHERE, scope="exec",

@@ -1,8 +1,10 @@
 """Batched preprocessing on the device: uint8 host arrays in, normalised float tensors out.
 
 No PIL and no per-image Python: one transfer of uint8 per batch (pinned when on CUDA), then
-float conversion, channel handling, resize or MedMNIST+ zero-padding and normalisation on the
-device.
+float conversion, channel handling, fitting to the input size and normalisation on the device.
+Two stages, so augmentation can run between them in pixel space: ``pixels`` (float in [0, 1],
+3 channels, fitted) and ``finish`` (normalise; ``pad-normalized`` pads only now, with 0, the
+order of MedMNIST+'s transforms).
 """
 from __future__ import annotations
 
@@ -21,10 +23,11 @@ GRAY_POLICIES = choices("gray")
 @dataclass(frozen=True)
 class Preprocess:
     input_size: int
-    resize: str  # resize | pad | none
+    resize: str  # one of RESIZE_POLICIES
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     gray: str = "repeat"  # repeat: gray -> RGB; red: only the first input channel carries signal
+    crop_from: int = 0    # resize-crop: side resized to before the centre crop
 
     def to_device(self, batch: np.ndarray, device: torch.device) -> torch.Tensor:
         """uint8 (B,H,W[,C]) numpy -> uint8 (B,C,H,W) tensor on ``device``."""
@@ -37,14 +40,22 @@ class Preprocess:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 (B,C,H,W) on the device -> normalised float (B,3,S,S)."""
+        return self.finish(self.pixels(x), gray_input=x.shape[1] == 1)
+
+    def pixels(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 (B,C,H,W) -> float (B,3,h,w) in [0, 1], fitted (except pad-normalized: padded in finish)."""
         x = x.float().div_(255.0)
-        gray_input = x.shape[1] == 1
-        if gray_input:
+        if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
-        x = self.fit(x)
+        return self.fit(x)
+
+    def finish(self, x: torch.Tensor, gray_input: bool) -> torch.Tensor:
+        """Pixels -> what the backbone sees: normalised, then (pad-normalized) padded with 0."""
         mean = torch.tensor(self.mean, device=x.device).view(1, 3, 1, 1)
         std = torch.tensor(self.std, device=x.device).view(1, 3, 1, 1)
         x = (x - mean) / std
+        if self.resize == "pad-normalized":
+            x = _pad(x, self.input_size)
         if gray_input and self.gray == "red":
             # the paper's alternative to repeating: only the first-layer filters of the red
             # channel see the image (the other channels are zero after normalisation)
@@ -54,11 +65,25 @@ class Preprocess:
     def fit(self, x: torch.Tensor) -> torch.Tensor:
         size = self.input_size
         h, w = x.shape[-2:]
-        if self.resize == "none" or (h, w) == (size, size):
+        if self.resize in ("none", "pad-normalized"):
+            return x
+        if self.resize == "resize-crop":  # the paper's Resize((256, 256)) then CenterCrop(224)
+            side = self.crop_from or round(size * 256 / 224)
+            if (h, w) != (side, side):
+                x = F.interpolate(x, size=(side, side), mode="bilinear", align_corners=False, antialias=side < h)
+            top = int(round((side - size) / 2.0))  # torchvision's center_crop offset
+            return x[..., top:top + size, top:top + size]
+        if (h, w) == (size, size):
             return x
         if self.resize == "resize":
             return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False,
                                  antialias=size < h)
-        # pad: MedMNIST+ zero-padding, image centred on a black canvas
-        top, left = (size - h) // 2, (size - w) // 2
-        return F.pad(x, (left, size - w - left, top, size - h - top), value=0.0)
+        # pad: the image centred on a black canvas, normalised afterwards (black is -mean/std)
+        return _pad(x, size)
+
+
+def _pad(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Centre on a size x size canvas of 0; the odd pixel goes right/bottom (as MedMNIST+)."""
+    h, w = x.shape[-2:]
+    top, left = (size - h) // 2, (size - w) // 2
+    return F.pad(x, (left, size - w - left, top, size - h - top), value=0.0)

@@ -20,7 +20,10 @@ def resolve(backbone: str, dataset: str, **given: Any) -> RunConfig:
         bad = sorted(unknown)[0]
         raise UserError(f"unknown run option {bad!r}; {did_you_mean(bad, run_names)}")
     given = {k: options.get(k).check(v) for k, v in given.items() if v is not None}
-    from . import datasets
+    from . import datasets, recipes
+
+    explicit = set(given)
+    given = recipes.fill(given)  # explicit option > recipe value > option default
 
     size = given.get("size", options.get("size").default)
     datasets.check(dataset, size)
@@ -28,7 +31,7 @@ def resolve(backbone: str, dataset: str, **given: Any) -> RunConfig:
     parse_unfreeze(unfreeze)
     common = {k: given.get(k, options.get(k).default) for k in options.names("run", per_protocol=False)
               if k not in ("backbone", "dataset")}
-    cfg = RunConfig(backbone=backbone, dataset=dataset, **_backbone_choices(backbone, common))
+    cfg = RunConfig(backbone=backbone, dataset=dataset, **_backbone_choices(backbone, common, explicit))
     protocol = cfg.protocol  # unknown head / head x unfreeze that nothing runs: one line here
     own = {k: given.get(k, options.get(k).default) for k in protocol.options}
     cfg = cfg.replace(**own)
@@ -36,10 +39,14 @@ def resolve(backbone: str, dataset: str, **given: Any) -> RunConfig:
     return cfg
 
 
-def _backbone_choices(backbone: str, c: dict) -> dict:
-    """Variant, readout and input size resolved against the backbone's Spec; weights file fingerprinted."""
+def _backbone_choices(backbone: str, c: dict, explicit: set[str] = frozenset()) -> dict:
+    """Variant, readout and input size resolved against the backbone's Spec; weights file fingerprinted.
+    ``explicit``: options the user gave (a recipe's values give way where they do not apply)."""
     import backbones
 
+    c = dict(c)
+    if c["resize"] == "none" and "input_size" not in explicit:
+        c["input_size"] = 0  # a recipe's input size gives way to an explicit --resize none
     if c["input_size"] and c["resize"] == "none" and c["input_size"] != c["size"]:
         raise UserError(f"--resize none keeps {c['size']} px images, so --input-size {c['input_size']} cannot "
                         f"apply; use --resize resize|pad or drop --input-size")
@@ -55,9 +62,18 @@ def _backbone_choices(backbone: str, c: dict) -> dict:
     if c["resize"] == "none":
         c["input_size"] = c["input_size"] or c["size"]
     c["input_size"] = c["input_size"] or spec.input_size
-    if c["resize"] == "pad" and c["size"] > c["input_size"]:
-        raise UserError(f"--resize pad cannot fit {c['size']} px images into {c['input_size']} px; "
+    if c["resize"] in ("pad", "pad-normalized") and c["size"] > c["input_size"]:
+        raise UserError(f"--resize {c['resize']} cannot fit {c['size']} px images into {c['input_size']} px; "
                         f"use --resize resize or a larger --input-size")
+    if c["resize"] == "resize-crop":
+        c["crop_from"] = c["crop_from"] or round(c["input_size"] * 256 / 224)
+        if c["crop_from"] < c["input_size"]:
+            raise UserError(f"--crop-from {c['crop_from']} is smaller than the input size {c['input_size']}; "
+                            f"the centre crop needs at least that")
+    elif c["crop_from"]:
+        if "crop_from" in explicit:
+            raise UserError(f"--crop-from applies to --resize resize-crop only, not --resize {c['resize']}")
+        c["crop_from"] = 0  # a recipe's crop size, under a resize policy the user chose instead
     weights = c["weights"]
     c["weights_fingerprint"] = ""
     if weights not in ("default", "random"):

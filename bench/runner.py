@@ -12,11 +12,11 @@ import torch
 import backbones
 from backbones.base import Backbone, count_params
 
-from . import datasets, metrics
+from . import datasets, metrics, recipes
 from .config import RunConfig, RunOptions, parse_unfreeze
 from .context import RunContext, Timings, log
 from .errors import UserError
-from .features import FeatureCache, default_cache_dir
+from .features import FeatureCache, default_cache_dir, precision
 from .preprocess import Preprocess
 from .results import ResultStore, RunResult, git_revision, now, versions
 
@@ -65,6 +65,18 @@ def trainable_count(cfg: RunConfig, model: Backbone, n_outputs: int) -> dict:
             "backbone_by_unfreeze": by_choice}
 
 
+def normalization(cfg: RunConfig, model: Backbone, ds: datasets.Dataset, opts: RunOptions
+                  ) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+    """(mean, std) of ``--normalize``: the backbone's, the train split's, or MedMNIST v2's 0.5/0.5."""
+    if cfg.normalize == "half":
+        return (0.5,) * 3, (0.5,) * 3
+    if cfg.normalize == "dataset":
+        from .datasets.stats import train_stats
+
+        return train_stats(ds, Path(opts.cache_dir or default_cache_dir()), cfg.limit)
+    return model.normalization()
+
+
 def execute(cfg: RunConfig, opts: RunOptions, *, model: Backbone | None = None,
             cache: FeatureCache | None = None) -> RunResult:
     """Run ``cfg`` unless its result exists (then read it back; ``opts.force`` reruns).
@@ -90,7 +102,8 @@ def execute(cfg: RunConfig, opts: RunOptions, *, model: Backbone | None = None,
         seed_everything(cfg.seed)  # heads and batches draw from the seed as for a built model
     parse_unfreeze(cfg.unfreeze, model.num_blocks)  # N > block count is an error before any work
     model.eval().to(device)
-    pre = Preprocess(cfg.input_size, cfg.resize, *model.normalization(), cfg.gray)
+    mean, std = normalization(cfg, model, ds, opts)
+    pre = Preprocess(cfg.input_size, cfg.resize, mean, std, cfg.gray, crop_from=cfg.crop_from)
     ctx = RunContext(cfg, opts, ds, model, pre, device, cache, timings)
     out = protocol.run(ctx)
     y_val, y_test = ds.targets("val"), ds.targets("test")
@@ -106,7 +119,10 @@ def execute(cfg: RunConfig, opts: RunOptions, *, model: Backbone | None = None,
                      "blocks": model.num_blocks, "input_size": cfg.input_size},
         "selected": out.selected, "seeds": {"seed": cfg.seed, "torch_initial_seed": torch.initial_seed()},
         "versions": versions(), "git": git_revision(), "device": str(device),
-        "timings": timings.as_dict(), "created": now(), **out.extra,
+        "timings": timings.as_dict(), "created": now(),
+        "preprocess": {"resize": cfg.resize, "crop_from": cfg.crop_from, "normalize": cfg.normalize,
+                       "mean": list(mean), "std": list(std), "precision": precision(device, cfg.precision)},
+        "recipe": recipes.provenance(cfg), **out.extra,
     }
     store.write_run(cfg, by_split, meta, (y_test, out.test_scores), out.curves)
     protocol.finished(cfg, opts)  # e.g. drop a resume checkpoint: only now, after the results are written

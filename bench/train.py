@@ -23,7 +23,7 @@ from backbones.base import Backbone
 from . import augment, heads, metrics
 from .config import RunConfig, RunOptions, parse_unfreeze
 from .context import RunContext
-from .features import autocast
+from .features import autocast, precision
 from .protocols.base import ProtocolOutput
 from .trained_heads import build_head as _build_head
 
@@ -34,7 +34,8 @@ def build_head(cfg: RunConfig, model: Backbone, n_out: int, pretrained: bool | N
     """The run's head; the DeiT head starts from ImageNet DeiT unless the backbone is random."""
     if pretrained is None:
         pretrained = cfg.weights != "random"
-    return _build_head(cfg.head, model, n_out, cfg.input_size, arch=cfg.head_arch, pretrained=pretrained)
+    return _build_head(cfg.head, model, n_out, cfg.input_size, arch=cfg.head_arch, pretrained=pretrained,
+                       depth=cfg.head_depth, tokens=cfg.head_tokens)
 
 
 class Trainable(nn.Module):
@@ -48,7 +49,8 @@ class Trainable(nn.Module):
         if self.with_stem:
             h = self.backbone.stem(h)
         h = self.backbone.run_blocks(h, self.k)
-        z = self.backbone.tokens(h) if getattr(self.head, "wants_tokens", False) else self.backbone.readout(h)
+        z = self.head.take_tokens(self.backbone, h) if getattr(self.head, "wants_tokens", False) \
+            else self.backbone.readout(h)
         return self.head(z)
 
 
@@ -153,17 +155,16 @@ def finetune(ctx: RunContext, plan: Plan, head: nn.Module) -> ProtocolOutput:
     with ctx.timings("prefix"):
         for split in plan.cached_splits:
             inputs[split] = _cached_prefix(ctx, prefix, plan.k, split)
-    red_only = cfg.gray == "red" and ds.n_channels == 1
 
     def forward_batch(split: str, idx: np.ndarray, train: bool) -> torch.Tensor:
         if split in inputs:
             h = torch.from_numpy(np.ascontiguousarray(inputs[split][idx])).to(device)
             return trainable(h)
-        x = pre(pre.to_device(ds.splits[split].images[idx], device))
+        u8 = pre.to_device(ds.splits[split].images[idx], device)
         if train and policy is not None:
-            x = augment.apply(x, policy, aug_gen)
-            if red_only:  # intensity jitter must not put signal back into the zeroed channels
-                x[:, 1:] = 0
+            x = augment.augmented(pre, u8, policy, aug_gen)  # in pixel space, then normalised
+        else:
+            x = pre(u8)
         if plan.train_stem:
             return trainable(x)
         with torch.no_grad():
@@ -191,7 +192,7 @@ def finetune(ctx: RunContext, plan: Plan, head: nn.Module) -> ProtocolOutput:
         y_all = torch.from_numpy(ds.splits[split].labels)
         for start in range(0, n, cfg.batch_size):
             idx = np.arange(start, min(start + cfg.batch_size, n))
-            with autocast(device):
+            with autocast(device, cfg.precision):
                 logits = forward_batch(split, idx, train=False).float()
             loss_sum += float(heads.loss_fn(ds.task, logits, y_all[idx].to(device), reduction="sum"))
             out.append(heads.scores_from_logits(ds.task, logits).cpu().numpy())
@@ -199,7 +200,7 @@ def finetune(ctx: RunContext, plan: Plan, head: nn.Module) -> ProtocolOutput:
         return np.concatenate(out), loss_sum / denom
 
     opt = torch.optim.AdamW(groups, lr=cfg.lr)
-    use_scaler = device.type == "cuda" and not torch.cuda.is_bf16_supported()
+    use_scaler = precision(device, cfg.precision) == "fp16"
     scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
     weight = class_weights(ds.task, ds.splits["train"].labels, ds.n_outputs).to(device) \
         if cfg.balance == "weighted-loss" else None
@@ -231,7 +232,7 @@ def finetune(ctx: RunContext, plan: Plan, head: nn.Module) -> ProtocolOutput:
             idx = np.sort(order[i * cfg.batch_size:(i + 1) * cfg.batch_size])
             for g in opt.param_groups:
                 g["lr"] = g["base_lr"] * lr_factor(cfg, step, steps_per_epoch)
-            with autocast(device):
+            with autocast(device, cfg.precision):
                 logits = forward_batch("train", idx, train=True).float()
             loss = heads.loss_fn(ds.task, logits, torch.from_numpy(train_labels[idx]).to(device), class_weight=weight)
             opt.zero_grad(set_to_none=True)

@@ -10,11 +10,13 @@ from torch import nn
 
 from backbones.base import Backbone
 from bench.errors import UserError
+from bench import options
 from bench.options import choices
 
 # --head-arch NAME starts from timm's supervised ImageNet-1k DeiT of that name
 DEIT_ARCHS = {name: f"{name}_patch16_224.fb_in1k" for name in choices("head_arch")}
-DEIT_HEAD_DEPTH = 2  # DeiT blocks in the head: the first blocks of the pretrained DeiT
+DEIT_HEAD_DEPTH = options.get("head_depth").default  # the first blocks of the pretrained DeiT
+HEAD_TOKENS = choices("head_tokens")
 
 
 class LinearHead(nn.Module):
@@ -39,6 +41,18 @@ class MLPHead(nn.Module):
         return self.net(z)
 
 
+def take_tokens(backbone: Backbone, h: torch.Tensor, which: str = "all") -> torch.Tensor:
+    """The backbone's tokens for a token head (--head-tokens): ``all`` after the final norm
+    (class/register tokens first), ``patches`` the same without them, ``patches-prenorm`` the
+    patch tokens of the last block before the final norm (the paper reads DINOv2's x_prenorm[:, 1:]).
+    Feature maps (CNNs, SAM) have no prefix and no final norm in the way: all three agree there
+    except where the adapter's tokens() normalises."""
+    if which == "patches-prenorm" and h.ndim == 3:
+        return h[:, backbone.num_prefix_tokens:]
+    t = backbone.tokens(h)
+    return t if which == "all" else t[:, backbone.num_prefix_tokens:]
+
+
 class DeiTHead(nn.Module):
     """Tokens (B, N, C) -> Linear+LayerNorm projector -> own CLS + position embeddings ->
     DeiT blocks -> norm -> classifier on CLS. CNN feature maps arrive as flattened tokens."""
@@ -46,8 +60,10 @@ class DeiTHead(nn.Module):
     wants_tokens = True
 
     def __init__(self, in_dim: int, n_tokens: int, n_out: int, arch: str = "deit_small",
-                 pretrained: bool = True, depth: int = DEIT_HEAD_DEPTH, n_prefix: int = 0) -> None:
+                 pretrained: bool = True, depth: int = DEIT_HEAD_DEPTH, n_prefix: int = 0,
+                 tokens: str = "all") -> None:
         super().__init__()
+        self.token_choice = tokens
         from backbones import timm_common
 
         name = DEIT_ARCHS[arch]
@@ -56,6 +72,8 @@ class DeiTHead(nn.Module):
                                                        name=f"timm:{name}")
         except UserError as e:
             raise UserError(f"--head deit starts from ImageNet DeiT ({arch}): {e}") from None
+        if depth > len(deit.blocks):
+            raise UserError(f"--head-depth {depth}: {arch} has {len(deit.blocks)} blocks")
         dim = deit.embed_dim
         self.proj = nn.Sequential(nn.Linear(in_dim, dim), nn.LayerNorm(dim))
         self.cls_token = nn.Parameter(deit.cls_token.detach().clone())
@@ -63,6 +81,9 @@ class DeiTHead(nn.Module):
         self.blocks = nn.Sequential(*list(deit.blocks)[:depth])
         self.norm = deit.norm
         self.fc = nn.Linear(dim, n_out)
+
+    def take_tokens(self, backbone: Backbone, h: torch.Tensor) -> torch.Tensor:
+        return take_tokens(backbone, h, self.token_choice)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         x = self.proj(tokens)
@@ -87,7 +108,7 @@ def _resize_pos_embed(pos: torch.Tensor, n_patches: int, n_prefix: int = 0) -> t
 
 
 def build_head(head: str, backbone: Backbone, n_out: int, input_size: int, *, arch: str | None = None,
-               pretrained: bool = True) -> nn.Module:
+               pretrained: bool = True, depth: int | None = None, tokens: str | None = None) -> nn.Module:
     if head == "linear":
         return LinearHead(backbone.embed_dim, n_out)
     if head == "mlp":
@@ -100,7 +121,9 @@ def build_head(head: str, backbone: Backbone, n_out: int, input_size: int, *, ar
         backbone.eval()
         x = torch.zeros(1, 3, input_size, input_size,
                         device=next(backbone.parameters()).device)
-        tokens = backbone.tokens(backbone.run_blocks(backbone.stem(x)))
+        tokens = tokens or "all"
+        t = take_tokens(backbone, backbone.run_blocks(backbone.stem(x)), tokens)
         backbone.train(was_training)
-    return DeiTHead(tokens.shape[-1], tokens.shape[1], n_out, arch or "deit_small", pretrained,
-                    n_prefix=backbone.num_prefix_tokens)
+    n_prefix = backbone.num_prefix_tokens if tokens == "all" else 0
+    return DeiTHead(t.shape[-1], t.shape[1], n_out, arch or "deit_small", pretrained, depth or DEIT_HEAD_DEPTH,
+                    n_prefix=n_prefix, tokens=tokens)

@@ -116,12 +116,13 @@ def test_shipped_configs(tmp_path, capsys):
     from bench.sweep.grid import load
 
     paper = load(ROOT / "configs" / "paper.yaml").points()
-    assert len(paper) == 7 * 12 * 4 * 3
+    assert len(paper) == 6 * 12 * 4 * 3 and {p["recipe"] for p in paper} == {"paper"}
     protocols = {(p.get("head", "linear"), p.get("unfreeze", "none")) for p in paper}
     assert protocols == {("linear", "none"), ("deit", "none"), ("linear", "last2"), ("linear", "all")}
     assert {p["size"] for p in paper} == {224}
     plus = load(ROOT / "configs" / "medmnistplus.yaml").points()
-    assert {p["size"] for p in plus} == {28, 64, 128, 224} and len(plus) == 6 * 12 * 4 * 3 * 3
+    assert {p["size"] for p in plus} == {28, 64, 128, 224} and len(plus) == 9 * 12 * 4 * 3 * 3
+    assert {p["recipe"] for p in plus} == {"medmnistplus"} and {p["seed"] for p in plus} == {9930641, 115149041, 252139603}
     # the smoke grid runs as shipped, on the real file shipped with it (MD5 checked)
     argv = ["sweep", str(ROOT / "configs" / "smoke.yaml"), "--data-root", str(ROOT / "examples" / "medmnist"),
             "--results-dir", str(tmp_path / "results"), "-q"]

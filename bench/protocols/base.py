@@ -71,6 +71,10 @@ class Protocol:
         a backward = 2). Used to balance shards and by benchmarks/estimate_cost.py."""
         return float(n.total)
 
+    def describe(self, cfg: "RunConfig") -> dict:
+        """What the head is, for dry runs (e.g. the DeiT head's depth)."""
+        return {"head": cfg.head}
+
     def head_parameters(self, cfg: "RunConfig", model, n_outputs: int) -> int:
         """Trainable parameters of the head (dry runs report them; nothing is downloaded)."""
         return 0

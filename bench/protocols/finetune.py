@@ -8,8 +8,9 @@ from ..config import parse_unfreeze
 from ..context import RunContext, frozen_identity
 from .base import Protocol, ProtocolOutput, SplitSizes
 
+DEIT_OPTIONS = ("head_arch", "head_depth", "head_tokens")  # read by the DeiT head only
 TRAINED_OPTIONS = tuple(n for n in options.names("run", per_protocol=True)
-                        if options.get(n).group == options.TRAINED and n != "head_arch")
+                        if options.get(n).group == options.TRAINED and n not in DEIT_OPTIONS)
 
 
 class Finetune(Protocol):
@@ -17,11 +18,15 @@ class Finetune(Protocol):
     heads = ("linear", "mlp")
     options = TRAINED_OPTIONS
     kind = "trained"
-    description = "AdamW on blocks[L-N:] + readout + head; epoch chosen on val; frozen prefix cached"
-    head_fraction = 0.0  # head cost relative to one backbone pass (cost estimates)
+    description = ("AdamW on blocks[L-N:] + readout + head; epoch chosen on val; frozen prefix cached "
+                   "(also --head linear --linear-mode online: the head alone, on images)")
+
+    def head_fraction(self, cfg) -> float:
+        """Head cost relative to one backbone pass (cost estimates)."""
+        return 0.0
 
     def applies(self, cfg) -> bool:
-        return cfg.head != "linear" or cfg.unfreeze != "none"
+        return cfg.head != "linear" or cfg.unfreeze != "none" or cfg.linear_mode == "online"
 
     def plan(self, cfg, model):
         """Which blocks train and whether the frozen prefix is cached (bench.train.Plan)."""
@@ -50,7 +55,7 @@ class Finetune(Protocol):
         return n.total * (1 - self._fraction(cfg, num_blocks))
 
     def cost(self, cfg, n: SplitSizes, num_blocks: int) -> float:
-        frac = self._fraction(cfg, num_blocks) + self.head_fraction
+        frac = self._fraction(cfg, num_blocks) + self.head_fraction(cfg)
         per_epoch = (3 * n.train + n.val) * frac  # forward + backward on train, forward on val
         if self.shares(cfg) is None and cfg.unfreeze != "all":  # augmented: the train prefix runs every epoch
             per_epoch += n.train * (1 - self._fraction(cfg, num_blocks))

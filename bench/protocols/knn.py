@@ -1,4 +1,5 @@
-"""kNN probe on cached readout features: cosine similarity, k nearest train images vote."""
+"""kNN probe on cached readout features: the k nearest train images (cosine or euclidean) vote
+(shares per class, or the majority class as MedMNIST+)."""
 from __future__ import annotations
 
 from ..context import RunContext
@@ -9,9 +10,9 @@ from .probe import probe_shares
 class KNNProbe(Protocol):
     name = "knn"
     heads = ("knn",)
-    options = ("knn_k",)
+    options = ("knn_k", "knn_metric", "knn_vote")
     kind = "probe"
-    description = "k nearest train neighbours (cosine) on cached features; scores = vote shares"
+    description = "k nearest train neighbours (cosine | euclidean) on cached features; scores = vote shares | majority"
 
     def applies(self, cfg) -> bool:
         return cfg.unfreeze == "none"
@@ -35,8 +36,10 @@ class KNNProbe(Protocol):
         y_train = ds.splits["train"].labels
         with ctx.timings("head"):
             val, test = (heads.knn_scores(feats["train"], y_train, feats[s], ds.task, ds.n_outputs, cfg.knn_k,
-                                          ctx.device) for s in ("val", "test"))
-        return ProtocolOutput(val, test, {"head": "knn", "k": cfg.knn_k, "metric": "cosine"})
+                                          ctx.device, metric=cfg.knn_metric, vote=cfg.knn_vote)
+                         for s in ("val", "test"))
+        return ProtocolOutput(val, test, {"head": "knn", "k": cfg.knn_k, "metric": cfg.knn_metric,
+                                          "vote": cfg.knn_vote})
 
 
 KNN = KNNProbe()

@@ -19,7 +19,7 @@ class LinearProbe(Protocol):
     description = "linear head grid (8 lr x 2 weight decay) on cached features of a frozen backbone"
 
     def applies(self, cfg) -> bool:
-        return cfg.head == "linear" and cfg.unfreeze == "none"
+        return cfg.head == "linear" and cfg.unfreeze == "none" and cfg.linear_mode == "cached"
 
     def shares(self, cfg) -> tuple:
         return probe_shares(cfg)

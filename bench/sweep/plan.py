@@ -207,7 +207,7 @@ def features_cached(cfg: RunConfig, opts: RunOptions, known: dict, md5_memo: dic
     if wkey is None or fp is None:
         return None
     cache = FeatureCache(Path(opts.cache_dir or default_cache_dir()))
-    prec = precision(pick_device(opts.device))
+    prec = precision(pick_device(opts.device), cfg.precision)
     return all(cache.exists(feature_parts(cfg, wkey, fp, s, precision=prec)) for s in SPLITS)
 
 
@@ -258,8 +258,12 @@ def summarize(plan: Plan, opts: RunOptions, retry_failed: bool) -> dict:
         key = group_key(c)
         runs.append({"run_id": c.run_id, "status": state, "probe": c.is_probe,
                      "group": group_id(key) if key[0] != "run" else None})
+    from ..recipes import get as recipe
+
+    recipes_used = {c.recipe for c in plan.runs}
     return {
         "runs": len(plan.runs), "grid_runs": plan.total, "collapsed_points": plan.collapsed,
+        "recipes": {name: recipe(name).values() for name in sorted(recipes_used)},
         "shard": f"{plan.shard[0]}/{plan.shard[1]}",
         "done": len(st.done), "failed": len(st.failed),
         "to_run": sum(st.pending(c, retry_failed) for c in plan.runs),
@@ -280,6 +284,9 @@ def print_summary(s: dict, list_runs: bool, extra: list[str]) -> None:
                                             if s["collapsed_points"] else ""))
     print(f"  results {s['results_dir']}: {s['done']} done, {s['failed']} with a recorded failure, "
           f"{s['to_run']} to run")
+    for name, values in s.get("recipes", {}).items():
+        sets = ", ".join(f"{k.replace('_', '-')}={v}" for k, v in values.items()) or "nothing (our defaults)"
+        print(f"  recipe {name} (explicit options win): {sets}")
     shared = sum(len(g["runs"]) > 1 for g in s["groups"] if g["kind"] == "features")
     unknown = f", {s['features_unknown']} unknown (default weights not run yet here)" if s["features_unknown"] else ""
     print(f"  frozen features: {s['feature_groups']} extractions ({shared} shared by several runs), "
