@@ -165,11 +165,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if getattr(args, "format", "unset") is None:
-        args.format = ["md", "html", "png"]
     try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if getattr(args, "format", "unset") is None:
+            args.format = ["md", "html", "png"]
         return args.fn(args)
     except UserError as e:
         print(f"bench: error: {e}", file=sys.stderr)

@@ -17,7 +17,7 @@ if TYPE_CHECKING:  # the planner imports this module without torch
 
     from .config import RunConfig, RunOptions
     from .datasets import Dataset
-    from .features import FeatureCache
+    from .cache import FeatureCache
     from .preprocess import Preprocess
 
 
@@ -106,7 +106,8 @@ class RunContext:
 
         return self.cache.get_or_compute(self.feature_parts(split, what), lambda: extract(
             fn, self.dataset.splits[split].images, self.pre, self.device, self.opts.extract_batch_size,
-            f"{what} {split}", self.opts.quiet, self.cfg.precision), memory_budget=memory_budget)
+            f"{what} {split}", self.opts.quiet, self.cfg.precision), memory_budget=memory_budget,
+            rows=len(self.dataset.splits[split]))
 
     def readout_features(self, split: str) -> "np.ndarray":
         """Readout features of the fully frozen backbone for one split, from the cache when possible."""

@@ -1,32 +1,15 @@
-"""Frozen features: run the frozen part of a backbone once per image and cache the result on disk.
-
-The cache key holds everything that changes the output (adapter, variant, weights fingerprint,
-readout, input size, resize and gray policy, dataset file md5, split, limit, how far into the
-backbone we go, and a code version), so a stale entry can never be served.
-"""
+"""The frozen pass: run the frozen part of a backbone once per image, in batches, under autocast
+on CUDA (the disk cache around it is bench.cache; its key, bench.context.feature_parts)."""
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
-import os
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
-from filelock import FileLock
-from tqdm.auto import tqdm
 
 from .preprocess import Preprocess
-
-# bump when extraction code changes what it produces
-CACHE_VERSION = 1
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("BENCH_CACHE_DIR") or Path.home() / ".cache" / "medfm-bench")
+from .progress import Progress
 
 
 def precision(device: torch.device, requested: str = "auto") -> str:
@@ -52,12 +35,14 @@ def autocast(device: torch.device, requested: str = "auto") -> contextlib.Abstra
 
 def iterate_batches(images: np.ndarray, batch_size: int, desc: str = "", quiet: bool = False):
     """Yield (start, uint8 numpy batch) slices; memmapped arrays are read a batch at a time."""
-    bar = tqdm(total=len(images), desc=desc, unit="img", disable=quiet or None, leave=False)
-    for start in range(0, len(images), batch_size):
-        batch = images[start:start + batch_size]
-        yield start, batch
-        bar.update(len(batch))
-    bar.close()
+    bar = Progress(len(images), desc, "img", quiet)
+    try:
+        for start in range(0, len(images), batch_size):
+            batch = images[start:start + batch_size]
+            yield start, batch
+            bar.update(len(batch))
+    finally:
+        bar.close()
 
 
 @torch.inference_mode()
@@ -76,43 +61,3 @@ def extract(fn: Callable[[torch.Tensor], torch.Tensor], images: np.ndarray, pre:
     if out is None:
         raise ValueError("no images to extract features from")
     return out
-
-
-@dataclass
-class FeatureCache:
-    root: Path
-
-    def key(self, parts: dict) -> str:
-        blob = json.dumps({**parts, "cache_version": CACHE_VERSION}, sort_keys=True, default=str)
-        return hashlib.sha256(blob.encode()).hexdigest()[:24]
-
-    def path(self, key: str) -> Path:
-        return self.root / "features" / f"{key}.npy"
-
-    def get_or_compute(self, parts: dict, compute: Callable[[], np.ndarray],
-                       memory_budget: int | None = None) -> tuple[np.ndarray, bool]:
-        """(features, hit). Concurrent workers asking for the same key compute it once.
-        Arrays larger than ``memory_budget`` bytes come back memory-mapped from the cache file."""
-        key = self.key(parts)
-        path = self.path(key)
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with FileLock(str(path) + ".lock"):
-                if not path.exists():  # else another worker finished it while we waited
-                    feats = compute()
-                    tmp = path.with_name(f"{path.stem}.tmp{os.getpid()}.npy")
-                    np.save(tmp, feats)
-                    tmp.with_suffix(".json").write_text(json.dumps(parts, indent=1, default=str))
-                    os.replace(tmp.with_suffix(".json"), path.with_suffix(".json"))
-                    os.replace(tmp, path)  # the .npy appears last: its presence means complete
-                    return self._fit(feats, path, memory_budget), False
-        return self._fit(np.load(path, mmap_mode="r"), path, memory_budget), True
-
-    @staticmethod
-    def _fit(arr: np.ndarray, path: Path, memory_budget: int | None) -> np.ndarray:
-        if memory_budget is not None and arr.nbytes > memory_budget:
-            return arr if isinstance(arr, np.memmap) else np.load(path, mmap_mode="r")
-        return np.array(arr) if isinstance(arr, np.memmap) else arr
-
-    def exists(self, parts: dict) -> bool:
-        return self.path(self.key(parts)).exists()

@@ -16,7 +16,8 @@ from . import datasets, metrics, recipes
 from .config import RunConfig, RunOptions, parse_unfreeze
 from .context import RunContext, Timings, log
 from .errors import UserError
-from .features import FeatureCache, default_cache_dir, precision
+from .cache import FeatureCache, default_cache_dir
+from .features import precision
 from .preprocess import Preprocess
 from .results import ResultStore, RunResult, git_revision, now, versions
 
@@ -78,24 +79,51 @@ def normalization(cfg: RunConfig, model: Backbone, ds: datasets.Dataset, opts: R
 
 
 def execute(cfg: RunConfig, opts: RunOptions, *, model: Backbone | None = None,
-            cache: FeatureCache | None = None) -> RunResult:
+            cache: FeatureCache | None = None, lock: bool = True) -> RunResult:
     """Run ``cfg`` unless its result exists (then read it back; ``opts.force`` reruns).
 
     ``model``: a backbone built by the caller (a notebook, a test) instead of the registry's;
     its weights must be what ``cfg`` says (bench.api.run fingerprints an instance for the id).
-    ``cache``: the feature cache to use (default: ``opts.cache_dir``)."""
+    ``cache``: the feature cache to use (default: ``opts.cache_dir``). ``lock``: hold the run's
+    lock while it runs, so two processes never run one id at once (False: the caller holds it)."""
     store = ResultStore(opts.results_dir)
     if store.is_done(cfg.run_id) and not opts.force:
         log(f"{cfg.run_id}: already done ({store.csv_path(cfg.run_id)}); --force to rerun", opts.quiet)
         return RunResult.read(store, cfg.run_id)
     store.check_writable()
+    if not lock:
+        return _execute(cfg, opts, store, model, cache)
+    with run_lock(opts.results_dir, cfg.run_id):
+        if store.is_done(cfg.run_id) and not opts.force:  # finished by another process meanwhile
+            return RunResult.read(store, cfg.run_id)
+        return _execute(cfg, opts, store, model, cache)
+
+
+def run_lock(results_dir: Path, run_id: str):
+    """The lock a run executes under (results/locks/<run_id>.lock; released by the OS if the
+    process dies)."""
+    from filelock import FileLock
+
+    from .fsio import disk_error
+
+    path = Path(results_dir) / "locks" / f"{run_id}.lock"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise disk_error(e, "lock file", path) from None
+    return FileLock(str(path), thread_local=False)
+
+
+def _execute(cfg: RunConfig, opts: RunOptions, store: ResultStore, model: Backbone | None,
+             cache: FeatureCache | None) -> RunResult:
+    store.remove_stale(cfg.run_id)  # we hold the lock: temporaries of this id are from a killed run
     protocol = cfg.protocol
     timings = Timings()
     t0 = time.perf_counter()
     device = pick_device(opts.device)
     cache = cache or FeatureCache(Path(opts.cache_dir or default_cache_dir()))
     with timings("load_data"):
-        ds = datasets.load(cfg.dataset, cfg.size, load_options(cfg, opts))
+        ds = datasets.load(cfg.dataset, cfg.size, load_options(cfg, opts)).validate()
     if model is None:
         model = build_backbone(cfg)
     else:

@@ -123,22 +123,29 @@ def test_more_bad_input_is_one_line_exit_2(capsys, data_root, tmp_path, flags, m
     assert code == 2 and match in err and err.count("\n") == 1
 
 
-def test_force_rerun_that_dies_leaves_the_run_not_done(capsys, data_root, tmp_path, monkeypatch):
+def test_force_rerun_that_fails_to_write_keeps_the_old_result(capsys, data_root, tmp_path, monkeypatch):
+    import errno
+
+    from bench import fsio
+
     args = ["--backbone", "dummy", "--head", "knn", *common(data_root, tmp_path / "r")]
     assert run(capsys, *args)[0] == 0
     store = results.ResultStore(tmp_path / "r")
     run_id = next((tmp_path / "r" / "runs").glob("*.csv")).stem
-    real = results.atomic_write_text
+    before = {p: p.read_bytes() for p in (tmp_path / "r").rglob("*") if p.is_file() and "locks" not in p.parts}
+    real = fsio._write_tmp
 
-    def fail_on_json(path, text):
+    def full_on_json(path, data):
         if str(path).endswith(".json"):
-            raise OSError("disk full")
-        return real(path, text)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(path, data)
 
-    monkeypatch.setattr(results, "atomic_write_text", fail_on_json)
-    with pytest.raises(OSError):
-        main(["run", *args, "--force"])
-    assert not store.is_done(run_id)
+    monkeypatch.setattr(fsio, "_write_tmp", full_on_json)
+    code, err = run(capsys, *args, "--force")
+    assert code == 2 and "No space left on device" in err
+    assert store.is_done(run_id)
+    after = {p: p.read_bytes() for p in (tmp_path / "r").rglob("*") if p.is_file() and "locks" not in p.parts}
+    assert after == before  # the completed result as it was, and no temporaries
 
 
 def test_fortran_order_arrays_survive_memory_mapping(tmp_path, monkeypatch):

@@ -178,7 +178,7 @@ def test_unwritable_results_dir(capsys, base, tmp_path):
     ro.mkdir()
     ro.chmod(0o500)
     code, _, err = run(capsys, "--backbone", "dummy", "--dataset", "breastmnist", *base[:3], "--results-dir", str(ro))
-    assert code == 2 and "not writable" in err
+    assert code == 2 and "is a file, not a folder" in err
 
 
 def test_results_dir_that_is_a_file(capsys, base, tmp_path):
@@ -186,7 +186,7 @@ def test_results_dir_that_is_a_file(capsys, base, tmp_path):
     blocker.write_text("x")
     code, _, err = run(capsys, "--backbone", "dummy", "--dataset", "breastmnist", *base[:3],
                        "--results-dir", str(blocker / "sub"))
-    assert code == 2 and "not writable" in err
+    assert code == 2 and "is a file, not a folder" in err
 
 
 @pytest.mark.slow

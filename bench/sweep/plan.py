@@ -122,6 +122,7 @@ def parse_shard(text: str) -> tuple[int, int]:
 class Status:
     done: set[str] = field(default_factory=set)
     failed: dict[str, int] = field(default_factory=dict)  # run_id -> failure file mtime_ns
+    environment: set[str] = field(default_factory=set)   # failures of the machine: retried anyway
 
     @classmethod
     def scan(cls, results_dir: Path, cfgs: list[RunConfig]) -> "Status":
@@ -137,11 +138,14 @@ class Status:
             try:
                 st.failed[c.run_id] = f.stat().st_mtime_ns
             except FileNotFoundError:
-                pass
+                continue
+            if store.failure_kind(c.run_id) == "environment":
+                st.environment.add(c.run_id)
         return st
 
     def pending(self, cfg: RunConfig, retry_failed: bool) -> bool:
-        return cfg.run_id not in self.done and (retry_failed or cfg.run_id not in self.failed)
+        return cfg.run_id not in self.done and (retry_failed or cfg.run_id not in self.failed
+                                                or cfg.run_id in self.environment)
 
 
 # -- frozen feature cache status -------------------------------------------------------------------
@@ -200,7 +204,8 @@ def features_cached(cfg: RunConfig, opts: RunOptions, known: dict, md5_memo: dic
     that cannot be known yet (default weights never run here, or the dataset file is missing)."""
     from ..context import feature_parts
     from ..datasets import SPLITS
-    from ..features import FeatureCache, default_cache_dir, precision
+    from ..cache import FeatureCache, default_cache_dir
+    from ..features import precision
     from ..runner import pick_device
 
     wkey, fp = weights_key_for(cfg, known), data_fingerprint(cfg, opts, md5_memo)
