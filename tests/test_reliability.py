@@ -4,6 +4,7 @@ environment variables and sweep settings, and progress in logs."""
 from __future__ import annotations
 
 import contextlib
+import re
 import hashlib
 import os
 import subprocess
@@ -236,3 +237,75 @@ def test_progress_lines_off_a_terminal(capsys, data_root, tmp_path, monkeypatch)
     code, err = run(capsys, "--backbone", "dummy", "--head", "knn", *[a for a in common(data_root, tmp_path / "r")
                                                                       if a != "-q"])
     assert code == 0 and "readout train: 96/96 img (100%)" in err and "img/s" in err, err
+
+
+# --- report inputs ------------------------------------------------------------------------------
+
+def _two_runs(capsys, data_root: Path, out: Path) -> list[str]:
+    for backbone in ("dummy", "resnet18_28"):
+        assert run(capsys, "--backbone", backbone, "--weights", "random", "--head", "knn", *common(data_root, out))[0] == 0
+    return sorted(p.stem for p in (out / "runs").glob("*.csv"))
+
+
+def _auc_7_5(out: Path, rid: str) -> None:
+    p = out / "runs" / f"{rid}.csv"
+    lines = p.read_text().splitlines()
+    lines = [lines[0]] + [re.sub(r",[^,]*$", ",7.5", l) if ",test,auc," in l else l for l in lines[1:]]
+    p.write_text("\n".join(lines) + "\n")
+
+
+def _copied(out: Path, rid: str) -> None:
+    (out / "runs" / f"{rid}-copy.csv").write_bytes((out / "runs" / f"{rid}.csv").read_bytes())
+
+
+def _duplicated_rows(out: Path, rid: str) -> None:
+    p = out / "runs" / f"{rid}.csv"
+    lines = p.read_text().splitlines()
+    p.write_text("\n".join(lines + lines[1:]) + "\n")
+
+
+def _garbage_scores(out: Path, rid: str) -> None:
+    (out / "scores" / f"{rid}.npz").write_bytes(b"garbage")
+
+
+def _short_scores(out: Path, rid: str) -> None:
+    np.savez(out / "scores" / f"{rid}.npz", y_true=np.zeros(3), y_score=np.zeros((3, 2)))
+
+
+def _meta_list(out: Path, rid: str) -> None:
+    (out / "meta" / f"{rid}.json").write_text("[1, 2]")
+
+
+@pytest.mark.parametrize("damage,reason", [
+    (_auc_7_5, "test auc = 7.5 is out of its range"), (_copied, "a copied or merged file"),
+    (_duplicated_rows, "written twice"), (_garbage_scores, "is unreadable"),
+    (_short_scores, "has 3 labels"), (_meta_list, "holds a list, not a mapping"),
+])
+def test_report_skips_and_lists_invalid_runs(capsys, data_root, tmp_path, damage, reason):
+    out = tmp_path / "r"
+    good, bad = _two_runs(capsys, data_root, out)
+    damage(out, bad)
+    assert main(["report", "--results-dir", str(out), "--out", str(tmp_path / "rep"), "--format", "md",
+                 "--n-boot", "20"]) == 0
+    err = capsys.readouterr().err
+    assert f"skipping" in err and reason in err, err
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "skipped because their files are invalid" in md and reason in md
+    import pandas as pd
+
+    # the skipped run is in no table: nothing of it is averaged in
+    tables = [pd.read_csv(t) for t in (tmp_path / "rep" / "tables").glob("*.csv")]
+    models = {str(m) for t in tables if "model" in t.columns for m in t["model"]}
+    if damage is _copied:  # the original stays valid: the model is there, once
+        assert "resnet18_28 (random)" in models and re.search(r"runs in report \| 2 \(of 2 completed", md), md
+    else:
+        assert models and not any(m.startswith("resnet18_28") for m in models), models
+
+
+def test_report_out_that_is_a_file_is_one_line(capsys, data_root, tmp_path):
+    out = tmp_path / "r"
+    _two_runs(capsys, data_root, out)
+    (tmp_path / "file").write_text("x")
+    assert main(["report", "--results-dir", str(out), "--out", str(tmp_path / "file"), "--format", "md"]) == 2
+    err = capsys.readouterr().err
+    assert "is a file, not a folder" in err and err.count("\n") == 1

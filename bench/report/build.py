@@ -184,6 +184,10 @@ def _summary(a: T.Analysis, secs) -> list[str]:
         out.append(f"Filters: {'; '.join(rs.filters)} ({n_runs} of {rs.n_total_runs} runs kept).")
     if rs.failures:
         out.append(f"{len(rs.failures)} failed run(s) in {display_path(rs.root)}/failures are not in the tables.")
+    if rs.skipped:
+        listed = "; ".join(f"{Path(s['file']).name}: {s['reason']}" for s in rs.skipped[:10])
+        more = f" (and {len(rs.skipped) - 10} more)" if len(rs.skipped) > 10 else ""
+        out.append(f"{len(rs.skipped)} run(s) skipped because their files are invalid: {listed}{more}.")
     partial = a.summary[a.summary.n < a.summary.expected_n]
     if len(partial):
         out.append(f"{len(partial)} cell(s) have fewer seeds than their section (marked †).")
@@ -228,6 +232,9 @@ def provenance(a: T.Analysis) -> Table:
 
 
 def write(report: Report, out: Path, fmts: list[str]) -> Path:
+    from ..fsio import check_creatable
+
+    check_creatable(out, "report folder", "--out")  # a file in the way, or read-only: one line
     out.mkdir(parents=True, exist_ok=True)
     fig_dir, tab_dir = out / "figures", out / "tables"
     # files from an earlier report in the same folder would otherwise linger as stale results

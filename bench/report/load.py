@@ -41,6 +41,7 @@ class RunSet:
     failures: list[dict] = field(default_factory=list)
     filters: list[str] = field(default_factory=list)
     n_total_runs: int = 0
+    skipped: list[dict] = field(default_factory=list)  # {"run_id", "file", "reason"}: invalid inputs left out
 
     def scores(self, run_id: str) -> tuple[np.ndarray, np.ndarray] | None:
         from ..results import ResultStore
@@ -71,13 +72,11 @@ def load_results(results_dir: Path, filters: list[str] | tuple[str, ...] = ()) -
         extra = f" ({len(failures)} failed run(s) in {root / 'failures'})" if failures else ""
         raise UserError(f"no completed runs in {runs_dir}{extra}; run `bench run ...` first "
                         f"or pass --results-dir to the folder holding runs/")
-    frames = [_read_run_csv(p) for p in files]
+    frames, meta, skipped = _valid_runs(store, files)
+    if not frames:
+        raise UserError(f"no valid runs in {runs_dir}: {len(skipped)} skipped, e.g. {skipped[0]['file']}: "
+                        f"{skipped[0]['reason']}")
     rows = pd.concat(frames, ignore_index=True)
-    meta = {}
-    for rid in rows.run_id.unique():
-        got = store.read_meta(rid)
-        if got:
-            meta[rid] = got
     n_total = rows.run_id.nunique()
     rows = apply_filters(rows, filters)
     rows = rows.assign(model=model_labels(rows, meta))
@@ -85,7 +84,74 @@ def load_results(results_dir: Path, filters: list[str] | tuple[str, ...] = ()) -
             .set_index("run_id", drop=False))
     runs = runs.assign(task=[meta.get(r, {}).get("task") for r in runs.run_id],
                        created=[meta.get(r, {}).get("created") for r in runs.run_id])
-    return RunSet(root, rows.reset_index(drop=True), runs, meta, failures, list(filters), n_total)
+    return RunSet(root, rows.reset_index(drop=True), runs, meta, failures, list(filters), n_total, skipped)
+
+
+# metrics that are fractions (a value outside [0, 1] is a corrupt or foreign file); kappa is [-1, 1]
+_UNIT_METRICS = ("acc", "auc", "balanced_acc", "macro_f1", "ece", "brier")
+
+
+def _valid_runs(store, files: list[Path]) -> tuple[list[pd.DataFrame], dict[str, dict], list[dict]]:
+    """Each run's rows and provenance, checked: a run whose files are not what `bench run` writes
+    is left out and listed (one line each on stderr), never averaged in or allowed to crash the
+    report."""
+    import sys
+
+    frames, meta, skipped, seen = [], {}, [], {}
+    for path in files:
+        try:
+            df = _read_run_csv(path)
+            rid = _check_run(store, path, df, seen)
+            got = store.read_meta(rid)
+            if got and not isinstance(got, dict):
+                raise UserError(f"{store.path('meta', rid).name} holds a {type(got).__name__}, not a mapping")
+            _check_scores(store, rid, got)
+        except UserError as e:
+            reason = str(e).replace(str(path), path.name)
+            skipped.append({"run_id": path.stem, "file": str(path), "reason": reason})
+            print(f"bench: report: skipping {path.name}: {reason}", file=sys.stderr)
+            continue
+        seen[rid] = path
+        frames.append(df)
+        if got:
+            meta[rid] = got
+    return frames, meta, skipped
+
+
+def _check_run(store, path: Path, df: pd.DataFrame, seen: dict[str, Path]) -> str:
+    ids = df.run_id.unique()
+    if len(ids) != 1 or ids[0] != path.stem:
+        raise UserError(f"holds run id(s) {', '.join(map(str, ids[:3]))} but is named {path.stem} "
+                        f"(a copied or merged file); keep one file per run")
+    rid = str(ids[0])
+    if rid in seen:
+        raise UserError(f"run {rid} is already read from {seen[rid].name}")
+    dup = df.duplicated(["split", "metric"])
+    if dup.any():
+        row = df[dup].iloc[0]
+        raise UserError(f"{row.split} {row.metric} is written twice (a duplicated row would count as a seed)")
+    lo = df.metric.map(lambda m: -1.0 if m == "kappa" else 0.0)
+    checked = (df.metric.isin(_UNIT_METRICS) | (df.metric == "kappa") | df.metric.str.startswith("recall_")) \
+        & df.value.notna()
+    bad = df[checked & ((df.value < lo) | (df.value > 1))]
+    if not bad.empty:
+        row = bad.iloc[0]
+        raise UserError(f"{row.split} {row.metric} = {row.value:g} is out of its range")
+    return rid
+
+
+def _check_scores(store, rid: str, meta: dict) -> None:
+    try:
+        got = store.read_scores(rid)
+    except Exception as e:  # a garbage or truncated npz
+        raise UserError(f"{store.path('scores', rid).name} is unreadable ({type(e).__name__})") from None
+    if got is None:
+        return
+    y_true, y_score = got
+    n_test = ((meta or {}).get("dataset") or (meta or {}).get("dataset_file") or {}).get("n", {}).get("test")
+    if len(y_true) != len(y_score) or (n_test is not None and len(y_true) != n_test) or y_score.ndim != 2:
+        raise UserError(f"{store.path('scores', rid).name} has {len(y_true)} labels and {y_score.shape} scores; "
+                        f"the test split has {n_test}")
 
 
 def _read_run_csv(path: Path) -> pd.DataFrame:
