@@ -31,8 +31,10 @@ def options_from_args(args: argparse.Namespace):
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    cfg = config_from_args(args)
+    from .resolve import bind_data
+
     opts = options_from_args(args)
+    cfg = bind_data(config_from_args(args), opts)
     if args.dry_run:
         return _dry_run(cfg, opts)
     from .runner import execute

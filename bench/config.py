@@ -59,7 +59,8 @@ class _RunConfigMethods:
         return replace(self, **changes)
 
 
-_LATE = {o.name: o.default for o in options.OPTIONS if o.late}
+# derived fields added after run ids were published: out of the id while empty
+_LATE = {o.name: o.default for o in options.OPTIONS if o.late} | {"data_fingerprint": ""}
 
 
 def _run_fields() -> list[tuple]:
@@ -74,6 +75,8 @@ def _run_fields() -> list[tuple]:
             out.append((o.name, typ, field(default=None if o.per_protocol else o.default)))
         if o.name == "weights":  # sha256 of a weights file, so a changed file is a new run
             out.append(("weights_fingerprint", str, field(default="")))
+        if o.name == "dataset":  # "" for the published data; else its fingerprint (bench.resolve.bind_data)
+            out.append(("data_fingerprint", str, field(default="")))
     # dataclasses want the required fields first
     return sorted(out, key=lambda f: len(f) == 3)
 

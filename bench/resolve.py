@@ -39,6 +39,17 @@ def resolve(backbone: str, dataset: str, **given: Any) -> RunConfig:
     return cfg
 
 
+def bind_data(cfg: RunConfig, opts) -> RunConfig:
+    """The config with the identity of the data it will read (``data_fingerprint``): empty for a
+    dataset's published version, the file's fingerprint otherwise (e.g. --skip-md5 on a file of
+    your own), so results on different data never share a run id."""
+    from . import datasets
+    from .runner import load_options
+
+    src = datasets.source_for(cfg.dataset)
+    return cfg.replace(data_fingerprint=src.identity(cfg.dataset, cfg.size, load_options(cfg, opts, download=False)))
+
+
 def _backbone_choices(backbone: str, c: dict, explicit: set[str] = frozenset()) -> dict:
     """Variant, readout and input size resolved against the backbone's Spec; weights file fingerprinted.
     ``explicit``: options the user gave (a recipe's values give way where they do not apply)."""

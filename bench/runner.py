@@ -86,6 +86,9 @@ def execute(cfg: RunConfig, opts: RunOptions, *, model: Backbone | None = None,
     its weights must be what ``cfg`` says (bench.api.run fingerprints an instance for the id).
     ``cache``: the feature cache to use (default: ``opts.cache_dir``). ``lock``: hold the run's
     lock while it runs, so two processes never run one id at once (False: the caller holds it)."""
+    from .resolve import bind_data
+
+    cfg = bind_data(cfg, opts)  # a different file under the same dataset name is a different run
     store = ResultStore(opts.results_dir)
     if store.is_done(cfg.run_id) and not opts.force:
         log(f"{cfg.run_id}: already done ({store.csv_path(cfg.run_id)}); --force to rerun", opts.quiet)
@@ -124,6 +127,8 @@ def _execute(cfg: RunConfig, opts: RunOptions, store: ResultStore, model: Backbo
     cache = cache or FeatureCache(Path(opts.cache_dir or default_cache_dir()))
     with timings("load_data"):
         ds = datasets.load(cfg.dataset, cfg.size, load_options(cfg, opts)).validate()
+    if cfg.data_fingerprint and cfg.data_fingerprint != ds.fingerprint:
+        raise UserError(f"{cfg.dataset}: the data changed while this run was planned ({ds.path}); run it again")
     if model is None:
         model = build_backbone(cfg)
     else:

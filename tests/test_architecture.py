@@ -52,7 +52,7 @@ def test_run_ids_are_unchanged_by_the_refactor():
 
 def test_records_are_derived_from_the_option_table():
     run_fields = {f.name for f in dataclasses.fields(RunConfig)}
-    assert run_fields == set(options.names("run")) | {"weights_fingerprint"}
+    assert run_fields == set(options.names("run")) | {"weights_fingerprint", "data_fingerprint"}
     assert {f.name for f in dataclasses.fields(RunOptions)} == set(options.names("exec"))
     for o in options.OPTIONS:
         if o.scope == "exec":

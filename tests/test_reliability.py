@@ -309,3 +309,33 @@ def test_report_out_that_is_a_file_is_one_line(capsys, data_root, tmp_path):
     assert main(["report", "--results-dir", str(out), "--out", str(tmp_path / "file"), "--format", "md"]) == 2
     err = capsys.readouterr().err
     assert "is a file, not a folder" in err and err.count("\n") == 1
+
+
+# --- identity of data ---------------------------------------------------------------------------
+
+def test_a_different_file_under_the_same_name_is_a_different_run(capsys, tmp_path):
+    import pandas as pd
+
+    out = tmp_path / "r"
+    a, b = tmp_path / "a", tmp_path / "b"
+    write_synthetic_npz(a, "breastmnist", seed=0)
+    write_synthetic_npz(b, "breastmnist", seed=1)
+    for root in (a, b, a):
+        code, err = run(capsys, "--backbone", "dummy", "--head", "knn", *common(root, out))
+        assert code == 0, err
+    runs = pd.concat(pd.read_csv(p) for p in (out / "runs").glob("*.csv"))
+    assert runs.run_id.nunique() == 2  # a and b apart; a's second run was "already done"
+    from bench.report.load import load_results
+
+    rs = load_results(out)
+    assert rs.rows.model.nunique() == 2  # never merged into one cell
+
+
+def test_the_published_file_needs_no_data_fingerprint(capsys, shared_medmnist, tmp_path):
+    from bench.resolve import resolve
+
+    cfg = resolve("dummy", "breastmnist", head="knn")
+    out = tmp_path / "r"
+    assert run(capsys, "--backbone", "dummy", "--head", "knn", "--data-root", str(shared_medmnist), "--dataset",
+               "breastmnist", "--results-dir", str(out), "-q")[0] == 0
+    assert (out / "runs" / f"{cfg.run_id}.csv").exists()  # the id of the plain config: same data, same run

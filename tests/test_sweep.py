@@ -189,11 +189,19 @@ def test_failing_run_is_recorded_and_retried(tmp_path, data_root, capsys):
     out = capsys.readouterr().out
     assert "0 done, 2 already done, 0 failed, 2 not run: failure recorded earlier" in out
     assert {f: f.stat().st_mtime_ns for f in failures} == stamps
+    # --retry-failed reruns them (the same data: they fail again, and their records are renewed)
+    assert main(argv + ["--retry-failed"]) == 1
+    assert "0 done, 2 already done, 2 failed" in capsys.readouterr().out
+    assert all(f.stat().st_mtime_ns != stamps[f] for f in failures)
+    # another file under the same name is other data: new runs, not a retry of the old ones
     write_synthetic_npz(data_root, "retinamnist", n=(100, 40, 50))
-    assert main(argv + ["--retry-failed"]) == 0
+    assert main(argv) == 0
     assert "2 done, 2 already done, 0 failed" in capsys.readouterr().out
-    assert not list((results / "failures").glob("*.json"))
-    assert len(csvs(results)) == 4
+    assert len(csvs(results)) == 4 and sorted((results / "failures").glob("*.json")) == failures
+    from bench.datasets.medmnist import md5sum
+
+    retina = [json.loads(p.read_text()) for p in (results / "meta").glob("*retinamnist*.json")]
+    assert {m["config"]["data_fingerprint"] for m in retina} == {md5sum(data_root / "retinamnist.npz")}
 
 
 def test_run_locked_by_another_sweep_is_waited_for(tmp_path, data_root, capsys):

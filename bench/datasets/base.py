@@ -133,6 +133,12 @@ class DatasetSource:
         """The fingerprint a load would give, without loading (None: not known yet)."""
         return None
 
+    def identity(self, dataset: str, size: int, opts: LoadOptions) -> str:
+        """What tells this data apart in a run id: "" for a dataset's one published version (the
+        name says it all), else the data's fingerprint, so a different file under the same name
+        is a different run. Sources of the user's own data return their content fingerprint."""
+        return self.expected_fingerprint(dataset, size, opts) or ""
+
     def missing(self, dataset: str, size: int, opts: LoadOptions) -> list[str]:
         """Names of files a run would need that are not there yet (dry runs list them)."""
         return []

@@ -134,7 +134,7 @@ def main(args: argparse.Namespace) -> int:
     quiet = bool(grid.execution.get("quiet"))
     shard, shard_src = _shard(args, conf, executor)
     opts = _options(grid.execution, verbose)
-    plan = Plan.build(grid.points(), shard)
+    plan = Plan.build(grid.points(), shard, opts)
 
     if getattr(args, "dry_run", False):
         s = summarize(plan, opts, retry)

@@ -227,8 +227,13 @@ class Plan:
     shard: tuple[int, int] = (0, 1)
 
     @classmethod
-    def build(cls, points: list[dict], shard: tuple[int, int] = (0, 1)) -> "Plan":
+    def build(cls, points: list[dict], shard: tuple[int, int] = (0, 1), opts: RunOptions | None = None) -> "Plan":
+        """``opts``: where the data is, so each run id carries the identity of the data it will read."""
         cfgs, collapsed = resolve_points(points)
+        if opts is not None:
+            from ..resolve import bind_data
+
+            cfgs = list({c.run_id: c for c in (bind_data(c, opts) for c in cfgs)}.values())
         bundles = make_bundles(cfgs)
         i, n = shard
         mine = assign(bundles, n)[i] if n > 1 else bundles
