@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from . import metrics
 from .options import choices
+from .progress import track
 
 DEFAULT_LRS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1)
 DEFAULT_WDS = (0.0, 1e-3)
@@ -107,7 +107,7 @@ def train_linear_grid(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarra
     best = (-math.inf, math.inf, 0, 0, None, None)  # value, val loss, head, epoch, w, b
     grid: list[dict] = []
     step = 0
-    for epoch in tqdm(range(1, epochs + 1), desc="linear grid", disable=quiet or None, leave=False):
+    for epoch in track(range(1, epochs + 1), epochs, "linear grid", "epoch", quiet):
         perm = torch.randperm(n, generator=gen).to(device)
         for i in range(steps_per_epoch):
             idx = perm[i * batch_size:(i + 1) * batch_size]

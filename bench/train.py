@@ -16,14 +16,15 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from backbones.base import Backbone
 
 from . import augment, heads, metrics
 from .config import RunConfig, RunOptions, parse_unfreeze
 from .context import RunContext
+from .errors import UserError
 from .features import autocast, precision
+from .progress import track
 from .protocols.base import ProtocolOutput
 from .trained_heads import build_head as _build_head
 
@@ -101,6 +102,22 @@ def param_groups(cfg: RunConfig, model: Backbone, head: nn.Module, plan: Plan) -
         out.append({"params": params, "lr": cfg.lr * scale, "base_lr": cfg.lr * scale,
                     "weight_decay": 0.0 if no_decay else cfg.weight_decay})
     return out
+
+
+class TrainingDiverged(UserError):
+    """The loss became NaN or infinite: the run stops with this one-line reason (recorded by a
+    sweep as a failure of the run). Exit code 1: the input was valid, the run failed."""
+
+    exit_code = 1
+
+
+def batch_starts(n: int, batch_size: int) -> list[int]:
+    """Start index of each training batch. A last batch of one image is merged into the one before:
+    a training BatchNorm cannot normalise a single value per channel."""
+    starts = list(range(0, n, batch_size)) or [0]
+    if len(starts) > 1 and n - starts[-1] == 1:
+        starts.pop()
+    return starts
 
 
 def lr_factor(cfg: RunConfig, step: int, steps_per_epoch: int) -> float:
@@ -208,7 +225,8 @@ def finetune(ctx: RunContext, plan: Plan, head: nn.Module) -> ProtocolOutput:
     aug_gen = torch.Generator().manual_seed(cfg.seed + 1)
     train_labels = ds.splits["train"].labels
     n_train = len(train_labels)
-    steps_per_epoch = max(1, math.ceil(n_train / cfg.batch_size))
+    starts = batch_starts(n_train, cfg.batch_size)
+    steps_per_epoch = len(starts)
     y_val = ds.splits["val"].labels if metrics.is_multilabel(ds.task) else ds.splits["val"].labels[:, 0]
 
     ckpt = checkpoint_for(opts, cfg)
@@ -222,20 +240,24 @@ def finetune(ctx: RunContext, plan: Plan, head: nn.Module) -> ProtocolOutput:
     step = start_epoch * steps_per_epoch
     t_train = time.perf_counter()
     bad_epochs = (state or {}).get("bad_epochs", 0)
-    for epoch in tqdm(range(start_epoch + 1, cfg.epochs + 1), desc="fine-tune", disable=opts.quiet or None, leave=False):
+    for epoch in track(range(start_epoch + 1, cfg.epochs + 1), cfg.epochs - start_epoch, "fine-tune", "epoch",
+                       opts.quiet):
         if stopped:
             break
         set_train_mode()
         order = epoch_order(cfg, ds.task, train_labels, n_train, gen).numpy()
         loss_sum = 0.0
-        for i in range(steps_per_epoch):
-            idx = np.sort(order[i * cfg.batch_size:(i + 1) * cfg.batch_size])
+        for i, start in enumerate(starts):
+            idx = np.sort(order[start:starts[i + 1] if i + 1 < len(starts) else n_train])
             for g in opt.param_groups:
                 g["lr"] = g["base_lr"] * lr_factor(cfg, step, steps_per_epoch)
             with autocast(device, cfg.precision):
                 logits = forward_batch("train", idx, train=True).float()
             loss = heads.loss_fn(ds.task, logits, torch.from_numpy(train_labels[idx]).to(device), class_weight=weight)
             opt.zero_grad(set_to_none=True)
+            if not torch.isfinite(loss):  # a diverged run must not be selected or resumed from
+                raise TrainingDiverged(f"{cfg.run_id}: the training loss became {loss.item()} at epoch {epoch}, "
+                                       f"step {i + 1}; lower --lr (now {cfg.lr:g}) or use --grad-clip")
             scaler.scale(loss).backward()
             if cfg.grad_clip:
                 scaler.unscale_(opt)

@@ -339,3 +339,37 @@ def test_the_published_file_needs_no_data_fingerprint(capsys, shared_medmnist, t
     assert run(capsys, "--backbone", "dummy", "--head", "knn", "--data-root", str(shared_medmnist), "--dataset",
                "breastmnist", "--results-dir", str(out), "-q")[0] == 0
     assert (out / "runs" / f"{cfg.run_id}.csv").exists()  # the id of the plain config: same data, same run
+
+
+# --- training edge cases ------------------------------------------------------------------------
+
+def test_a_last_batch_of_one_is_merged_for_batchnorm(capsys, data_root, tmp_path):
+    from bench.train import batch_starts
+
+    assert batch_starts(65, 64) == [0] and batch_starts(66, 64) == [0, 64] and batch_starts(1, 64) == [0]
+    code, err = run(capsys, "--backbone", "resnet18", "--weights", "random", "--input-size", "32", "--unfreeze",
+                    "last1", "--limit", "65", "--batch-size", "64", "--epochs", "1",
+                    *common(data_root, tmp_path / "r"))
+    assert code == 0, err
+
+
+def test_a_diverging_loss_stops_the_run_with_its_reason(capsys, data_root, tmp_path):
+    args = ["--backbone", "dummy", "--weights", "random", "--unfreeze", "all", "--lr", "1e30", "--grad-clip", "0",
+            "--epochs", "2"]
+    code, err = run(capsys, *args, *common(data_root, tmp_path / "r"))
+    assert code == 1 and "the training loss became nan" in err and err.count("\n") == 1, err
+    assert not list((tmp_path / "r").glob("runs/*.csv"))
+    argv = ["sweep", *args, "--dataset", "breastmnist", "--data-root", str(data_root), "--skip-md5",
+            "--results-dir", str(tmp_path / "s")]
+    assert main(argv) == 1
+    import json
+
+    [rec] = [json.loads(p.read_text()) for p in (tmp_path / "s" / "failures").glob("*.json")]
+    assert rec["kind"] == "run" and "training loss became nan" in rec["error"]
+
+
+def test_fine_tune_progress_off_a_terminal(capsys, data_root, tmp_path, monkeypatch):
+    monkeypatch.setenv("BENCH_PROGRESS_SECONDS", "0")
+    code, err = run(capsys, "--backbone", "dummy", "--weights", "random", "--head", "mlp", "--epochs", "3",
+                    *[a for a in common(data_root, tmp_path / "r") if a != "-q"])
+    assert code == 0 and "fine-tune: 1/3 epoch" in err and "fine-tune: 3/3 epoch (100%)" in err, err
