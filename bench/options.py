@@ -125,10 +125,10 @@ OPTIONS: tuple[Option, ...] = (
     O("input_size", int, 0, low=16, help="size the backbone sees (default: its native size)"),
     O("recipe", str, "medfm", choices=RECIPE_NAMES, late=True,
       help="a publication's protocol as defaults (bench ls recipes); explicit options still win"),
-    O("resize", str, "resize", choices=("resize", "pad", "pad-normalized", "resize-crop", "none"),
-      help="fit images to the input size: resize; pad (centred on a black canvas, then normalised); "
-           "pad-normalized (normalised, then padded with 0 as MedMNIST+); resize-crop (to --crop-from, "
-           "then centre crop); none"),
+    O("resize", str, "resize", choices=("resize", "resize-nearest", "pad", "pad-normalized", "resize-crop", "none"),
+      help="fit images to the input size: resize (bilinear); resize-nearest (pixel replication, as MedMNIST "
+           "v2's PIL NEAREST); pad (centred on a black canvas, then normalised); pad-normalized (normalised, "
+           "then padded with 0 as MedMNIST+); resize-crop (to --crop-from, then centre crop); none"),
     O("crop_from", int, 0, low=0, late=True,
       help="--resize resize-crop: side resized to before the centre crop (default: input size x 256/224)"),
     O("normalize", str, "backbone", choices=("backbone", "dataset", "half"), late=True,
@@ -158,10 +158,19 @@ OPTIONS: tuple[Option, ...] = (
     O("weight_decay", float, 1e-5, group=TRAINED, per_protocol=True, low=0),
     O("batch_size", int, 64, group=TRAINED, per_protocol=True, low=1),
     O("warmup", int, 1, group=TRAINED, per_protocol=True, low=0, help="linear warm-up epochs"),
-    O("schedule", str, "cosine", group=TRAINED, per_protocol=True, choices=("cosine", "constant", "step"),
-      help="lr after warm-up (step: MedMNIST v2's x0.1 at 50% and 75%)"),
+    O("schedule", str, "cosine", group=TRAINED, per_protocol=True,
+      choices=("cosine", "cosine-epoch", "constant", "step"),
+      help="lr after warm-up: cosine per step; cosine-epoch (one value per epoch, one epoch behind, as "
+           "timm's CosineLRScheduler stepped after each epoch in MedMNIST+); constant; step (MedMNIST v2's "
+           "x0.1 at 50% and 75%)"),
     O("patience", int, 10, group=TRAINED, per_protocol=True, low=0, help="early stopping patience in epochs (0: off)"),
     O("grad_clip", float, 1.0, group=TRAINED, per_protocol=True, low=0, help="gradient norm clip (0: off)"),
+    O("decay_scope", str, "weights", group=TRAINED, per_protocol=True, late=True, choices=("weights", "all"),
+      help="which parameters weight decay applies to: weights (not norms, biases, tokens, position "
+           "embeddings) or all (AdamW(model.parameters()), as MedMNIST+)"),
+    O("frozen_mode", str, "eval", group=TRAINED, per_protocol=True, late=True, choices=("eval", "train"),
+      help="the frozen blocks while training: eval (BatchNorm statistics fixed, no dropout; lets the "
+           "frozen prefix be cached) or train (statistics adapt, dropout on: MedMNIST+'s model.train())"),
     O("layer_decay", float, 1.0, group=TRAINED, per_protocol=True, above=0, high=1,
       help="layer-wise lr decay (1.0 = off)"),
     O("augment", str, "none", group=TRAINED, per_protocol=True, choices=("none", "light", "paper", "auto", "huix"),

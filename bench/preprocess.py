@@ -78,6 +78,8 @@ class Preprocess:
         if self.resize == "resize":
             return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False,
                                  antialias=size < h)
+        if self.resize == "resize-nearest":  # PIL NEAREST: pixel replication for integer factors
+            return F.interpolate(x, size=(size, size), mode="nearest-exact")
         # pad: the image centred on a black canvas, normalised afterwards (black is -mean/std)
         return _pad(x, size)
 

@@ -137,19 +137,23 @@ MEDMNISTPLUS = Recipe(
         "epochs": S(100, f"{MP}:config.yaml:10; train.py:107"),
         "lr": S(1e-4, f"{MP}:config.yaml:11; train.py:86"),
         "weight_decay": S(1e-2, f"{MP}:train.py:26,86; {TIMM}:optim/adamw.py:39-40",
-                          "timm AdamW's default; timm decays every parameter, ours exempts norms, biases and tokens"),
+                          "timm AdamW's default"),
+        "decay_scope": S("all", f"{MP}:train.py:86", "AdamW(model.parameters()): every parameter decays"),
         "batch_size": S(64, f"{MP}:config.yaml:12", "their eval batch (256) does not change results"),
         "warmup": S(0, f"{MP}:train.py:87; {TIMM}:scheduler/cosine_lr.py:33,37-38", "no warm-up"),
-        "schedule": S("cosine", f"{MP}:train.py:87,138",
-                      "theirs steps once per epoch after it (epochs 0 and 1 both at 1e-4), ours every step"),
+        "schedule": S("cosine-epoch", f"{MP}:train.py:87,138; {TIMM}:scheduler/cosine_lr.py",
+                      "CosineLRScheduler(t_initial=epochs, t_in_epochs=True) stepped with epoch=e after epoch e: "
+                      "one lr per epoch, epochs 0 and 1 both at 1e-4"),
+        "grad_clip": S(0.0, f"{MP}:train.py:129-135", "loss.backward(); optimizer.step(): no clipping"),
         "select": S("loss", f"{MP}:train.py:184-187; evaluate.py:63-65", "lowest val loss checkpoint is tested"),
         "patience": S(5, f"{MP}:train.py:100-103,184-198", "5 epochs without a lower val loss"),
         "augment": S("none", f"{MP}:main.py:85-94", "one transform for all splits"),
         "precision": S("fp32", f"{MP}:main.py:48-61", "no AMP"),
         "linear_mode": S("online", f"{MP}:train.py:61-71,113",
-                         "only the classifier trains, on images through the backbone; theirs calls model.train(), so "
-                         "BatchNorm statistics of CNNs adapt and dropout before the head is active; ours keeps the "
-                         "frozen backbone in eval mode"),
+                         "only the classifier trains, on images through the backbone"),
+        "frozen_mode": S("train", f"{MP}:train.py:113",
+                         "model.train() every epoch: BatchNorm statistics of the frozen CNNs adapt and dropout before "
+                         "the head is active (no frozen prefix can be cached)"),
     },
     (
         N("models", "timm default tags of vgg16, alexnet (torchvision), resnet18, densenet121, efficientnet_b4, "
@@ -163,7 +167,6 @@ MEDMNISTPLUS = Recipe(
         N("kNN metrics", "ACC only (AUC reported as 0.0)", "every metric; AUC of one-hot votes is degenerate",
           f"{MP}:evaluate.py:131-137"),
         N("seeds", "9930641, 115149041, 252139603", "the same (configs/medmnistplus.yaml)", f"{MP}:config.yaml:22"),
-        N("gradient clipping", "not in the settings table read", "our default 1.0 kept", f"{MP}:train.py (not found)"),
         N("determinism", "cudnn.deterministic, use_deterministic_algorithms(True)", "not forced",
           f"{MP}:main.py:48-61"),
     ),
@@ -185,16 +188,17 @@ MEDMNIST_V2 = Recipe(
                     "best val AUC, deep-copied since 8b0f553 (2023-05-18); before it the last epoch was tested"),
         "augment": S("none", f"{EX}:MedMNIST2D/train_and_eval_pytorch.py:52-60"),
         "normalize": S("half", f"{EX}:MedMNIST2D/train_and_eval_pytorch.py:56,60", "Normalize(mean=[.5], std=[.5])"),
+        "resize": S("resize-nearest", f"{EX}:MedMNIST2D/train_and_eval_pytorch.py:52-56",
+                    "the (224) models: 28 px images resized to 224 with PIL NEAREST (pixel replication); a no-op "
+                    "for the (28) models, which see 28 px"),
+        "grad_clip": S(0.0, f"{EX}:MedMNIST2D/train_and_eval_pytorch.py:183-204",
+                       "loss.backward(); optimizer.step(): no clipping"),
     },
     (
         N("models", "ResNet-18/50 (28): 3x3 stride-1 stem, no max-pool; (224): torchvision, from scratch",
           "resnet18_28 / resnet50_28; resnet18 / resnet50 with --weights random; --unfreeze all",
           f"{EX}:MedMNIST2D/models.py:74-82; MedMNIST2D/train_and_eval_pytorch.py:84-86"),
-        N("input (224)", "28 px images resized to 224 with PIL NEAREST", "bilinear (--resize resize): not replicated",
-          f"{EX}:MedMNIST2D/train_and_eval_pytorch.py:52-56"),
         N("grayscale", "1 input channel", "repeated to 3 channels", f"{EX}:MedMNIST2D/train_and_eval_pytorch.py:30,84-86"),
-        N("gradient clipping", "not in the settings table read", "our default 1.0 (benchmarks/reproduce_medmnist_v2.py "
-          "passes --grad-clip 0)", f"{EX}:MedMNIST2D/train_and_eval_pytorch.py (not found)"),
         N("seeds", "none set", "seeds 0, 1, 2", f"{EX}:MedMNIST2D (no manual_seed)"),
     ),
 )

@@ -60,11 +60,12 @@ class Plan:
     k: int                  # first trainable block
     train_stem: bool
     cache_prefix: bool      # train prefix computed once and reused every epoch (no augmentation)
+    frozen_train: bool = False  # frozen blocks in train mode: their output changes as statistics adapt
 
     @property
     def cached_splits(self) -> tuple[str, ...]:
         """Splits whose prefix is computed once: val and test are never augmented."""
-        if self.train_stem:
+        if self.train_stem or self.frozen_train:
             return ()
         return ("train", "val", "test") if self.cache_prefix else ("val", "test")
 
@@ -73,7 +74,9 @@ def plan_for(cfg: RunConfig, model: Backbone) -> Plan:
     n = parse_unfreeze(cfg.unfreeze, model.num_blocks)
     k = model.num_blocks - n
     train_stem = n == model.num_blocks
-    return Plan(k, train_stem, cache_prefix=not train_stem and cfg.augment == "none")
+    frozen_train = cfg.frozen_mode == "train" and not train_stem
+    return Plan(k, train_stem, cache_prefix=not train_stem and cfg.augment == "none" and not frozen_train,
+                frozen_train=frozen_train)
 
 
 # parameters that are embeddings rather than weights: no weight decay (timm's no_weight_decay)
@@ -94,7 +97,7 @@ def param_groups(cfg: RunConfig, model: Backbone, head: nn.Module, plan: Plan) -
     names.update({id(p): f"head.{n}" for n, p in head.named_parameters()})
     groups: dict[tuple[int, bool], list] = {}
     for p in model.trainable_parameters(model.num_blocks - plan.k) + list(head.parameters()):
-        no_decay = p.ndim <= 1 or any(t in names[id(p)] for t in NO_DECAY_MARKERS)
+        no_decay = cfg.decay_scope != "all" and (p.ndim <= 1 or any(t in names[id(p)] for t in NO_DECAY_MARKERS))
         groups.setdefault((depth.get(id(p), top), no_decay), []).append(p)  # head: top
     out = []
     for (d, no_decay), params in sorted(groups.items(), key=lambda kv: kv[0]):
@@ -127,6 +130,11 @@ def lr_factor(cfg: RunConfig, step: int, steps_per_epoch: int) -> float:
         return (step + 1) / warm
     if cfg.schedule == "constant":
         return 1.0
+    if cfg.schedule == "cosine-epoch":
+        # timm CosineLRScheduler(t_initial=epochs) stepped with epoch=e after epoch e: epoch e (from 0)
+        # trains at lr(max(e - 1, 0)), lr(t) = 0.5 * (1 + cos(pi * t / epochs)) (MedMNIST+ train.py:87,138)
+        epoch = (step - warm) // steps_per_epoch
+        return 0.5 * (1 + math.cos(math.pi * max(epoch - 1, 0) / cfg.epochs))
     if cfg.schedule == "step":  # MedMNIST v2: x0.1 at 50% and 75% of the epochs
         epoch = step / steps_per_epoch
         return 0.1 ** ((epoch >= 0.5 * cfg.epochs) + (epoch >= 0.75 * cfg.epochs))
@@ -190,7 +198,7 @@ def finetune(ctx: RunContext, plan: Plan, head: nn.Module) -> ProtocolOutput:
 
     def set_train_mode() -> None:
         model.eval()  # frozen BatchNorm keeps its running statistics
-        if plan.train_stem:
+        if plan.train_stem or plan.frozen_train:  # (frozen_train: they adapt, as model.train() does)
             model.train()
         else:
             for block in model.blocks[plan.k:]:

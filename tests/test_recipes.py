@@ -4,6 +4,7 @@ augmentation, per-dataset normalisation and the online linear protocol."""
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 
@@ -293,3 +294,67 @@ def test_online_linear_with_dataset_stats_runs_through_finetune(capsys, data_roo
     assert m["preprocess"]["precision"] == "fp32"  # CPU, whatever the recipe asks
     ds = datasets.load("breastmnist", 28, datasets.LoadOptions(root=data_root, check_md5=False, limit=24))
     assert train_stats(ds) == (tuple(m["preprocess"]["mean"]), tuple(m["preprocess"]["std"]))
+
+
+# -- the knobs that make the MedMNIST+ and MedMNIST v2 training loops exact -------------------------
+
+def test_cosine_epoch_is_timms_cosine_stepped_after_each_epoch():
+    from bench.train import lr_factor
+
+    cfg = resolve("dummy", "breastmnist", recipe="medmnistplus", unfreeze="all")
+    assert (cfg.schedule, cfg.warmup, cfg.grad_clip, cfg.decay_scope, cfg.frozen_mode) == \
+        ("cosine-epoch", 0, 0.0, "all", "train")
+    steps = 7
+    per_epoch = [lr_factor(cfg, e * steps + i, steps) for e in range(cfg.epochs) for i in range(steps)]
+    assert len(set(per_epoch[:steps])) == 1  # one value per epoch
+    # timm's CosineLRScheduler(t_initial=100) evaluated at t = max(e - 1, 0), written out
+    expected = [0.5 * (1 + math.cos(math.pi * max(e - 1, 0) / 100)) for e in range(100)]
+    np.testing.assert_allclose(per_epoch[::steps], expected, rtol=0, atol=1e-12)
+    assert per_epoch[0] == per_epoch[steps] == 1.0  # epochs 0 and 1 both at the base lr
+
+
+def test_decay_scope_all_decays_norms_and_biases_too():
+    import backbones
+    from bench.train import build_head, param_groups, plan_for
+
+    for scope, decayed_1d in (("weights", False), ("all", True)):
+        cfg = resolve("dummy", "breastmnist", unfreeze="all", decay_scope=scope, weight_decay=0.01)
+        model = backbones.build("dummy", weights="random")
+        groups = param_groups(cfg, model, build_head(cfg, model, 2), plan_for(cfg, model))
+        one_d = [g["weight_decay"] for g in groups for p in g["params"] if p.ndim == 1]
+        assert one_d and all((wd == 0.01) == decayed_1d for wd in one_d)
+
+
+def test_frozen_mode_train_lets_batchnorm_statistics_adapt(capsys, data_root, tmp_path):
+    from bench.cli import main
+
+    def run_stats(mode: str) -> dict:
+        out = tmp_path / mode
+        args = ["run", "--backbone", "resnet18", "--weights", "random", "--input-size", "32", "--dataset",
+                "breastmnist", "--linear-mode", "online", "--frozen-mode", mode, "--epochs", "1", "--data-root",
+                str(data_root), "--skip-md5", "--results-dir", str(out), "-q", "--save-model"]
+        assert main(args) == 0, capsys.readouterr().err
+        from safetensors.torch import load_file
+
+        [f] = (out / "models").glob("*/backbone.safetensors")
+        return load_file(str(f))
+
+    from bench.runner import build_backbone
+
+    init = build_backbone(resolve("resnet18", "breastmnist", weights="random", input_size=32)).state_dict()
+    frozen, adapted = run_stats("eval"), run_stats("train")
+    stats = [k for k in init if k.endswith("running_mean")]
+    assert all(np.array_equal(frozen[k].numpy(), init[k].numpy()) for k in stats)
+    assert any(not np.array_equal(adapted[k].numpy(), init[k].numpy()) for k in stats)
+    weights = [k for k in init if k.endswith("weight")]
+    assert all(np.array_equal(adapted[k].numpy(), init[k].numpy()) for k in weights)  # still frozen
+
+
+def test_resize_nearest_replicates_pixels():
+    from bench.preprocess import Preprocess
+
+    x = torch.arange(4, dtype=torch.uint8).view(1, 1, 2, 2) * 60
+    pre = Preprocess(8, "resize-nearest", (0.0,) * 3, (1.0,) * 3)
+    y = pre(x)[0, 0]
+    want = torch.repeat_interleave(torch.repeat_interleave(x[0, 0].float() / 255, 4, 0), 4, 1)
+    assert torch.equal(y, want)

@@ -42,7 +42,7 @@ class Finetune(Protocol):
     def shares(self, cfg) -> tuple | None:
         # the frozen prefix stem+blocks[:L-N] is cached once for all seeds, unless augmentation
         # makes the train split's prefix different every epoch
-        if cfg.unfreeze != "all" and cfg.augment == "none":
+        if cfg.unfreeze != "all" and cfg.augment == "none" and cfg.frozen_mode != "train":
             return ("prefix", cfg.unfreeze) + frozen_identity(cfg)
         return None
 
@@ -59,6 +59,8 @@ class Finetune(Protocol):
         per_epoch = (3 * n.train + n.val) * frac  # forward + backward on train, forward on val
         if self.shares(cfg) is None and cfg.unfreeze != "all":  # augmented: the train prefix runs every epoch
             per_epoch += n.train * (1 - self._fraction(cfg, num_blocks))
+            if cfg.frozen_mode == "train":  # and val's, as the frozen statistics move
+                per_epoch += n.val * (1 - self._fraction(cfg, num_blocks))
         return cfg.epochs * per_epoch + (n.val + n.test) * frac
 
     def head_parameters(self, cfg, model, n_outputs: int) -> int:
