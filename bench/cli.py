@@ -139,8 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="tables and figures from the results folder")
     rep.add_argument("--results-dir", type=Path, default=Path("results"))
     rep.add_argument("--out", type=Path, default=Path("reports/latest"))
-    rep.add_argument("--baseline", help="backbone (or model) the gains are relative to (default: resnet50 "
-                     "where it has runs); e.g. deit, resnet152, dino")
+    rep.add_argument("--baseline", help="model the gains are relative to (default: the first of resnet50, "
+                     "resnet152, deit, resnet18 with default weights that has runs); e.g. deit, 'resnet18 (random)'")
     rep.add_argument("--filter", action="append", help="KEY=VALUE, e.g. dataset=breastmnist (repeatable)")
     rep.add_argument("--format", action="append", default=None, help="md | html | png | latex (repeatable)")
     rep.add_argument("--with-reference", action="store_true", help="add published MedMNIST numbers")
