@@ -23,9 +23,12 @@ class _RunConfigMethods:
 
     def id_dict(self) -> dict:
         """What the run id hashes: every field, except options added later while at their default
-        or unused (None), so runs from before they existed keep their ids."""
-        return {k: v for k, v in self.to_dict().items()
-                if not (k in _LATE and (v is None or v == _LATE[k]))}
+        or unused (None), so runs from before they existed keep their ids; a weights file counts by
+        its content (the fingerprint), not by where it lies."""
+        d = {k: v for k, v in self.to_dict().items() if not (k in _LATE and (v is None or v == _LATE[k]))}
+        if self.weights_fingerprint and self.weights != "instance":
+            d["weights"] = "file"
+        return d
 
     @property
     def run_id(self) -> str:

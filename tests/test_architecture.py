@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 import bench
 from bench import options
@@ -257,3 +258,20 @@ def test_old_layout_still_loads_and_migrates(data_root, tmp_path):
     assert store.migrate() == 3 and not store.legacy_files()
     assert (out / "curves" / f"{rid}.csv").exists() and load_results(out).scores(rid) is not None
     assert known_weights_ids(out) == {}  # random weights teach the planner nothing; and no error
+
+
+def test_a_weights_file_counts_by_content_not_by_path(tmp_path):
+    import backbones
+    from safetensors.torch import save_file
+
+    model = backbones.build("dummy", weights="random")
+    a, b = tmp_path / "a" / "w.safetensors", tmp_path / "b" / "w.safetensors"
+    for p in (a, b):
+        p.parent.mkdir()
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(p))
+    ids = {resolve("dummy", "breastmnist", weights=str(p)).run_id for p in (a, b)}
+    assert len(ids) == 1
+    with torch.no_grad():
+        next(model.parameters()).add_(1)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(b))
+    assert resolve("dummy", "breastmnist", weights=str(b)).run_id not in ids
