@@ -10,7 +10,6 @@ Usage: python benchmarks/bench_prefix_cache.py [--limit 128] [--epochs 2]
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from pathlib import Path
 
@@ -19,6 +18,8 @@ import torch
 from common import SHARED, record
 
 from bench import train
+from bench.protocols import PROTOCOLS, register_protocol
+from bench.protocols.finetune import Finetune
 from bench.config import RunOptions
 from bench.resolve import resolve
 from bench.runner import execute
@@ -29,23 +30,27 @@ def epoch_seconds(backbone: str, variant: str | None, cache: bool, a: argparse.N
                   unfreeze="last2", head="linear", limit=a.limit, epochs=a.epochs, batch_size=a.batch_size,
                   patience=0, lr=1e-4)
     opts = RunOptions(results_dir=tmp / f"r-{cache}", data_root=a.data_root, cache_dir=tmp / f"c-{cache}", quiet=True)
-    original = train.plan_for
-    if not cache:
-        class NoCache(train.Plan):  # recompute the prefix for every split, every epoch
-            @property
-            def cached_splits(self) -> tuple[str, ...]:
-                return ()
+    if not cache:  # the protocol seam: the same configs, the prefix recomputed for every split, every epoch
+        class NoCache(Finetune):
+            name = "finetune-no-prefix-cache"
 
-        def no_cache(cfg, model):
-            p = original(cfg, model)
-            return NoCache(p.k, p.train_stem, cache_prefix=False)
-        train.plan_for = no_cache
+            def plan(self, cfg, model):
+                p = super().plan(cfg, model)
+                return _Uncached(p.k, p.train_stem, cache_prefix=False)
+
+        register_protocol(NoCache())
     try:
         out = execute(cfg, opts)
     finally:
-        train.plan_for = original
-    meta = json.loads(out.path.with_suffix(".json").read_text())
-    return {"epoch_s": meta["timings"]["train_s"] / a.epochs, "prefix_s": meta["timings"].get("prefix_s", 0.0)}
+        PROTOCOLS.unregister("finetune-no-prefix-cache")
+    t = out.timings
+    return {"epoch_s": t["train_s"] / a.epochs, "prefix_s": t.get("prefix_s", 0.0)}
+
+
+class _Uncached(train.Plan):
+    @property
+    def cached_splits(self) -> tuple[str, ...]:
+        return ()
 
 
 def main() -> None:

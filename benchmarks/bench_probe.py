@@ -21,7 +21,8 @@ import torch
 
 from common import RESULTS, SHARED, record
 
-from bench import data, heads  # noqa: E402
+from bench import heads  # noqa: E402
+from bench.datasets import medmnist as data  # noqa: E402
 from bench.config import RunOptions  # noqa: E402
 from bench.features import extract  # noqa: E402
 from bench.preprocess import Preprocess  # noqa: E402
