@@ -44,10 +44,11 @@ class Registry(Generic[T]):
     def _entry_points(self) -> dict[str, metadata.EntryPoint]:
         return {ep.name: ep for ep in metadata.entry_points(group=self.group)}
 
-    def names(self) -> list[str]:
-        # built-ins first, in their declared order (the order protocols are matched in)
+    def names(self, plugins: bool = True) -> list[str]:
+        """Registered at run time first, then built-ins in their declared order (the order
+        protocols are matched in), then plugins (``plugins=False``: without importing any)."""
         out = list(self._registered) + [n for n in self._builtins if n not in self._registered]
-        return out + sorted(n for n in self._entry_points() if n not in out)
+        return out + sorted(n for n in self._entry_points() if n not in out) if plugins else out
 
     def get(self, name: str) -> T:
         if name in self._registered:

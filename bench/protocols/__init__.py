@@ -24,11 +24,11 @@ def all_protocols() -> list[Protocol]:
     return PROTOCOLS.all()
 
 
-def _working() -> tuple[list[Protocol], list[str]]:
+def _working(plugins: bool = True) -> tuple[list[Protocol], list[str]]:
     """Protocols that load, and the one-line errors of plugins that do not: a broken plugin
     must not stop runs of the others."""
     ok, broken = [], []
-    for name in PROTOCOLS.names():
+    for name in PROTOCOLS.names(plugins):
         try:
             ok.append(PROTOCOLS.get(name))
         except UserError as e:
@@ -36,10 +36,11 @@ def _working() -> tuple[list[Protocol], list[str]]:
     return ok, broken
 
 
-def heads() -> list[str]:
-    """Every valid --head value."""
+def heads(plugins: bool = True) -> list[str]:
+    """Every valid --head value (``plugins=False``: the built-in and run-time ones, importing no
+    plugin: what `--help` shows without paying for a plugin's imports)."""
     out: list[str] = []
-    for p in _working()[0]:
+    for p in _working(plugins)[0]:
         out += [h for h in p.heads if h not in out]
     return out
 
