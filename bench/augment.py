@@ -54,6 +54,8 @@ MODALITY: dict[str, Policy] = {
     "retinal oct": Policy(hflip=True, crop_scale=(0.85, 1.0), intensity=0.1),
     # breast ultrasound: depth runs top to bottom; lateral flips are plausible
     "breast ultrasound": Policy(hflip=True, max_rotation_deg=10.0, crop_scale=(0.85, 1.0), intensity=0.1),
+    # mammography: left and right breasts mirror each other; the chest wall side carries no meaning
+    "mammography": Policy(hflip=True, max_rotation_deg=10.0, crop_scale=(0.85, 1.0), intensity=0.1),
 }
 
 

@@ -27,9 +27,10 @@ from typing import Any
 from .errors import UserError, did_you_mean
 from .recipes import RECIPE_NAMES
 
-WHAT, PROBE, TRAINED, WHERE = ("what to run", "probe heads",
-                               "fine-tuning and trained heads (mlp, deit, --unfreeze lastN|all)",
-                               "where and how (not part of the run id)")
+WHAT, PROBE, TRAINED, DATA, WHERE = ("what to run", "probe heads",
+                                     "fine-tuning and trained heads (mlp, deit, --unfreeze lastN|all)",
+                                     "your own data (folder:, csv: and the named paper datasets)",
+                                     "where and how (not part of the run id)")
 
 
 @dataclass(frozen=True)
@@ -139,7 +140,7 @@ OPTIONS: tuple[Option, ...] = (
     O("linear_mode", str, "cached", choices=("cached", "online"), late=True,
       help="--head linear --unfreeze none: a head grid on cached features, or one head trained through "
            "the frozen backbone on (augmented) images like fine-tuning (the publications' linear probe)"),
-    O("head", str, "linear", help="what is trained on the backbone (choices: bench ls protocols)"),
+    O("head", str, "linear", help="what is trained on the backbone"),
     O("unfreeze", str, "none", help="none | lastN | all: how many backbone blocks train"),
     O("seed", int, 0, low=0, high=2**63 - 1),
     O("limit", int, None, low=2, help="cap images per split (smoke runs; recorded in results)"),
@@ -185,6 +186,26 @@ OPTIONS: tuple[Option, ...] = (
       choices=("all", "patches", "patches-prenorm"),
       help="--head deit: backbone tokens it reads: all after the final norm, patch tokens only, or patch "
            "tokens before the final norm (the paper's DINOv2 path; feature maps are the same either way)"),
+    # -- your own data: read by the image sources (bench.datasets.images), handed over whole as
+    # LoadOptions.data; all late, so runs on MedMNIST keep their ids ---------------------------------
+    O("path_col", str, "", group=DATA, late=True,
+      help="csv: column of image paths, relative to the CSV's folder (default: path, image, file or filename)"),
+    O("label_col", str, "", group=DATA, late=True,
+      help="csv: label column, or several comma-separated 0/1 columns for multi-label (default: label)"),
+    O("split_col", str, "", group=DATA, late=True,
+      help="csv: column of given splits train|val|test (default: split, if present)"),
+    O("group_col", str, "", group=DATA, late=True,
+      help="csv: patient/lesion column; a group never spans two splits (default: none)"),
+    O("task", str, "auto", group=DATA, late=True,
+      choices=("auto", "binary", "multi-class", "ordinal", "multi-label"),
+      help="task of an own dataset (auto: 2 classes binary, more multi-class, several label columns multi-label)"),
+    O("modality", str, "", group=DATA, late=True,
+      help="what the images show, e.g. 'chest x-ray' (--augment auto's policy; default: the source's)"),
+    O("uncertain", str, "ones", group=DATA, late=True, choices=("ones", "zeros", "ignore"),
+      help="multi-label -1 (uncertain) labels, e.g. CheXpert's: as 1, as 0, or leave those images out"),
+    O("split_fractions", str, "0.7,0.1,0.2", group=DATA, late=True, metavar="TRAIN,VAL,TEST",
+      help="fractions of the seeded, stratified, grouped split where no split is given"),
+    O("split_seed", int, 0, group=DATA, late=True, low=0, help="seed of that split"),
     # -- where and how ------------------------------------------------------------------------------
     O("results_dir", Path, Path("results"), group=WHERE, scope="exec"),
     O("data_root", Path, None, group=WHERE, scope="exec",
@@ -201,6 +222,7 @@ OPTIONS: tuple[Option, ...] = (
 del O
 
 BY_NAME: dict[str, Option] = {o.name: o for o in OPTIONS}
+DATA_OPTIONS: tuple[str, ...] = tuple(o.name for o in OPTIONS if o.group == DATA)  # -> LoadOptions.data
 
 
 def get(name: str) -> Option:
@@ -232,7 +254,7 @@ def _dynamic_help(name: str) -> str:
         return ""
     from .protocols import heads
 
-    return f" ({' | '.join(heads())}; default linear)"
+    return f"; {' | '.join(heads(plugins=False))}, or a plugin's (bench ls protocols)"
 
 
 def add_arguments(parser: argparse.ArgumentParser, *, many: bool = False) -> None:

@@ -50,8 +50,12 @@ def build_backbone(cfg: RunConfig, weights: str | None = None) -> Backbone:
 
 
 def load_options(cfg: RunConfig, opts: RunOptions, download: bool = True) -> datasets.LoadOptions:
+    from .options import DATA_OPTIONS
+
     return datasets.LoadOptions(root=opts.data_root, check_md5=not opts.skip_md5, limit=cfg.limit,
-                                cache_dir=Path(opts.cache_dir or default_cache_dir()), download=download)
+                                cache_dir=Path(opts.cache_dir or default_cache_dir()), download=download,
+                                data=tuple((k, getattr(cfg, k)) for k in DATA_OPTIONS),
+                                splits_dir=Path(opts.results_dir) / "splits", quiet=opts.quiet)
 
 
 def trainable_count(cfg: RunConfig, model: Backbone, n_outputs: int) -> dict:

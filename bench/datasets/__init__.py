@@ -9,7 +9,13 @@ from ..errors import UserError, did_you_mean
 from ..registry import Registry
 from .base import SPLITS, Dataset, DatasetSource, LoadOptions, Split
 
-BUILTINS = {"medmnist": "bench.datasets.medmnist:SOURCE"}
+BUILTINS = {"medmnist": "bench.datasets.medmnist:SOURCE",
+            "folder": "bench.datasets.folder:SOURCE",
+            "csv": "bench.datasets.manifest:SOURCE",
+            "aptos2019": "bench.datasets.paper:APTOS",
+            "isic2019": "bench.datasets.paper:ISIC",
+            "cbis-ddsm": "bench.datasets.paper:CBIS",
+            "chexpert": "bench.datasets.paper:CHEXPERT"}
 SOURCES: Registry[DatasetSource] = Registry("dataset source", "bench.datasets", BUILTINS, DatasetSource)
 
 
@@ -43,7 +49,7 @@ def load(dataset: str, size: int, opts: LoadOptions) -> Dataset:
 
 def all_names() -> list[str]:
     """Every dataset known by name (what `datasets: all` in a sweep means)."""
-    return [n for src in SOURCES.all() for n in src.names()]
+    return [n for src in SOURCES.all() if src.in_all for n in src.names()]
 
 
 __all__ = ["SPLITS", "Dataset", "DatasetSource", "LoadOptions", "Split", "SOURCES", "register_source",

@@ -93,6 +93,17 @@ class LoadOptions:
     limit: int | None = None
     cache_dir: Path | None = None    # for arrays too big to hold (memory-mapped copies)
     download: bool = True
+    # the "your own data" options (bench.options.DATA_OPTIONS) as (name, value) pairs: hashable,
+    # so planners can memoize on a LoadOptions
+    data: tuple[tuple[str, object], ...] = ()
+    splits_dir: Path | None = None   # where image sources save the split they drew (results/splits)
+    quiet: bool = False              # no progress bar for a first decode
+
+    def get(self, name: str):
+        """A data option's value (its declared default when not handed over)."""
+        from ..options import get
+
+        return dict(self.data).get(name, get(name).default)
 
 
 class DatasetSource:
@@ -105,6 +116,7 @@ class DatasetSource:
     name: str = ""
     description: str = ""
     sizes: tuple[int, ...] | None = None   # allowed --size values (None: any)
+    in_all: bool = True                    # are its names part of a sweep's `datasets: all`?
 
     def names(self) -> list[str]:
         """Datasets this source provides by bare name (the `datasets: all` of a sweep)."""

@@ -192,10 +192,10 @@ def data_fingerprint(cfg: RunConfig, opts: RunOptions, memo: dict) -> str | None
     from .. import datasets
     from ..runner import load_options
 
-    k = (cfg.dataset, cfg.size)
+    lo = load_options(cfg, opts, download=False)
+    k = (cfg.dataset, cfg.size, lo)  # the data options (split seed...) change an own dataset's fingerprint
     if k not in memo:
-        memo[k] = datasets.source_for(cfg.dataset).expected_fingerprint(cfg.dataset, cfg.size,
-                                                                        load_options(cfg, opts, download=False))
+        memo[k] = datasets.source_for(cfg.dataset).expected_fingerprint(cfg.dataset, cfg.size, lo)
     return memo[k]
 
 

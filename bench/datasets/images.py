@@ -1,0 +1,456 @@
+"""Image files -> a :class:`Dataset`: what the folder, CSV and named paper sources share.
+
+A source turns its layout into a :class:`Manifest` (one entry per image: file, label, given
+split, group); everything else happens here, once per content:
+
+* Fingerprint: sha256 of the sorted (relative path, byte size, sha256 of the bytes) of every image,
+  the manifest files' bytes, the labels, splits and groups, the size, the decode policy version and
+  the data options. File times play no part (a copy of the same files is the same dataset); the
+  per-file hashes are memoized by (path, size, mtime) within a process only.
+* Decode once: every image is decoded with PIL (png, jpg, bmp, tif) or pydicom (.dcm, see
+  bench.datasets.dicom), converted to L or RGB (the dataset is gray when every image is), 16-bit
+  and float images min-max scaled to uint8 per image, then resized ONCE to ``--size``: the short
+  side to ``size`` (PIL bilinear, antialiased when shrinking), then a centre crop to a square; an
+  image already ``size`` x ``size`` is left untouched. The uint8 result lands in
+  ``cache_dir/decoded/<fingerprint>/{train,val,test}_{images,labels}.npy`` (memory-mapped on
+  read) plus ``meta.json`` written last, so a later run costs what a MedMNIST run costs. Each
+  array is checked against the shape, dtype and checksum recorded in meta.json when read.
+* Unreadable images are listed with their path: at most 1% are skipped with one warning line,
+  more is a one-line error.
+* Splits: given splits are used as they are; a split that is not given is carved out of train
+  (e.g. val from a folder with train/ and test/ only); with none given, a seeded split by
+  ``--split-fractions`` (default 0.7/0.1/0.2), stratified by label and grouped by the group
+  (patient, lesion): a group never lands in two splits. The split is written to
+  ``results/splits/<fingerprint>.csv`` (path,split) and recorded in the run's meta.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import UserError
+from .base import SPLITS, Dataset, DatasetSource, LoadOptions, Split
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm")
+DECODE_VERSION = 1        # bump when decoding or resizing changes what it produces
+MAX_UNREADABLE = 0.01     # fraction of images that may be skipped (with a warning)
+TASKS = {"binary": "binary-class", "multi-class": "multi-class", "ordinal": "ordinal-regression",
+         "multi-label": "multi-label, binary-class"}
+SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
+               "dev": "val", "test": "test", "testing": "test"}
+
+
+@dataclass
+class Entry:
+    path: Path                    # the file (absolute)
+    rel: str                      # as named in the fingerprint and the split file
+    label: tuple[int, ...]        # (class,) or one 0/1 per label
+    split: str | None = None      # given split
+    group: str | None = None      # patient / lesion
+
+
+@dataclass
+class Manifest:
+    name: str                     # the --dataset value
+    source: str
+    path: Path                    # the folder or file the user named
+    entries: list[Entry]
+    label_names: dict[str, str]
+    task: str
+    modality: str = ""
+    files: list[Path] = field(default_factory=list)   # manifests whose bytes belong to the fingerprint
+    extra: dict = field(default_factory=dict)
+
+
+def sorted_values(values) -> list[str]:
+    """Class values in a stable order: numerically when all are integers, else by name."""
+    vals = sorted(set(values))
+    try:
+        return sorted(vals, key=lambda v: int(v))
+    except ValueError:
+        return vals
+
+
+def infer_task(n_classes: int, multilabel: bool, stated: str, where: str) -> str:
+    if stated == "auto":
+        return TASKS["multi-label"] if multilabel else TASKS["binary" if n_classes == 2 else "multi-class"]
+    if (stated == "multi-label") != multilabel:
+        raise UserError(f"{where}: --task {stated} needs "
+                        + ("several 0/1 label columns (--label-col A,B,...)" if stated == "multi-label"
+                           else "a single label column; several label columns are multi-label"))
+    if stated == "binary" and n_classes != 2:
+        raise UserError(f"{where}: --task binary, but the labels have {n_classes} classes")
+    return TASKS[stated]
+
+
+def split_name(value: str, where: str) -> str:
+    try:
+        return SPLIT_NAMES[str(value).strip().lower()]
+    except KeyError:
+        raise UserError(f"{where}: split {value!r} is not train, val or test") from None
+
+
+def fractions(opts: LoadOptions) -> tuple[float, float, float]:
+    text = opts.get("split_fractions")
+    try:
+        f = tuple(float(x) for x in str(text).split(","))
+    except ValueError:
+        f = ()
+    if len(f) != 3 or min(f) < 0 or not f[0] > 0 or abs(sum(f) - 1) > 1e-6:
+        raise UserError(f"--split-fractions {text!r}: three fractions train,val,test that add up to 1, "
+                        f"e.g. 0.7,0.1,0.2")
+    return f  # type: ignore[return-value]
+
+
+# -- fingerprint ----------------------------------------------------------------------------------
+
+_HASHES: dict[tuple[str, int, int], str] = {}
+
+
+def file_sha(path: Path) -> str:
+    """sha256 of a file's bytes (memoized by path, size and mtime for this process)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return "missing"
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key not in _HASHES:
+        h = hashlib.sha256()
+        try:
+            with open(path, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 22), b""):
+                    h.update(chunk)
+            _HASHES[key] = f"{st.st_size}:{h.hexdigest()}"
+        except OSError:
+            return "unreadable"
+    return _HASHES[key]
+
+
+def fingerprint(m: Manifest, size: int, opts: LoadOptions) -> str:
+    h = hashlib.sha256()
+    for e in sorted(m.entries, key=lambda e: e.rel):
+        h.update(json.dumps([e.rel, file_sha(e.path), e.label, e.split, e.group]).encode())
+    for f in m.files:
+        h.update(file_sha(f).encode())
+    h.update(json.dumps({"size": size, "decode": DECODE_VERSION, "task": m.task, "labels": m.label_names,
+                         "data": [list(kv) for kv in opts.data if kv[0] != "modality"]},
+                        sort_keys=True, default=str).encode())
+    return "img-" + h.hexdigest()[:32]
+
+
+# -- decoding -------------------------------------------------------------------------------------
+
+def to_uint8(a: np.ndarray) -> np.ndarray:
+    """Min-max per image for 16-bit and float pixels (8-bit data is kept as it is)."""
+    if a.dtype == np.uint8:
+        return a
+    a = a.astype(np.float64)
+    lo, hi = float(a.min()), float(a.max())
+    if hi <= lo:
+        return np.zeros(a.shape, np.uint8)
+    return np.round((a - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+
+
+def read_pixels(path: Path) -> np.ndarray:
+    """The image as uint8 (H, W) or (H, W, 3), before resizing."""
+    if path.suffix.lower() == ".dcm":
+        from .dicom import read_dicom
+
+        return read_dicom(path)
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im.load()
+        if im.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+            return to_uint8(np.asarray(im))
+        if im.mode in ("1", "L", "LA"):
+            return np.asarray(im.convert("L"))
+        return np.asarray(im.convert("RGB"))  # palette, RGBA, CMYK...: a gray result is found by content
+
+
+def fit(a: np.ndarray, size: int) -> np.ndarray:
+    """Short side to ``size`` (bilinear), then the centre ``size`` x ``size`` square."""
+    h, w = a.shape[:2]
+    if (h, w) == (size, size):
+        return a
+    from PIL import Image
+
+    scale = size / min(h, w)
+    nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
+    im = Image.fromarray(a).resize((nw, nh), Image.BILINEAR)
+    top, left = (nh - size) // 2, (nw - size) // 2
+    return np.asarray(im.crop((left, top, left + size, top + size)))
+
+
+def decode(path: Path, size: int) -> tuple[np.ndarray, bool]:
+    """(uint8 (size, size, 3), is_gray)."""
+    a = fit(read_pixels(path), size)
+    if a.ndim == 2:
+        return np.repeat(a[..., None], 3, axis=2), True
+    return a, bool((a[..., 0] == a[..., 1]).all() and (a[..., 1] == a[..., 2]).all())
+
+
+# -- splits ---------------------------------------------------------------------------------------
+
+def draw_splits(entries: list[Entry], fracs: tuple[float, ...], names: tuple[str, ...], seed: int) -> list[str]:
+    """Seeded, stratified, grouped assignment of ``entries`` to ``names`` by ``fracs``.
+
+    Groups (an entry without one is its own) are stratified by the label of their first image
+    (multi-label: its rarest positive label); within a stratum they are shuffled and each goes to
+    the split its midpoint in the cumulative image count falls into, so a group is never split."""
+    rng = np.random.default_rng(seed)
+    groups: dict[str, list[int]] = {}
+    for i, e in enumerate(entries):
+        groups.setdefault(e.group if e.group not in (None, "") else f"\0{i}", []).append(i)
+    multilabel = len(entries[0].label) > 1 if entries else False
+    freq = np.sum([e.label for e in entries], axis=0) if multilabel else None
+
+    def stratum(i: int) -> int:
+        lab = entries[i].label
+        if not multilabel:
+            return lab[0]
+        pos = [k for k, v in enumerate(lab) if v]
+        return min(pos, key=lambda k: freq[k]) if pos else -1
+
+    strata: dict[int, list[str]] = {}
+    for g, members in sorted(groups.items()):
+        strata.setdefault(stratum(members[0]), []).append(g)
+    bounds = np.cumsum(fracs) / np.sum(fracs)
+    out = [""] * len(entries)
+    for s in sorted(strata):
+        order = strata[s]
+        rng.shuffle(order)
+        total = sum(len(groups[g]) for g in order)
+        done = 0
+        for g in order:
+            mid = (done + len(groups[g]) / 2) / total
+            k = int(np.searchsorted(bounds, mid, side="right"))
+            for i in groups[g]:
+                out[i] = names[min(k, len(names) - 1)]
+            done += len(groups[g])
+    return out
+
+
+def assign_splits(entries: list[Entry], opts: LoadOptions, where: str) -> tuple[list[str], str]:
+    """Each entry's split, and how it was chosen (recorded in the run's meta)."""
+    given = [e.split for e in entries]
+    fr = dict(zip(SPLITS, fractions(opts)))
+    seed = int(opts.get("split_seed"))
+    if all(s is None for s in given):
+        return draw_splits(entries, tuple(fr.values()), SPLITS, seed), \
+            f"seeded (seed {seed}), stratified, grouped: {opts.get('split_fractions')}"
+    if any(s is None for s in given):
+        raise UserError(f"{where}: {sum(s is None for s in given)} images have no split and others do; "
+                        f"give every image a split, or none")
+    present = set(given)
+    if "train" not in present:
+        raise UserError(f"{where}: the given splits have no train images")
+    missing = [s for s in SPLITS if s not in present]
+    out = list(given)
+    if missing:  # carve what is not given out of train, by the stated fractions
+        names = ("train", *missing)
+        idx = [i for i, s in enumerate(given) if s == "train"]
+        drawn = draw_splits([entries[i] for i in idx], tuple(fr[n] or 1e-9 for n in names), names, seed)
+        for i, s in zip(idx, drawn):
+            out[i] = s
+    how = "given" + (f"; {', '.join(missing)} carved out of train (seed {seed}, fractions "
+                     f"{opts.get('split_fractions')})" if missing else "")
+    return out, how
+
+
+# -- the decode cache -----------------------------------------------------------------------------
+
+def _warn(msg: str, quiet: bool) -> None:
+    if not quiet:
+        print(f"bench: {msg}", file=sys.stderr, flush=True)
+
+
+def _list_bad(bad: list[tuple[str, str]], n: int = 3) -> str:
+    shown = "; ".join(f"{p} ({why})" for p, why in bad[:n])
+    return shown + (f"; and {len(bad) - n} more" if len(bad) > n else "")
+
+
+def _read_cached(folder: Path) -> tuple[dict, dict[str, Split]] | None:
+    from ..cache import checksum
+
+    meta_path = folder / "meta.json"
+    if not meta_path.exists():
+        return None
+    try:
+        meta = json.loads(meta_path.read_text())
+        splits = {}
+        for s in SPLITS:
+            arrs = []
+            for kind in ("images", "labels"):
+                p = folder / f"{s}_{kind}.npy"
+                want = meta["arrays"][p.name]
+                a = np.load(p, mmap_mode="r")
+                if list(a.shape) != want["shape"] or str(a.dtype) != want["dtype"] or checksum(p) != want["checksum"]:
+                    raise ValueError(f"{p.name} is not what was written")
+                arrs.append(a)
+            splits[s] = Split(arrs[0], np.asarray(arrs[1]))
+        return meta, splits
+    except (OSError, ValueError, KeyError, EOFError) as e:
+        print(f"bench: decoded images in {folder} are unusable ({str(e)[:80]}); decoding again",
+              file=sys.stderr, flush=True)
+        return None
+
+
+def _save(path: Path, a: np.ndarray) -> dict:
+    from ..cache import checksum
+
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        np.save(f, a)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return {"shape": list(a.shape), "dtype": str(a.dtype), "checksum": checksum(path)}
+
+
+def _decode_all(m: Manifest, size: int, folder: Path, fp: str, opts: LoadOptions) -> dict:
+    from ..progress import Progress
+
+    n = len(m.entries)
+    if n == 0:
+        raise UserError(f"{m.name}: no images found in {m.path} ({', '.join(IMAGE_SUFFIXES)})")
+    scratch = folder / f".all.npy.tmp{os.getpid()}"
+    allimg = np.lib.format.open_memmap(scratch, mode="w+", dtype=np.uint8, shape=(n, size, size, 3))
+    ok = np.zeros(n, bool)
+    all_gray = True
+    bad: list[tuple[str, str]] = []
+    bar = Progress(n, f"decode {m.name} ({size} px, once)", "img", opts.quiet)
+    try:
+        for i, e in enumerate(m.entries):
+            try:
+                allimg[i], gray = decode(e.path, size)
+                all_gray &= gray
+                ok[i] = True
+            except UserError:
+                raise
+            except Exception as ex:  # whatever PIL or pydicom says: the image is listed, not a traceback
+                bad.append((e.rel, (str(ex).splitlines() or [type(ex).__name__])[0][:80]))
+            bar.update(1)
+    finally:
+        bar.close()
+    try:
+        if len(bad) > MAX_UNREADABLE * n:
+            raise UserError(f"{m.name}: {len(bad)} of {n} images are unreadable (more than "
+                            f"{MAX_UNREADABLE:.0%}): {_list_bad(bad)}")
+        if bad:
+            _warn(f"{m.name}: skipping {len(bad)} unreadable image(s) of {n}: {_list_bad(bad, 10)}", opts.quiet)
+        keep = [e for e, good in zip(m.entries, ok) if good]
+        rows = np.flatnonzero(ok)
+        assigned, how = assign_splits(keep, opts, m.name)
+        arrays, rels = {}, {}
+        for s in SPLITS:
+            idx = [r for r, a in zip(rows, assigned) if a == s]
+            imgs = allimg[idx][..., 0] if all_gray else allimg[idx]
+            labels = np.array([m.entries[r].label for r in idx], np.int64).reshape(len(idx), -1)
+            arrays[f"{s}_images.npy"] = _save(folder / f"{s}_images.npy", np.ascontiguousarray(imgs))
+            arrays[f"{s}_labels.npy"] = _save(folder / f"{s}_labels.npy", labels)
+            rels[s] = [m.entries[r].rel for r in idx]
+    finally:
+        del allimg
+        scratch.unlink(missing_ok=True)
+    meta = {"fingerprint": fp, "dataset": m.name, "size": size, "n_channels": 1 if all_gray else 3,
+            "arrays": arrays, "split_rule": how, "skipped": bad, "paths": rels}
+    tmp = folder / f".meta.json.tmp{os.getpid()}"
+    tmp.write_text(json.dumps(meta))
+    os.replace(tmp, folder / "meta.json")  # last: its presence means the entry is complete
+    return meta
+
+
+def build(m: Manifest, size: int, opts: LoadOptions) -> Dataset:
+    """The dataset of a manifest at ``size``: decoded once into the cache, then memory-mapped."""
+    from filelock import FileLock
+
+    from ..cache import default_cache_dir
+    from ..fsio import disk_error, remove_stale
+
+    fp = fingerprint(m, size, opts)
+    folder = Path(opts.cache_dir or default_cache_dir()) / "decoded" / fp
+    got = _read_cached(folder)
+    if got is None:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            lock = FileLock(str(folder) + ".lock")
+            lock.acquire()
+        except OSError as e:
+            raise disk_error(e, "decoded-image cache", folder) from None
+        try:
+            got = _read_cached(folder)
+            if got is None:
+                remove_stale(folder, "")  # we hold the lock: temporaries are a dead writer's
+                try:
+                    _decode_all(m, size, folder, fp, opts)
+                except OSError as e:
+                    raise disk_error(e, "decoded-image cache", folder) from None
+                got = _read_cached(folder)
+                assert got is not None
+        finally:
+            lock.release()
+    meta, splits = got
+    split_file = save_split(meta, opts)
+    if opts.limit is not None:
+        splits = {s: Split(v.images[:opts.limit], v.labels[:opts.limit]) for s, v in splits.items()}
+    splits = {s: Split(v.images, np.asarray(v.labels, np.int64)) for s, v in splits.items()}
+    extra = {**m.extra, "split": {"rule": meta["split_rule"], "file": str(split_file) if split_file else None},
+             "skipped_unreadable": [p for p, _ in meta["skipped"]], "decode": {
+                 "cache": str(folder), "policy": "short side to size (bilinear), centre crop; 16-bit min-max"}}
+    return Dataset(m.name, size, m.task, m.label_names, meta["n_channels"], splits, fp,
+                   modality=opts.get("modality") or m.modality, source=m.source, path=m.path, extra=extra)
+
+
+def save_split(meta: dict, opts: LoadOptions) -> Path | None:
+    """results/splits/<fingerprint>.csv: path,split (reuse it as a CSV split column, cite it)."""
+    if opts.splits_dir is None:
+        return None
+    from ..fsio import atomic_write_text
+
+    path = Path(opts.splits_dir) / f"{meta['fingerprint']}.csv"
+    if not path.exists():
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(["path", "split"])
+        for s in SPLITS:
+            for rel in meta["paths"][s]:
+                w.writerow([rel, s])
+        atomic_write_text(path, buf.getvalue(), "split file")
+    return path
+
+
+class ImageSource(DatasetSource):
+    """Base of the sources of image files: subclasses build a :class:`Manifest`."""
+
+    in_all = False  # own data is never part of `datasets: all`
+
+    def manifest(self, dataset: str, opts: LoadOptions) -> Manifest:
+        raise NotImplementedError
+
+    def load(self, dataset: str, size: int, opts: LoadOptions) -> Dataset:
+        return build(self.manifest(dataset, opts), size, opts)
+
+    def expected_fingerprint(self, dataset: str, size: int, opts: LoadOptions) -> str | None:
+        try:
+            return fingerprint(self.manifest(dataset, opts), size, opts)
+        except UserError:
+            return None
+
+    def identity(self, dataset: str, size: int, opts: LoadOptions) -> str:
+        return fingerprint(self.manifest(dataset, opts), size, opts)
+
+    def modality(self, dataset: str) -> str:
+        return ""
+
+
+def under(base: Path, rel: str) -> Path:
+    return (base / rel).resolve() if not os.path.isabs(rel) else Path(rel)
