@@ -11,7 +11,7 @@ import backbones
 import bench
 
 ROOT = Path(__file__).resolve().parents[1]
-common = dict(data_root=ROOT / "examples" / "medmnist", results_dir=ROOT / "results" / "api-example", quiet=True)
+common = dict(data_root=ROOT / "bench" / "samples" / "medmnist", results_dir=ROOT / "results" / "api-example", quiet=True)
 
 # 1. a registered backbone, by name (random weights: no download)
 knn = bench.run("resnet18_28", "breastmnist", weights="random", head="knn", **common)

@@ -311,8 +311,8 @@ def test_cli_run_on_a_csv_dataset_and_listing(tmp_path, capsys):
 
 
 def test_shipped_medmnist_files_are_the_fallback(tmp_path, capsys):
-    ds = datasets.load("retinamnist", 28, LoadOptions(root=tmp_path / "empty", download=False))
-    assert ds.path.parent.name == "medmnist" and len(ds.splits["train"]) == 1080
+    ds = datasets.load("breastmnist", 28, LoadOptions(root=tmp_path / "empty", download=False))
+    assert ds.path.parent.name == "medmnist" and len(ds.splits["train"]) == 546
     assert "using the copy shipped in" in capsys.readouterr().err
     assert datasets.source_for("breastmnist").missing("breastmnist", 28, LoadOptions(root=tmp_path)) == []
     assert datasets.all_names() == datasets.source_for("breastmnist").names()  # own data is never `all`

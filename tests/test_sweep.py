@@ -124,7 +124,7 @@ def test_shipped_configs(tmp_path, capsys):
     assert {p["size"] for p in plus} == {28, 64, 128, 224} and len(plus) == 9 * 12 * 4 * 3 * 3
     assert {p["recipe"] for p in plus} == {"medmnistplus"} and {p["seed"] for p in plus} == {9930641, 115149041, 252139603}
     # the smoke grid runs as shipped, on the real file shipped with it (MD5 checked)
-    argv = ["sweep", str(ROOT / "configs" / "smoke.yaml"), "--data-root", str(ROOT / "examples" / "medmnist"),
+    argv = ["sweep", str(ROOT / "configs" / "smoke.yaml"), "--data-root", str(ROOT / "bench" / "samples" / "medmnist"),
             "--results-dir", str(tmp_path / "results"), "-q"]
     assert main(argv) == 0
     assert len(csvs(tmp_path / "results")) == 8

@@ -75,28 +75,28 @@ def md5sum(path: Path) -> str:
     return file_digest(path, "md5")
 
 
-# the small real files shipped with the checkout (examples/medmnist/README.md): a fresh machine runs
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "medmnist"
+# the small real file shipped as package data (bench/samples/medmnist/README.md): a fresh machine runs
+SAMPLES = Path(__file__).resolve().parents[1] / "samples" / "medmnist"
 _SHIPPED: dict[str, bool] = {}
 
 
 def shipped(flag: str, size: int) -> Path | None:
     """The shipped copy of a file, when there is one and its MD5 is the published one."""
-    path = EXAMPLES / file_name(flag, size)
+    path = SAMPLES / file_name(flag, size)
     if str(path) not in _SHIPPED:
         _SHIPPED[str(path)] = path.is_file() and md5sum(path) == expected_md5(flag, size)
     return path if _SHIPPED[str(path)] else None
 
 
 def locate(flag: str, size: int, root: Path, download: bool = True) -> Path:
-    """Path of the dataset file: in the data root; else the copy shipped in examples/medmnist (its
-    MD5 checked); else downloaded the way medmnist does."""
+    """Path of the dataset file: in the data root; else the copy shipped in bench/samples/medmnist
+    (its MD5 checked); else downloaded the way medmnist does."""
     path = Path(root) / file_name(flag, size)
     if path.exists():
         return path
     fallback = shipped(flag, size)
     if fallback is not None:
-        print(f"bench: {path.name} is not in {root}; using the copy shipped in {EXAMPLES} (md5 checked)",
+        print(f"bench: {path.name} is not in {root}; using the copy shipped in {SAMPLES} (md5 checked)",
               file=sys.stderr, flush=True)
         return fallback
     url = info(flag)[f"url{size_suffix(size)}"]
