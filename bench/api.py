@@ -64,12 +64,15 @@ def _instance_config(model: "Backbone", dataset: str, run: dict) -> "RunConfig":
 
 
 def state_fingerprint(model: Any) -> str:
+    """sha256 of a module's state dict (names, shapes, dtypes and bytes)."""
+    import torch
+
     h = hashlib.sha256()
     for k, v in sorted(model.state_dict().items()):
         t = v.detach().cpu().contiguous()
         h.update(k.encode())
         h.update(str((tuple(t.shape), str(t.dtype))).encode())
-        h.update(t.view(-1).view(__import__("torch").uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return "sha256:" + h.hexdigest()[:16]
 
 

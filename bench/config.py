@@ -10,7 +10,6 @@ import hashlib
 import json
 import re
 from dataclasses import asdict, field, fields, make_dataclass, replace
-from pathlib import Path
 from typing import Any
 
 from . import options
@@ -116,4 +115,4 @@ def parse_unfreeze(value: str, num_blocks: int | None = None) -> int | None:
     return n
 
 
-__all__ = ["RunConfig", "RunOptions", "parse_unfreeze", "Path"]
+__all__ = ["RunConfig", "RunOptions", "make_run_options", "parse_unfreeze"]

@@ -2,8 +2,6 @@
 and downloading them on a connected machine before going offline."""
 from __future__ import annotations
 
-from pathlib import Path
-
 from .errors import UserError
 from .listing import table
 

@@ -216,7 +216,7 @@ def test_api_takes_a_model_instance_and_a_cache(data_root, tmp_path):
     assert res.config.weights == "instance" and res.config.weights_fingerprint.startswith("sha256:")
     assert len(list((tmp_path / "my-cache" / "features").glob("*.npy"))) == 3  # the injected cache was used
     # other parameters are another model: another run id and other cached features
-    with __import__("torch").no_grad():
+    with torch.no_grad():
         next(model.parameters()).add_(1.0)
     other = bench.run(model, "breastmnist", cache=cache, **kw)
     assert other.run_id != res.run_id and len(list((tmp_path / "my-cache" / "features").glob("*.npy"))) == 6

@@ -1,7 +1,6 @@
 """Regression tests for defects found in review: each one failed before its fix."""
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pandas as pd

@@ -288,7 +288,7 @@ def test_report_skips_and_lists_invalid_runs(capsys, data_root, tmp_path, damage
     assert main(["report", "--results-dir", str(out), "--out", str(tmp_path / "rep"), "--format", "md",
                  "--n-boot", "20"]) == 0
     err = capsys.readouterr().err
-    assert f"skipping" in err and reason in err, err
+    assert "skipping" in err and reason in err, err
     md = (tmp_path / "rep" / "report.md").read_text()
     assert "skipped because their files are invalid" in md and reason in md
     import pandas as pd
