@@ -148,19 +148,36 @@ def file_fingerprint(path: str | os.PathLike) -> str:
 
 
 def file_digest(path: str | os.PathLike, algorithm: str) -> str:
-    """Hex digest of a file, memoised per path, mtime and size (a sweep asks for the same
-    weights or dataset file once per run)."""
+    """Hex digest of a file, memoised per path, mtime and size: in this process, and on disk in
+    the cache folder (``digests/``), so a later run does not read a multi-GB dataset file or a
+    folder of images again to know it is unchanged."""
     st = os.stat(path)
-    return _digest(str(path), st.st_mtime_ns, st.st_size, algorithm)
+    return _digest(str(Path(path).resolve()), st.st_mtime_ns, st.st_size, algorithm)
 
 
-@lru_cache(maxsize=256)
+@lru_cache(maxsize=65536)
 def _digest(path: str, mtime_ns: int, size: int, algorithm: str) -> str:
+    from bench.cache import default_cache_dir
+
+    memo = default_cache_dir() / "digests" / hashlib.sha1(f"{path}|{mtime_ns}|{size}|{algorithm}".encode()).hexdigest()
+    try:
+        known = memo.read_text().strip()
+        if known:
+            return known
+    except OSError:
+        pass
     h = hashlib.new(algorithm)
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 22), b""):
             h.update(chunk)
-    return h.hexdigest()
+    digest = h.hexdigest()
+    try:  # a memo that cannot be written (read-only cache) only costs the next run a re-read
+        from bench.fsio import atomic_write_text
+
+        atomic_write_text(memo, digest, "digest memo")
+    except Exception:
+        pass
+    return digest
 
 
 def build_with_weights(new: Callable[[], torch.nn.Module], load: Callable[[torch.nn.Module, dict, str], None],

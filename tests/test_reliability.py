@@ -373,3 +373,21 @@ def test_fine_tune_progress_off_a_terminal(capsys, data_root, tmp_path, monkeypa
     code, err = run(capsys, "--backbone", "dummy", "--weights", "random", "--head", "mlp", "--epochs", "3",
                     *[a for a in common(data_root, tmp_path / "r") if a != "-q"])
     assert code == 0 and "fine-tune: 1/3 epoch" in err and "fine-tune: 3/3 epoch (100%)" in err, err
+
+
+def test_file_digests_are_remembered_on_disk_and_follow_changes(tmp_path, monkeypatch):
+    import hashlib as _h
+
+    from backbones import hub
+
+    monkeypatch.setenv("BENCH_CACHE_DIR", str(tmp_path / "cache"))
+    f = tmp_path / "data.bin"
+    f.write_bytes(b"a" * 1000)
+    hub._digest.cache_clear()
+    assert hub.file_digest(f, "sha256") == _h.sha256(b"a" * 1000).hexdigest()
+    [memo] = (tmp_path / "cache" / "digests").iterdir()  # the next process reads this, not the file
+    assert memo.read_text() == _h.sha256(b"a" * 1000).hexdigest()
+    hub._digest.cache_clear()
+    os.utime(f, ns=(1, 1))  # another mtime is another key: the file is read again
+    f.write_bytes(b"b" * 1000)
+    assert hub.file_digest(f, "sha256") == _h.sha256(b"b" * 1000).hexdigest()

@@ -112,26 +112,16 @@ def fractions(opts: LoadOptions) -> tuple[float, float, float]:
 
 # -- fingerprint ----------------------------------------------------------------------------------
 
-_HASHES: dict[tuple[str, int, int], str] = {}
-
-
 def file_sha(path: Path) -> str:
-    """sha256 of a file's bytes (memoized by path, size and mtime for this process)."""
+    """size and sha256 of a file's bytes (memoised by path, size and mtime: backbones.hub.file_digest)."""
+    from backbones.hub import file_digest
+
     try:
-        st = path.stat()
-    except OSError:
+        return f"{path.stat().st_size}:{file_digest(path, 'sha256')}"
+    except FileNotFoundError:
         return "missing"
-    key = (str(path), st.st_size, st.st_mtime_ns)
-    if key not in _HASHES:
-        h = hashlib.sha256()
-        try:
-            with open(path, "rb") as f:
-                for chunk in iter(lambda: f.read(1 << 22), b""):
-                    h.update(chunk)
-            _HASHES[key] = f"{st.st_size}:{h.hexdigest()}"
-        except OSError:
-            return "unreadable"
-    return _HASHES[key]
+    except OSError:
+        return "unreadable"
 
 
 def fingerprint(m: Manifest, size: int, opts: LoadOptions) -> str:
