@@ -347,3 +347,26 @@ def _write_dicom(pydicom, path: Path, pixels: np.ndarray, photometric: str, slop
     path.parent.mkdir(parents=True, exist_ok=True)
     ds.save_as(str(path), enforce_file_format=True)
     return path
+
+
+def test_sweep_and_report_over_a_folder_dataset(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    for c in ("benign", "malignant"):
+        d = tmp_path / "img" / c
+        d.mkdir(parents=True)
+        for i in range(30):
+            x = rng.integers(0, 80, (40, 36), dtype=np.uint8)
+            if c == "malignant":
+                x[:18] += 120
+            Image.fromarray(x).save(d / f"{i}.png")
+    out = tmp_path / "r"
+    argv = ["sweep", "--backbone", "dummy", "--weights", "random", "--dataset", f"folder:{tmp_path / 'img'}",
+            "--head", "linear", "knn", "--seed", "0", "1", "--head-epochs", "10", "--results-dir", str(out)]
+    assert main(argv) == 0
+    assert "4 done" in capsys.readouterr().out
+    assert main(argv) == 0 and "0 done, 4 already done" in capsys.readouterr().out  # resumed by id
+    assert len(list((out / "splits").glob("*.csv"))) == 1  # one split, saved once, shared by the runs
+    assert main(["report", "--results-dir", str(out), "--out", str(tmp_path / "rep"), "--format", "md",
+                 "--n-boot", "20"]) == 0
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert f"folder:{tmp_path / 'img'}" in md and "dummy (random)" in md
