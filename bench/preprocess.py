@@ -8,6 +8,7 @@ order of MedMNIST+'s transforms).
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,7 +32,11 @@ class Preprocess:
 
     def to_device(self, batch: np.ndarray, device: torch.device) -> torch.Tensor:
         """uint8 (B,H,W[,C]) numpy -> uint8 (B,C,H,W) tensor on ``device``."""
-        t = torch.from_numpy(np.ascontiguousarray(batch))
+        with warnings.catch_warnings():
+            # a read-only memory-mapped array: torch warns that writes would be undefined, and
+            # nothing here writes to it (the first op on the device, .float(), makes a copy)
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            t = torch.from_numpy(np.ascontiguousarray(batch))
         if device.type == "cuda":
             t = t.pin_memory().to(device, non_blocking=True)
         else:
