@@ -19,7 +19,7 @@ from typing import Callable
 import numpy as np
 from filelock import FileLock
 
-from .fsio import disk_error, remove_stale
+from .fsio import disk_error, remove_stale, tmp_name
 
 # bump when extraction code changes what it produces
 CACHE_VERSION = 1
@@ -45,8 +45,45 @@ def checksum(path: Path) -> str:
     return f"sha256-sampled{SAMPLE_BLOCKS}:" + h.hexdigest()
 
 
-class CorruptEntry(Exception):
+class CorruptEntry(ValueError):
     pass
+
+
+def stage_checked(path: Path, arr: np.ndarray) -> tuple[Path, dict]:
+    """Write ``arr`` as .npy under ``path``'s temporary name (fsynced) and return (that name, what
+    a later read must find: shape, dtype, checksum). The caller records the second and renames."""
+    tmp = tmp_name(path)
+    try:
+        with open(tmp, "wb") as f:
+            np.save(f, arr)
+            f.flush()
+            os.fsync(f.fileno())
+        return tmp, {"shape": list(arr.shape), "dtype": str(arr.dtype), "checksum": checksum(tmp)}
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def save_checked(path: Path, arr: np.ndarray) -> dict:
+    """``stage_checked`` and the rename into place; returns what to pass to ``load_checked``."""
+    tmp, meta = stage_checked(path, arr)
+    os.replace(tmp, path)
+    return meta
+
+
+def load_checked(path: Path, want: dict | None) -> np.ndarray:
+    """Memory-map an .npy written by ``save_checked``; CorruptEntry when it is unreadable or not
+    what ``want`` (its recorded shape, dtype, checksum) says."""
+    try:
+        arr = np.load(path, mmap_mode="r")
+    except (ValueError, OSError, EOFError) as e:
+        raise CorruptEntry(f"unreadable: {str(e).splitlines()[0][:80]}") from None
+    if want is not None:
+        if list(arr.shape) != want.get("shape") or str(arr.dtype) != want.get("dtype"):
+            raise CorruptEntry(f"{arr.dtype} {list(arr.shape)}, written as {want.get('dtype')} {want.get('shape')}")
+        if want.get("checksum") and checksum(path) != want["checksum"]:
+            raise CorruptEntry("checksum mismatch")
+    return arr
 
 
 @dataclass
@@ -94,42 +131,33 @@ class FeatureCache:
             lock.release()
 
     def _write(self, path: Path, parts: dict, feats: np.ndarray) -> None:
-        tmp = path.with_name(f".{path.stem}.npy.tmp{os.getpid()}")
-        tmp_meta = path.with_name(f".{path.stem}.json.tmp{os.getpid()}")
+        from .fsio import atomic_write_text
+
+        tmp = tmp_name(path)
         try:
-            with open(tmp, "wb") as f:
-                np.save(f, feats)
-                f.flush()
-                os.fsync(f.fileno())
-            meta = {"parts": parts, "shape": list(feats.shape), "dtype": str(feats.dtype), "checksum": checksum(tmp)}
-            tmp_meta.write_text(json.dumps(meta, indent=1, default=str))
-            os.replace(tmp_meta, path.with_suffix(".json"))
+            tmp, checked = stage_checked(path, feats)
+            atomic_write_text(path.with_suffix(".json"), json.dumps({"parts": parts, **checked}, indent=1,
+                                                                    default=str), "feature cache")
             os.replace(tmp, path)  # the .npy appears last: its presence means complete
-        except OSError as e:
+        except BaseException as e:  # disk full while staging or writing the sidecar: nothing left behind
             tmp.unlink(missing_ok=True)
-            tmp_meta.unlink(missing_ok=True)
-            raise disk_error(e, "feature cache", self.root) from None
+            if isinstance(e, OSError):
+                raise disk_error(e, "feature cache", self.root) from None
+            raise
 
     @staticmethod
     def _read(path: Path, rows: int | None) -> np.ndarray:
         try:
-            arr = np.load(path, mmap_mode="r")
-        except (ValueError, OSError, EOFError) as e:
-            raise CorruptEntry(f"unreadable: {str(e).splitlines()[0][:80]}") from None
-        try:
             meta = json.loads(path.with_suffix(".json").read_text())
         except (OSError, ValueError):
             meta = {}
-        want = meta.get("shape") if isinstance(meta, dict) else None
+        # entries written before they recorded shape/dtype/checksum are checked by shape alone
+        want = meta if isinstance(meta, dict) and "shape" in meta else None
+        arr = load_checked(path, want)
         if arr.dtype.kind not in "fiu" or arr.size == 0 or arr.ndim < 2:
             raise CorruptEntry(f"{arr.dtype} {arr.shape} is not a feature array")
         if rows is not None and arr.shape[0] != rows:
             raise CorruptEntry(f"{arr.shape[0]} rows, the split has {rows}")
-        if want is not None:
-            if list(arr.shape) != want or str(arr.dtype) != meta.get("dtype"):
-                raise CorruptEntry(f"{arr.dtype} {list(arr.shape)}, written as {meta.get('dtype')} {want}")
-            if meta.get("checksum") and checksum(path) != meta["checksum"]:
-                raise CorruptEntry("checksum mismatch")
         return arr
 
     @staticmethod

@@ -123,6 +123,20 @@ class ResultStore:
         return sum(remove_stale(self.root / folder, run_id) for folder, _ in LAYOUT.values()) + \
             remove_stale(self.root / "checkpoints", run_id)
 
+    def lock(self, run_id: str):
+        """The lock a run executes under (locks/<run_id>.lock; released by the OS if the process
+        dies): bench run and every sweep worker take this one."""
+        from filelock import FileLock
+
+        path = self.root / "locks" / f"{run_id}.lock"
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            from .fsio import disk_error
+
+            raise disk_error(e, "lock file", path) from None
+        return FileLock(str(path), thread_local=False)
+
     def csv_path(self, run_id: str) -> Path:
         return self.runs / f"{run_id}.csv"
 

@@ -100,25 +100,10 @@ def execute(cfg: RunConfig, opts: RunOptions, *, model: Backbone | None = None,
     store.check_writable()
     if not lock:
         return _execute(cfg, opts, store, model, cache)
-    with run_lock(opts.results_dir, cfg.run_id):
+    with store.lock(cfg.run_id):
         if store.is_done(cfg.run_id) and not opts.force:  # finished by another process meanwhile
             return RunResult.read(store, cfg.run_id)
         return _execute(cfg, opts, store, model, cache)
-
-
-def run_lock(results_dir: Path, run_id: str):
-    """The lock a run executes under (results/locks/<run_id>.lock; released by the OS if the
-    process dies)."""
-    from filelock import FileLock
-
-    from .fsio import disk_error
-
-    path = Path(results_dir) / "locks" / f"{run_id}.lock"
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise disk_error(e, "lock file", path) from None
-    return FileLock(str(path), thread_local=False)
 
 
 def _execute(cfg: RunConfig, opts: RunOptions, store: ResultStore, model: Backbone | None,

@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..cache import load_checked, save_checked
 from ..errors import UserError
 from .base import SPLITS, Dataset, DatasetSource, LoadOptions, Split
 
@@ -269,8 +270,6 @@ def _list_bad(bad: list[tuple[str, str]], n: int = 3) -> str:
 
 
 def _read_cached(folder: Path) -> tuple[dict, dict[str, Split]] | None:
-    from ..cache import checksum
-
     meta_path = folder / "meta.json"
     if not meta_path.exists():
         return None
@@ -281,29 +280,13 @@ def _read_cached(folder: Path) -> tuple[dict, dict[str, Split]] | None:
             arrs = []
             for kind in ("images", "labels"):
                 p = folder / f"{s}_{kind}.npy"
-                want = meta["arrays"][p.name]
-                a = np.load(p, mmap_mode="r")
-                if list(a.shape) != want["shape"] or str(a.dtype) != want["dtype"] or checksum(p) != want["checksum"]:
-                    raise ValueError(f"{p.name} is not what was written")
-                arrs.append(a)
+                arrs.append(load_checked(p, meta["arrays"][p.name]))
             splits[s] = Split(arrs[0], np.asarray(arrs[1]))
         return meta, splits
     except (OSError, ValueError, KeyError, EOFError) as e:
         print(f"bench: decoded images in {folder} are unusable ({str(e)[:80]}); decoding again",
               file=sys.stderr, flush=True)
         return None
-
-
-def _save(path: Path, a: np.ndarray) -> dict:
-    from ..cache import checksum
-
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        np.save(f, a)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return {"shape": list(a.shape), "dtype": str(a.dtype), "checksum": checksum(path)}
 
 
 def _decode_all(m: Manifest, size: int, folder: Path, fp: str, opts: LoadOptions) -> dict:
@@ -345,8 +328,8 @@ def _decode_all(m: Manifest, size: int, folder: Path, fp: str, opts: LoadOptions
             idx = [r for r, a in zip(rows, assigned) if a == s]
             imgs = allimg[idx][..., 0] if all_gray else allimg[idx]
             labels = np.array([m.entries[r].label for r in idx], np.int64).reshape(len(idx), -1)
-            arrays[f"{s}_images.npy"] = _save(folder / f"{s}_images.npy", np.ascontiguousarray(imgs))
-            arrays[f"{s}_labels.npy"] = _save(folder / f"{s}_labels.npy", labels)
+            arrays[f"{s}_images.npy"] = save_checked(folder / f"{s}_images.npy", np.ascontiguousarray(imgs))
+            arrays[f"{s}_labels.npy"] = save_checked(folder / f"{s}_labels.npy", labels)
             rels[s] = [m.entries[r].rel for r in idx]
     finally:
         del allimg

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from filelock import FileLock, Timeout
+from filelock import Timeout
 
 from ..config import RunConfig, RunOptions
 
@@ -45,10 +45,6 @@ class RunResult:
     seconds: float = 0.0
     error: str = ""
     detail: str = ""
-
-
-def lock_path(results_dir: Path, run_id: str) -> Path:
-    return Path(results_dir) / "locks" / f"{run_id}.lock"  # as bench.runner.run_lock
 
 
 def say(msg: str, settings: Settings) -> None:
@@ -126,9 +122,7 @@ def attempt(cfg: RunConfig, settings: Settings, block: bool) -> RunResult:
         return RunResult(rid, SKIPPED, detail="already done")
     if _failure_state(cfg, settings):
         return RunResult(rid, FAILED_BEFORE, detail="failure recorded (--retry-failed to rerun)")
-    lp = lock_path(opts.results_dir, rid)
-    lp.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(lp), thread_local=False)
+    lock = store.lock(rid)
     try:
         lock.acquire(timeout=-1 if block else 0, poll_interval=0.5)
     except Timeout:
