@@ -310,13 +310,32 @@ def test_cli_run_on_a_csv_dataset_and_listing(tmp_path, capsys):
     assert all(n in out for n in ("aptos2019", "isic2019", "cbis-ddsm", "chexpert14", "folder:...", "csv:..."))
 
 
-def test_shipped_medmnist_files_are_the_fallback(tmp_path, capsys):
+def test_shipped_medmnist_files_are_the_fallback(tmp_path, capsys, monkeypatch):
+    from bench.datasets import medmnist as M
+
+    monkeypatch.setattr(M, "_TOLD", set())
     ds = datasets.load("breastmnist", 28, LoadOptions(root=tmp_path / "empty", download=False))
     assert ds.path.parent.name == "medmnist" and len(ds.splits["train"]) == 546
-    assert "using the copy shipped in" in capsys.readouterr().err
+    assert "using the copy shipped with medfm-bench" in capsys.readouterr().err
     assert datasets.source_for("breastmnist").missing("breastmnist", 28, LoadOptions(root=tmp_path)) == []
     assert datasets.all_names() == datasets.source_for("breastmnist").names()  # own data is never `all`
 
+
+
+def test_retinamnist_ships_in_parts_and_is_joined_md5_checked(tmp_path, monkeypatch, capsys):
+    from bench.datasets import medmnist as M
+
+    monkeypatch.setenv("BENCH_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(M, "_SHIPPED", {})
+    ds = datasets.load("retinamnist", 28, LoadOptions(root=tmp_path / "empty", download=False))
+    assert {k: len(v) for k, v in ds.splits.items()} == {"train": 1080, "val": 120, "test": 400}
+    joined = tmp_path / "cache" / "samples" / "retinamnist.npz"
+    assert ds.path == joined and M.md5sum(joined) == M.expected_md5("retinamnist", 28)
+    # a damaged joined copy is not used: it is joined again from the parts
+    joined.write_bytes(b"not a zip")
+    monkeypatch.setattr(M, "_SHIPPED", {})
+    assert M.shipped("retinamnist", 28) == joined and M.md5sum(joined) == M.expected_md5("retinamnist", 28)
+    assert M.shipped("pathmnist", 28) is None  # nothing shipped for it
 
 def _write_csv(path: Path, rows: list[dict], cols: list[str] | None = None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)

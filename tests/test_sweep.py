@@ -127,7 +127,7 @@ def test_shipped_configs(tmp_path, capsys):
     argv = ["sweep", str(ROOT / "configs" / "smoke.yaml"), "--data-root", str(ROOT / "bench" / "samples" / "medmnist"),
             "--results-dir", str(tmp_path / "results"), "-q"]
     assert main(argv) == 0
-    assert len(csvs(tmp_path / "results")) == 8
+    assert len(csvs(tmp_path / "results")) == 16
 
 
 # -- inline runs, resume, cache accounting ---------------------------------------------------------

@@ -77,15 +77,34 @@ def md5sum(path: Path) -> str:
 
 # the small real file shipped as package data (bench/samples/medmnist/README.md): a fresh machine runs
 SAMPLES = Path(__file__).resolve().parents[1] / "samples" / "medmnist"
-_SHIPPED: dict[str, bool] = {}
+_SHIPPED: dict[str, Path | None] = {}
+_TOLD: set[Path] = set()
+
+
+def _joined(name: str, md5: str) -> Path | None:
+    """A file shipped in parts (the repository keeps every tracked file under 2 MB), joined into the
+    cache folder (package data may be read-only), rejoined when the cached copy's MD5 is wrong."""
+    from bench.cache import default_cache_dir
+    from bench.fsio import atomic_write_bytes
+
+    parts = sorted(SAMPLES.glob(name + ".part*of*"))
+    if not parts:
+        return None
+    out = default_cache_dir() / "samples" / name
+    if not (out.is_file() and md5sum(out) == md5):
+        atomic_write_bytes(out, b"".join(p.read_bytes() for p in parts), "shipped sample file")
+    return out
 
 
 def shipped(flag: str, size: int) -> Path | None:
     """The shipped copy of a file, when there is one and its MD5 is the published one."""
-    path = SAMPLES / file_name(flag, size)
-    if str(path) not in _SHIPPED:
-        _SHIPPED[str(path)] = path.is_file() and md5sum(path) == expected_md5(flag, size)
-    return path if _SHIPPED[str(path)] else None
+    name, md5 = file_name(flag, size), expected_md5(flag, size)
+    if name not in _SHIPPED:
+        path = SAMPLES / name
+        if not path.is_file():
+            path = _joined(name, md5)
+        _SHIPPED[name] = path if path is not None and path.is_file() and md5sum(path) == md5 else None
+    return _SHIPPED[name]
 
 
 def locate(flag: str, size: int, root: Path, download: bool = True) -> Path:
@@ -96,8 +115,10 @@ def locate(flag: str, size: int, root: Path, download: bool = True) -> Path:
         return path
     fallback = shipped(flag, size)
     if fallback is not None:
-        print(f"bench: {path.name} is not in {root}; using the copy shipped in {SAMPLES} (md5 checked)",
-              file=sys.stderr, flush=True)
+        if fallback not in _TOLD:  # once per process, not once per split or run
+            _TOLD.add(fallback)
+            print(f"bench: {path.name} is not in {root}; using the copy shipped with medfm-bench "
+                  f"({fallback}, md5 checked)", file=sys.stderr, flush=True)
         return fallback
     url = info(flag)[f"url{size_suffix(size)}"]
     howto = (f"dataset file {path.name} (md5 {expected_md5(flag, size)}) is not in {root}; "
