@@ -3,6 +3,7 @@ decode cache, grouped splits, and a folder run that scores exactly as the same i
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from pathlib import Path
 
@@ -121,6 +122,25 @@ def test_grouped_split_never_puts_a_group_in_two_splits():
     assert draw_splits(entries, (0.7, 0.1, 0.2), ("train", "val", "test"), 1) != \
         draw_splits(entries, (0.7, 0.1, 0.2), ("train", "val", "test"), 2)
 
+
+
+def test_given_splits_that_share_a_patient_are_used_but_flagged(tmp_path, capsys):
+    root = tmp_path / "us"
+    write_folder(root / "img", 12)
+    rows = [{"path": f"img/{c}/{i}.png", "dx": c, "patient": f"p{i // 4}",
+             "split": ("train", "train", "val", "test")[i % 4] if i < 8 else "train"}
+            for c in ("benign", "malignant") for i in range(12)]
+    _write_csv(root / "m.csv", rows)
+    loud = dataclasses.replace(opts(tmp_path, label_col="dx", group_col="patient", split_col="split"), quiet=False)
+    ds = datasets.load(f"csv:{root / 'm.csv'}", 8, loud)
+    assert {k: len(v) for k, v in ds.splits.items()} == {"train": 16, "val": 4, "test": 4}  # as given
+    assert "2 group(s) in more than one split" in ds.extra["split"]["rule"]
+    assert "p0, p1" in capsys.readouterr().err
+    for r in rows:  # one patient per split: nothing to flag
+        r["patient"] = f"{r['split']}-{r['path']}"
+    _write_csv(root / "m.csv", rows)
+    ds = datasets.load(f"csv:{root / 'm.csv'}", 8, loud)
+    assert "group" not in ds.extra["split"]["rule"] and "more than one split" not in capsys.readouterr().err
 
 def test_unreadable_images_a_few_skipped_more_is_one_line(tmp_path, capsys):
     root = write_folder(tmp_path / "f", 50)

@@ -254,7 +254,22 @@ def assign_splits(entries: list[Entry], opts: LoadOptions, where: str) -> tuple[
             out[i] = s
     how = "given" + (f"; {', '.join(missing)} carved out of train (seed {seed}, fractions "
                      f"{opts.get('split_fractions')})" if missing else "")
+    shared = groups_in_several_splits(entries, out)
+    if shared:  # given splits are used as they are, but a leak between them must not pass unseen
+        how += f"; {len(shared)} group(s) in more than one split"
+        _warn(f"{where}: the given splits put {len(shared)} group(s) (patient/lesion) in more than one "
+              f"split, e.g. {', '.join(shared[:3])}; scores may be optimistic. Leave the split column "
+              f"out to draw a grouped split", opts.quiet)
     return out, how
+
+
+def groups_in_several_splits(entries: list[Entry], splits: list[str]) -> list[str]:
+    """The groups whose images lie in more than one split, sorted."""
+    seen: dict[str, set[str]] = {}
+    for e, s in zip(entries, splits):
+        if e.group not in (None, ""):
+            seen.setdefault(e.group, set()).add(s)
+    return sorted(g for g, ss in seen.items() if len(ss) > 1)
 
 
 # -- the decode cache -----------------------------------------------------------------------------
@@ -375,7 +390,7 @@ def build(m: Manifest, size: int, opts: LoadOptions) -> Dataset:
     split_file = save_split(meta, opts)
     if opts.limit is not None:
         splits = {s: Split(v.images[:opts.limit], v.labels[:opts.limit]) for s, v in splits.items()}
-    splits = {s: Split(v.images, np.asarray(v.labels, np.int64)) for s, v in splits.items()}
+    splits = {s: Split(v.images, np.array(v.labels, np.int64)) for s, v in splits.items()}  # labels: small, in RAM
     extra = {**m.extra, "split": {"rule": meta["split_rule"], "file": str(split_file) if split_file else None},
              "skipped_unreadable": [p for p, _ in meta["skipped"]], "decode": {
                  "cache": str(folder), "policy": "short side to size (bilinear), centre crop; 16-bit min-max"}}
