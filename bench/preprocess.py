@@ -8,13 +8,13 @@ order of MedMNIST+'s transforms).
 """
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .datapath import host_to_device
 from .options import choices
 
 RESIZE_POLICIES = choices("resize")
@@ -31,16 +31,13 @@ class Preprocess:
     crop_from: int = 0    # resize-crop: side resized to before the centre crop
 
     def to_device(self, batch: np.ndarray, device: torch.device) -> torch.Tensor:
-        """uint8 (B,H,W[,C]) numpy -> uint8 (B,C,H,W) tensor on ``device``."""
-        with warnings.catch_warnings():
-            # a read-only memory-mapped array: torch warns that writes would be undefined, and
-            # nothing here writes to it (the first op on the device, .float(), makes a copy)
-            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-            t = torch.from_numpy(np.ascontiguousarray(batch))
-        if device.type == "cuda":
-            t = t.pin_memory().to(device, non_blocking=True)
-        else:
-            t = t.to(device)
+        """uint8 (B,H,W[,C]) numpy -> uint8 (B,C,H,W) tensor on ``device`` (one batch; loops read
+        ahead through bench.datapath and call ``layout``)."""
+        return self.layout(host_to_device(batch, device))
+
+    @staticmethod
+    def layout(t: torch.Tensor) -> torch.Tensor:
+        """uint8 (B,H,W[,C]) tensor -> (B,C,H,W) view."""
         return t.unsqueeze(1) if t.ndim == 3 else t.permute(0, 3, 1, 2)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:

@@ -12,6 +12,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -19,7 +20,7 @@ from torch import nn
 
 from backbones.base import Backbone
 
-from . import augment, heads, metrics
+from . import adapt, augment, datapath, heads, metrics
 from .config import RunConfig, RunOptions, parse_unfreeze
 from .context import RunContext
 from .errors import UserError
@@ -73,7 +74,7 @@ class Plan:
 def plan_for(cfg: RunConfig, model: Backbone) -> Plan:
     n = parse_unfreeze(cfg.unfreeze, model.num_blocks)
     k = model.num_blocks - n
-    train_stem = n == model.num_blocks
+    train_stem = n == model.num_blocks and adapt.trains_stem(cfg.adapt)  # LoRA keeps the stem frozen
     frozen_train = cfg.frozen_mode == "train" and not train_stem
     return Plan(k, train_stem, cache_prefix=not train_stem and cfg.augment == "none" and not frozen_train,
                 frozen_train=frozen_train)
@@ -84,9 +85,11 @@ NO_DECAY_MARKERS = ("token", "pos_embed", "position_embedding", "positional_embe
                     "rel_pos")
 
 
-def param_groups(cfg: RunConfig, model: Backbone, head: nn.Module, plan: Plan) -> list[dict]:
+def param_groups(cfg: RunConfig, model: Backbone, head: nn.Module, plan: Plan,
+                 backbone_params: list[nn.Parameter] | None = None) -> list[dict]:
     """AdamW groups: no weight decay on norms, biases, tokens and position embeddings, and
-    layer-wise lr decay: lr x layer_decay^(distance from the head), stem lowest."""
+    layer-wise lr decay: lr x layer_decay^(distance from the head), stem lowest.
+    ``backbone_params``: the backbone's trainable ones (bench.adapt; default: all of blocks[k:])."""
     top = model.num_blocks + 1
     depth = {id(p): 0 for p in model.stem_parameters()}
     for i, block in enumerate(model.blocks):
@@ -96,7 +99,9 @@ def param_groups(cfg: RunConfig, model: Backbone, head: nn.Module, plan: Plan) -
     names = {id(p): n for n, p in model.named_parameters()}
     names.update({id(p): f"head.{n}" for n, p in head.named_parameters()})
     groups: dict[tuple[int, bool], list] = {}
-    for p in model.trainable_parameters(model.num_blocks - plan.k) + list(head.parameters()):
+    if backbone_params is None:
+        backbone_params = model.trainable_parameters(model.num_blocks - plan.k)
+    for p in backbone_params + list(head.parameters()):
         no_decay = cfg.decay_scope != "all" and (p.ndim <= 1 or any(t in names[id(p)] for t in NO_DECAY_MARKERS))
         groups.setdefault((depth.get(id(p), top), no_decay), []).append(p)  # head: top
     out = []
@@ -143,9 +148,9 @@ def lr_factor(cfg: RunConfig, step: int, steps_per_epoch: int) -> float:
 
 
 def class_weights(task: str, labels: np.ndarray, n_out: int) -> torch.Tensor:
-    if metrics.is_multilabel(task):
-        pos = labels.sum(0).clip(min=1)
-        return torch.tensor((len(labels) - pos) / pos, dtype=torch.float32)  # pos_weight
+    if metrics.is_multilabel(task):  # unknown (-1) entries count as neither
+        pos = (labels == 1).sum(0).clip(min=1)
+        return torch.tensor((labels == 0).sum(0) / pos, dtype=torch.float32)  # pos_weight
     counts = np.bincount(labels[:, 0], minlength=n_out).clip(min=1)
     return torch.tensor(len(labels) / (n_out * counts), dtype=torch.float32)
 
@@ -163,8 +168,9 @@ def finetune(ctx: RunContext, plan: Plan, head: nn.Module) -> ProtocolOutput:
     cfg, opts, ds, model, pre, device = ctx.cfg, ctx.opts, ctx.dataset, ctx.model, ctx.pre, ctx.device
     log = ctx.log
     head = head.to(device)
+    backbone_params = adapt.backbone_parameters(cfg, model, plan.k)  # --adapt lora injects its layers here
     trainable = Trainable(model, plan.k, head, plan.train_stem).to(device)
-    groups = param_groups(cfg, model, head, plan)
+    groups = param_groups(cfg, model, head, plan, backbone_params)
     for p in model.parameters():
         p.requires_grad_(False)
     for group in groups:
@@ -181,11 +187,19 @@ def finetune(ctx: RunContext, plan: Plan, head: nn.Module) -> ProtocolOutput:
         for split in plan.cached_splits:
             inputs[split] = _cached_prefix(ctx, prefix, plan.k, split)
 
-    def forward_batch(split: str, idx: np.ndarray, train: bool) -> torch.Tensor:
+    def device_batches(split: str, index: list) -> Iterator[tuple[datapath.Index, torch.Tensor]]:
+        """(index, batch on the device), read ahead (bench.datapath): rows of the cached prefix,
+        or uint8 (B,C,H,W) images."""
+        cached = split in inputs
+        source = inputs[split] if cached else ds.splits[split].images
+        for i, x in datapath.batches_of(source, index, device):
+            yield i, (x if cached else pre.layout(x))
+
+    def forward_batch(split: str, x: torch.Tensor, train: bool) -> torch.Tensor:
+        """Logits of one batch from ``device_batches``."""
         if split in inputs:
-            h = torch.from_numpy(np.ascontiguousarray(inputs[split][idx])).to(device)
-            return trainable(h)
-        u8 = pre.to_device(ds.splits[split].images[idx], device)
+            return trainable(x)
+        u8 = x
         if train and policy is not None:
             x = augment.augmented(pre, u8, policy, aug_gen)  # in pixel space, then normalised
         else:
@@ -215,18 +229,17 @@ def finetune(ctx: RunContext, plan: Plan, head: nn.Module) -> ProtocolOutput:
         n = len(ds.splits[split])
         out, loss_sum = [], 0.0
         y_all = torch.from_numpy(ds.splits[split].labels)
-        for start in range(0, n, cfg.batch_size):
-            idx = np.arange(start, min(start + cfg.batch_size, n))
+        for idx, x in device_batches(split, datapath.sequential(n, cfg.batch_size)):
             with autocast(device, cfg.precision):
-                logits = forward_batch(split, idx, train=False).float()
+                logits = forward_batch(split, x, train=False).float()
             loss_sum += float(heads.loss_fn(ds.task, logits, y_all[idx].to(device), reduction="sum"))
             out.append(heads.scores_from_logits(ds.task, logits).cpu().numpy())
-        denom = n * (ds.n_outputs if metrics.is_multilabel(ds.task) else 1)
+        denom = int((ds.splits[split].labels != metrics.UNKNOWN).sum()) if metrics.is_multilabel(ds.task) else n
         return np.concatenate(out), loss_sum / denom
 
     opt = torch.optim.AdamW(groups, lr=cfg.lr)
     use_scaler = precision(device, cfg.precision) == "fp16"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+    scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
     weight = class_weights(ds.task, ds.splits["train"].labels, ds.n_outputs).to(device) \
         if cfg.balance == "weighted-loss" else None
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -255,15 +268,18 @@ def finetune(ctx: RunContext, plan: Plan, head: nn.Module) -> ProtocolOutput:
         set_train_mode()
         order = epoch_order(cfg, ds.task, train_labels, n_train, gen).numpy()
         loss_sum = 0.0
-        for i, start in enumerate(starts):
-            idx = np.sort(order[start:starts[i + 1] if i + 1 < len(starts) else n_train])
+        index = [np.sort(order[start:starts[i + 1] if i + 1 < len(starts) else n_train])
+                 for i, start in enumerate(starts)]
+        batches = device_batches("train", index)
+        for i, (idx, x) in enumerate(batches):
             for g in opt.param_groups:
                 g["lr"] = g["base_lr"] * lr_factor(cfg, step, steps_per_epoch)
             with autocast(device, cfg.precision):
-                logits = forward_batch("train", idx, train=True).float()
+                logits = forward_batch("train", x, train=True).float()
             loss = heads.loss_fn(ds.task, logits, torch.from_numpy(train_labels[idx]).to(device), class_weight=weight)
             opt.zero_grad(set_to_none=True)
             if not torch.isfinite(loss):  # a diverged run must not be selected or resumed from
+                batches.close()  # the reader thread stops now, not when the traceback is freed
                 raise TrainingDiverged(f"{cfg.run_id}: the training loss became {loss.item()} at epoch {epoch}, "
                                        f"step {i + 1}; lower --lr (now {cfg.lr:g}) or use --grad-clip")
             scaler.scale(loss).backward()
@@ -295,13 +311,19 @@ def finetune(ctx: RunContext, plan: Plan, head: nn.Module) -> ProtocolOutput:
     trainable.load_state_dict(best["state"], strict=False)  # best epoch on val, then test once
     val_scores, _ = predict("val")
     test_scores, _ = predict("test")
-    if opts.save_model:
-        save_model(Path(opts.results_dir) / "models" / cfg.run_id, model, head)
+    # the head is saved with every run (bench explain rebuilds the model from it); a backbone that
+    # changed (trained blocks, adapted BatchNorm statistics) only with --save-model: it is large
+    backbone_trained = plan.frozen_train or any(p.requires_grad for p in model.parameters())
+    adapter = adapt.finish(cfg, model, with_files=opts.save_model)  # LoRA: merged into plain weights
+    files = {**model_files(model, head, cfg.head, with_backbone=opts.save_model), **adapter}
     # the checkpoint stays until the runner has written the results (see checkpoint_for)
     n_train_params = sum(p.numel() for g in groups for p in g["params"])
+    counts = {"backbone": sum(p.numel() for p in backbone_params), "head": sum(p.numel() for p in head.parameters()),
+              "total": n_train_params, "adapt": cfg.adapt or "none"}
     selected = {"head": cfg.head, "unfreeze": cfg.unfreeze, "epoch": best["epoch"], f"val_{cfg.select}": best["value"],
                 "trainable_params": n_train_params, "prefix_cached": list(plan.cached_splits)}
-    return ProtocolOutput(val_scores, test_scores, selected, [{"split": "val", **c} for c in curves])
+    return ProtocolOutput(val_scores, test_scores, selected, [{"split": "val", **c} for c in curves],
+                          extra={"backbone_trained": backbone_trained, "trainable_parameters": counts}, files=files)
 
 
 def _cached_prefix(ctx: RunContext, prefix, k: int, split: str) -> np.ndarray:
@@ -379,19 +401,27 @@ class Checkpoint:
             tmp.unlink(missing_ok=True)
 
 
-def save_model(folder: Path, model: Backbone, head: nn.Module) -> None:
-    """Backbone (loadable later with --weights) and head as safetensors."""
-    from safetensors.torch import save_file
-
+def model_files(model: Backbone, head: nn.Module, head_kind: str, with_backbone: bool) -> dict:
+    """What rebuilds the selected model, as ProtocolOutput.files (written with the run under
+    models/<run_id>/): the head, and ``with_backbone`` the backbone (loadable later with --weights)."""
     from backbones.registry import BENCH_FORMAT
 
+    meta = {"backbone": model.spec.name, "variant": model.variant}
+    files = {"head": (head.state_dict(), {**meta, "format": "medfm-bench-head", "head": head_kind})}
+    if with_backbone:
+        files["backbone"] = (model.state_dict(), {**meta, "format": BENCH_FORMAT})
+    return files
+
+
+def save_model(folder: Path, model: Backbone, head: nn.Module) -> None:
+    """Backbone (loadable later with --weights) and head as safetensors, outside a run."""
+    from safetensors.torch import save_file
+
     folder.mkdir(parents=True, exist_ok=True)
-    meta = {"format": BENCH_FORMAT, "backbone": model.spec.name, "variant": model.variant}
-    for name, module, fmt in (("backbone", model, BENCH_FORMAT), ("head", head, "medfm-bench-head")):
-        sd = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
-        sd = _dedupe_shared(sd)
+    for name, (sd, meta) in model_files(model, head, "", with_backbone=True).items():
+        sd = _dedupe_shared({k: v.detach().cpu().contiguous() for k, v in sd.items()})
         tmp = folder / f".{name}.tmp{os.getpid()}.safetensors"
-        save_file(sd, str(tmp), metadata={**meta, "format": fmt})
+        save_file(sd, str(tmp), metadata=meta)
         os.replace(tmp, folder / f"{name}.safetensors")
 
 
@@ -406,4 +436,4 @@ def _dedupe_shared(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-__all__ = ["finetune", "build_head", "plan_for", "save_model"]
+__all__ = ["finetune", "build_head", "plan_for", "save_model", "model_files"]
