@@ -29,7 +29,12 @@ def scores_from_logits(task: str, logits: torch.Tensor) -> torch.Tensor:
 def loss_fn(task: str, logits: torch.Tensor, y: torch.Tensor, reduction: str = "mean",
             class_weight: torch.Tensor | None = None) -> torch.Tensor:
     if metrics.is_multilabel(task):
-        return F.binary_cross_entropy_with_logits(logits, y.float(), reduction=reduction, pos_weight=class_weight)
+        known = y != metrics.UNKNOWN
+        if bool(known.all()):
+            return F.binary_cross_entropy_with_logits(logits, y.float(), reduction=reduction, pos_weight=class_weight)
+        per = F.binary_cross_entropy_with_logits(logits, y.clamp(min=0).float(), reduction="none",
+                                                 pos_weight=class_weight)[known]
+        return per.mean() if reduction == "mean" else per.sum() if reduction == "sum" else per
     return F.cross_entropy(logits, y.view(-1), reduction=reduction, weight=class_weight)
 
 
@@ -37,8 +42,12 @@ def _per_head_loss(task: str, logits: torch.Tensor, y: torch.Tensor) -> torch.Te
     """Mean loss of each head; logits (H, N, C) -> (H,)."""
     n_heads, _, n_out = logits.shape
     if metrics.is_multilabel(task):
-        return F.binary_cross_entropy_with_logits(
-            logits, y.float().unsqueeze(0).expand_as(logits), reduction="none").mean(dim=(1, 2))
+        known = y != metrics.UNKNOWN
+        per = F.binary_cross_entropy_with_logits(
+            logits, y.clamp(min=0).float().unsqueeze(0).expand_as(logits), reduction="none")
+        if bool(known.all()):
+            return per.mean(dim=(1, 2))
+        return (per * known).sum(dim=(1, 2)) / known.sum().clamp(min=1)  # unknown labels left out
     return F.cross_entropy(logits.reshape(-1, n_out), y.view(-1).repeat(n_heads),
                            reduction="none").view(n_heads, -1).mean(1)
 
@@ -184,8 +193,12 @@ def knn_scores(x_train: np.ndarray, y_train: np.ndarray, x_query: np.ndarray, ta
             exact = ((q.double()[:, None] - xtr64[cand]) ** 2).sum(-1)
             order = exact.argsort(dim=1, stable=True)[:, :k]
             idx = cand.gather(1, order)
-        votes = targets[idx].mean(dim=1)
+        votes = targets[idx].mean(dim=1) if known is None else \
+            targets[idx].sum(dim=1) / known[idx].sum(dim=1).clamp(min=1)
         if vote == "majority":
+    known = None
             votes = (votes > 0.5).float() if multilabel else F.one_hot(votes.argmax(1), n_outputs).float()
         out.append(votes)
+        if metrics.has_unknown(y_train):  # a neighbour votes only on the labels it knows
+            known, targets = (targets != metrics.UNKNOWN).float(), (targets == 1).float()
     return torch.cat(out).cpu().numpy()

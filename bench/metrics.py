@@ -3,7 +3,9 @@
 Conventions (same as MedMNIST): ``y_true`` is (N,) class indices, or (N, L) 0/1 for multi-label;
 ``y_score`` is (N, C) probabilities (softmax for single-label, sigmoid for multi-label).
 Binary tasks score the last column, threshold 0.5; multi-class and ordinal use argmax and the
-one-vs-rest mean AUC; multi-label averages per label.
+one-vs-rest mean AUC; multi-label averages per label. A multi-label entry of -1 is unknown (an
+uncertain label under ``--uncertain ignore``, CheXpert's U-Ignore): each label's metric is taken over
+the images where that label is known, and losses leave it out (``bench.heads.loss_fn``).
 
 Calibration ("can the scores be read as probabilities"): ``ece`` is the top-label expected
 calibration error over ``ECE_BINS`` equal-width confidence bins (Guo et al. 2017; a bin is
@@ -33,10 +35,27 @@ def _prep(y_true: np.ndarray, y_score: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return np.asarray(y_true).squeeze(), np.asarray(y_score).squeeze()
 
 
+UNKNOWN = -1  # a multi-label entry left out of losses and metrics
+
+
+def has_unknown(y_true: np.ndarray) -> bool:
+    return bool((np.asarray(y_true) == UNKNOWN).any())
+
+
+def per_label(fn, y_true: np.ndarray, y_score: np.ndarray) -> float:
+    """Mean over labels of ``fn(y, score)`` (binary, 1-D), each over the images where it is known."""
+    y_true, y_score = np.asarray(y_true), np.asarray(y_score)
+    vals = []
+    for i in range(y_score.shape[1]):
+        k = y_true[:, i] != UNKNOWN
+        vals.append(fn(y_true[k, i], y_score[k, i]))
+    return float(np.mean(vals))
+
+
 def auc(task: str, y_true: np.ndarray, y_score: np.ndarray) -> float:
     y_true, y_score = _prep(y_true, y_score)
     if is_multilabel(task):
-        return float(np.mean([roc_auc_score(y_true[:, i], y_score[:, i]) for i in range(y_score.shape[1])]))
+        return per_label(roc_auc_score, y_true, y_score)
     if task == "binary-class":
         return float(roc_auc_score(y_true, y_score[:, -1] if y_score.ndim == 2 else y_score))
     return float(np.mean([roc_auc_score((y_true == i).astype(float), y_score[:, i])
@@ -54,13 +73,18 @@ def auc_batched(task: str, y_true: np.ndarray, scores: np.ndarray) -> np.ndarray
 
     y_true = np.asarray(y_true).squeeze()
     scores = np.asarray(scores, dtype=np.float64)
+    known = None
     if is_multilabel(task):
-        pos = y_true.astype(bool)  # (N, L)
+        pos = y_true == 1  # (N, L)
+        known = y_true != UNKNOWN if has_unknown(y_true) else None
     elif task == "binary-class":
         pos = (y_true == 1)[:, None]
         scores = scores[..., -1:]
     else:
         pos = y_true[:, None] == np.arange(scores.shape[-1])[None, :]
+    if known is not None:  # each label ranked over the images where it is known
+        return np.mean([auc_batched("binary-class", y_true[known[:, i], i], scores[:, known[:, i], i:i + 1])
+                        for i in range(scores.shape[-1])], axis=0)
     ranks = rankdata(scores, axis=1)  # (H, N, C), ties averaged
     n_pos = pos.sum(0).astype(np.float64)  # (C,)
     n_neg = pos.shape[0] - n_pos
@@ -84,7 +108,7 @@ def acc(task: str, y_true: np.ndarray, y_score: np.ndarray, threshold: float = 0
     y_true, _ = _prep(y_true, y_score)
     pred = predictions(task, y_score, threshold)
     if is_multilabel(task):
-        return float(np.mean([(y_true[:, i] == pred[:, i]).mean() for i in range(y_true.shape[1])]))
+        return per_label(lambda y, p: (y == p).mean(), y_true, pred)
     return float((y_true == pred).mean())
 
 
@@ -101,8 +125,7 @@ def ece(task: str, y_true: np.ndarray, y_score: np.ndarray, n_bins: int = ECE_BI
     averaged."""
     y_true, y_score = _prep(y_true, y_score)
     if is_multilabel(task):
-        return float(np.mean([ece("binary-class", y_true[:, i], y_score[:, i], n_bins)
-                              for i in range(y_score.shape[1])]))
+        return per_label(lambda y, p: ece("binary-class", y, p, n_bins), y_true, y_score)
     pred = predictions(task, y_score)
     if task == "binary-class":
         p1 = y_score[:, -1] if y_score.ndim == 2 else y_score
@@ -116,6 +139,8 @@ def brier(task: str, y_true: np.ndarray, y_score: np.ndarray) -> float:
     """Mean squared error of the predicted probabilities (see the module docstring for the forms)."""
     y_true, y_score = _prep(y_true, y_score)
     if is_multilabel(task):
+        if has_unknown(y_true):
+            return per_label(lambda y, p: np.mean((p - y) ** 2), y_true, y_score)
         return float(np.mean((y_score - y_true) ** 2))  # = mean over labels of the binary score
     if task == "binary-class":
         p1 = y_score[:, -1] if y_score.ndim == 2 else y_score
@@ -137,10 +162,12 @@ def evaluate(task: str, y_true: np.ndarray, y_score: np.ndarray) -> dict[str, fl
         out["auc"] = float("nan")
     pred = predictions(task, y_score)
     if is_multilabel(task):
-        out["macro_f1"] = float(f1_score(y_true_s, pred, average="macro", zero_division=0))
-        per = recall_score(y_true_s, pred, average=None, zero_division=0)
+        y2, p2 = np.asarray(y_true_s).reshape(len(pred), -1), pred.reshape(len(pred), -1)
+        cols = [(y2[y2[:, i] != UNKNOWN, i], p2[y2[:, i] != UNKNOWN, i]) for i in range(y2.shape[1])]
+        out["macro_f1"] = float(np.mean([f1_score(y, p, zero_division=0) for y, p in cols]))
+        per = np.array([recall_score(y, p, zero_division=0) for y, p in cols])
         # balanced accuracy per label (mean of sensitivity and specificity), then averaged
-        spec = recall_score(1 - y_true_s, 1 - pred, average=None, zero_division=0)
+        spec = np.array([recall_score(1 - y, 1 - p, zero_division=0) for y, p in cols])
         out["balanced_acc"] = float(np.mean((per + spec) / 2))
     else:
         n_classes = np.asarray(y_score).shape[-1] if np.asarray(y_score).ndim == 2 else 2

@@ -202,7 +202,7 @@ OPTIONS: tuple[Option, ...] = (
     O("modality", str, "", group=DATA, late=True,
       help="what the images show, e.g. 'chest x-ray' (--augment auto's policy; default: the source's)"),
     O("uncertain", str, "ones", group=DATA, late=True, choices=("ones", "zeros", "ignore"),
-      help="multi-label -1 (uncertain) labels, e.g. CheXpert's: as 1, as 0, or leave those images out"),
+      help="multi-label -1 (uncertain) labels, e.g. CheXpert's: as 1, as 0, or unknown (left out of losses and metrics)"),
     O("split_fractions", str, "0.7,0.1,0.2", group=DATA, late=True, metavar="TRAIN,VAL,TEST",
       help="fractions of the seeded, stratified, grouped split where no split is given"),
     O("split_seed", int, 0, group=DATA, late=True, low=0, help="seed of that split"),

@@ -109,3 +109,65 @@ def test_brier_matches_sklearn(task, n):
     if n == 2:  # by hand: always 0.9 on the positive class, half of them positive
         assert metrics.brier(task, np.array([1, 0]), np.array([[0.1, 0.9], [0.1, 0.9]])) == pytest.approx(
             (0.01 + 0.81) / 2)
+
+
+def _with_unknowns(seed: int = 0, n: int = 60, labels: int = 4):
+    rng = np.random.default_rng(seed)
+    y = (rng.random((n, labels)) < 0.4).astype(np.int64)
+    y[:, 0] = np.arange(n) % 2  # both values in every label
+    unknown = rng.random((n, labels)) < 0.2
+    unknown[:4] = False
+    y[unknown] = -1
+    return y, rng.random((n, labels)), unknown
+
+
+def test_unknown_multilabel_entries_are_left_out_of_every_metric():
+    """--uncertain ignore (U-Ignore): each label is scored over the images where it is known, so the
+    score given to an unknown entry cannot move any metric, and each equals its per-label form."""
+    from sklearn.metrics import roc_auc_score
+
+    task = "multi-label, binary-class"
+    y, sc, unknown = _with_unknowns()
+    got = metrics.evaluate(task, y, sc)
+    moved = sc.copy()
+    moved[unknown] = 1 - moved[unknown]
+    assert metrics.evaluate(task, y, moved) == got
+    known = [y[:, i] != -1 for i in range(y.shape[1])]
+    assert got["auc"] == pytest.approx(np.mean([roc_auc_score(y[k, i], sc[k, i]) for i, k in enumerate(known)]))
+    assert got["acc"] == pytest.approx(np.mean([((sc[k, i] > .5) == y[k, i]).mean() for i, k in enumerate(known)]))
+    assert got["brier"] == pytest.approx(np.mean([((sc[k, i] - y[k, i]) ** 2).mean() for i, k in enumerate(known)]))
+    batched = metrics.auc_batched(task, y, np.stack([sc, moved]))
+    assert batched == pytest.approx([got["auc"]] * 2)
+    full = np.where(unknown, 0, y)  # without unknowns the fast paths are unchanged
+    assert metrics.auc_batched(task, full, sc[None])[0] == pytest.approx(metrics.auc(task, full, sc))
+
+
+def test_unknown_labels_carry_no_loss_no_gradient_and_no_knn_vote():
+    import torch
+
+    from bench import heads
+    from bench.report import stats
+
+    task = "multi-label, binary-class"
+    y, _, unknown = _with_unknowns(1, n=12, labels=3)
+    logits = torch.randn(12, 3, requires_grad=True)
+    yt = torch.from_numpy(y)
+    loss = heads.loss_fn(task, logits, yt)
+    loss.backward()
+    assert (logits.grad[torch.from_numpy(unknown)] == 0).all() and (logits.grad[~torch.from_numpy(unknown)] != 0).all()
+    k = torch.from_numpy(~unknown)
+    ref = torch.nn.functional.binary_cross_entropy_with_logits(logits[k], yt[k].float())
+    assert loss.item() == pytest.approx(ref.item())
+    grid = heads._per_head_loss(task, logits.detach()[None].repeat(2, 1, 1), yt)
+    assert grid.tolist() == pytest.approx([ref.item()] * 2)
+    # kNN: neighbours vote only on the labels they know (k = all 4 training images)
+    x = np.eye(4, dtype=np.float32)
+    y_train = np.array([[1, -1], [1, 0], [0, -1], [-1, -1]])
+    votes = heads.knn_scores(x, y_train, x[:1], task, 2, k=4, metric="euclidean")
+    assert votes[0].tolist() == pytest.approx([2 / 3, 0.0])
+    # the bootstrap's fast path agrees with the metric on data with unknowns
+    y, sc, _ = _with_unknowns(2)
+    w = np.ones((1, len(y)), dtype=np.int64)
+    for name in ("acc", "auc"):
+        assert stats._fast(name, task, y, sc)(w)[0] == pytest.approx(metrics.evaluate(task, y, sc)[name])
+        assert stats._slow(name, task, y, sc)(w)[0] == pytest.approx(metrics.evaluate(task, y, sc)[name])

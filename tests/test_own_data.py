@@ -102,9 +102,17 @@ def test_csv_multilabel_and_uncertain_policy(tmp_path):
     assert ds.task == "multi-label, binary-class" and ds.label_names == {"0": "a", "1": "b", "2": "c"}
     assert ds.splits["train"].labels.shape[1] == 3
     ignored = datasets.load(f"csv:{root / 'm.csv'}", 8, opts(tmp_path, label_col="a,b,c", uncertain="ignore"))
-    assert sum(len(s) for s in ignored.splits.values()) == 38 and ignored.extra["left_out_uncertain"] == 2
+    # ignore keeps every image; the two uncertain entries become unknown (-1), the rest as given
+    assert sum(len(s) for s in ignored.splits.values()) == 40 and ignored.extra["uncertain_labels"] == 2
+    assert sum(int((s.labels == -1).sum()) for s in ignored.validate().splits.values()) == 2
     with pytest.raises(UserError, match="no label column 'zz' in m.csv"):
         datasets.load(f"csv:{root / 'm.csv'}", 8, opts(tmp_path, label_col="zz"))
+    # every protocol trains and scores with the unknown entries left out
+    for protocol in (["--head", "linear"], ["--head", "knn"], ["--unfreeze", "all", "--epochs", "1"]):
+        argv = ["run", "--backbone", "dummy", "--weights", "random", "--dataset", f"csv:{root / 'm.csv'}",
+                "--label-col", "a,b,c", "--uncertain", "ignore", "--size", "8", "-q",
+                "--results-dir", str(tmp_path / "r"), *protocol]
+        assert main(argv) == 0, protocol
 
 
 def test_grouped_split_never_puts_a_group_in_two_splits():
@@ -274,7 +282,8 @@ def test_chexpert_layout_5_and_14_observations_and_uncertain(tmp_path):
     assert len(ds.splits["test"]) == 10  # valid.csv, radiologist-labelled, is the test split
     assert datasets.load("chexpert14", 8, opts(tmp_path, root=root)).n_outputs == 14
     ignored = datasets.load("chexpert", 8, opts(tmp_path, root=root, uncertain="ignore"))
-    assert sum(len(s) for s in ignored.splits.values()) < 50 and ignored.extra["left_out_uncertain"] > 0
+    unknown = sum(int((s.labels == -1).sum()) for s in ignored.validate().splits.values())
+    assert sum(len(s) for s in ignored.splits.values()) == 50 and unknown == ignored.extra["uncertain_labels"] > 0
     ones = datasets.load("chexpert", 8, opts(tmp_path, root=root, uncertain="ones"))
     zeros = datasets.load("chexpert", 8, opts(tmp_path, root=root, uncertain="zeros"))
     assert ones.splits["train"].labels.sum() > zeros.splits["train"].labels.sum()

@@ -50,6 +50,7 @@ class Dataset:
         """Check what every protocol relies on, whatever the source: non-empty splits, uint8
         images, integer labels of the right shape and range (one line naming what is wrong)."""
         from ..errors import UserError
+        from ..metrics import UNKNOWN
 
         where = f"dataset {self.name}" + (f" ({self.path})" if self.path else "")
         n_out = self.n_outputs
@@ -71,9 +72,10 @@ class Dataset:
                 raise UserError(f"{where}: {split} labels are {y.dtype}; expected integer class indices")
             lo, hi = int(y.min()), int(y.max())
             top = 1 if self.multilabel else n_out - 1
-            if lo < 0 or hi > top:
-                raise UserError(f"{where}: {split} labels run from {lo} to {hi}; expected 0..{top}"
-                                + (" (0/1 per label)" if self.multilabel else f" for {n_out} classes"))
+            bottom = UNKNOWN if self.multilabel else 0  # -1: an unknown label (--uncertain ignore)
+            if lo < bottom or hi > top:
+                raise UserError(f"{where}: {split} labels run from {lo} to {hi}; expected {bottom}..{top}"
+                                + (" (0/1 per label, -1 unknown)" if self.multilabel else f" for {n_out} classes"))
         if len(np.unique(self.targets("train"), axis=0)) < 2:
             raise UserError(f"{where}: the train split has a single label value; nothing to learn")
         return self

@@ -49,8 +49,8 @@ def column(cols: list[str], given: str, defaults: tuple[str, ...], what: str, wh
     return None
 
 
-def multilabel_value(v: str, policy: str, where: str) -> int | None:
-    """0/1 of one label; None: leave the image out (--uncertain ignore on a -1)."""
+def multilabel_value(v: str, policy: str, where: str) -> int:
+    """0/1 of one label; -1 (unknown: left out of losses and metrics) for --uncertain ignore on a -1."""
     v = (v or "").strip()
     if v == "":
         return 0
@@ -59,10 +59,17 @@ def multilabel_value(v: str, policy: str, where: str) -> int | None:
     except ValueError:
         raise UserError(f"{where}: label value {v!r} is not 0, 1 or -1 (uncertain)") from None
     if x == -1:
-        return {"ones": 1, "zeros": 0, "ignore": None}[policy]
+        return {"ones": 1, "zeros": 0, "ignore": -1}[policy]
     if x not in (0, 1):
         raise UserError(f"{where}: label value {v!r} is not 0, 1 or -1 (uncertain)")
     return int(x)
+
+
+def _is_uncertain(v: str) -> bool:
+    try:
+        return float(v) == -1
+    except (TypeError, ValueError):
+        return False
 
 
 class CSVSource(ImageSource):
@@ -92,14 +99,12 @@ class CSVSource(ImageSource):
         entries: list[Entry] = []
         if multilabel:
             names = list(label_cols)
-            dropped = 0
+            n_uncertain = 0
             for n, r in enumerate(rows, 2):
                 lab = [multilabel_value(r[c], policy, f"{csv_path.name} line {n}, {c}") for c in label_cols]
-                if None in lab:
-                    dropped += 1
-                    continue
+                n_uncertain += sum(_is_uncertain(r[c]) for c in label_cols)
                 entries.append(self._entry(r, base, path_col, tuple(lab), split_col, group_col, suffix, csv_path, n))
-            extra = {**(extra or {}), "uncertain": policy, "left_out_uncertain": dropped}
+            extra = {**(extra or {}), "uncertain": policy, "uncertain_labels": n_uncertain}
         else:
             col = label_cols[0]
             values = [(r[col] or "").strip() for r in rows]

@@ -196,7 +196,7 @@ class CheXpert(PaperSource):
     def manifest(self, dataset: str, opts: LoadOptions) -> Manifest:
         root = self.root(dataset, opts)
         labels = list(CHEXPERT14 if dataset == "chexpert14" else CHEXPERT5)
-        entries, left_out, cols = [], 0, []
+        entries, n_uncertain, cols = [], 0, []
         for f, split in (("train.csv", "train"), ("valid.csv", "test")):
             cols, rows = read_rows(root / f, dataset)
             for r in rows:
@@ -210,11 +210,11 @@ class CheXpert(PaperSource):
             for e in part.entries:  # names in the fingerprint do not depend on where the root is
                 e.rel = Path(e.path).resolve().relative_to(root.resolve().parent).as_posix()
             entries += part.entries
-            left_out += part.extra["left_out_uncertain"]
+            n_uncertain += part.extra["uncertain_labels"]
         return Manifest(dataset, self.name, root, entries, {str(i): n for i, n in enumerate(labels)},
                         "multi-label, binary-class", modality=self.modality_name,
                         files=[root / f for f in self.files],
-                        extra={"uncertain": opts.get("uncertain"), "left_out_uncertain": left_out})
+                        extra={"uncertain": opts.get("uncertain"), "uncertain_labels": n_uncertain})
 
 
 APTOS, ISIC, CBIS, CHEXPERT = Aptos(), ISIC(), CBIS(), CheXpert()

@@ -94,6 +94,12 @@ def _auc_counts(pos: np.ndarray, score: np.ndarray) -> Callable[[np.ndarray], np
 
 def _fast(name: str, task: str, y_true: np.ndarray, y_score: np.ndarray) -> Callable[[np.ndarray], np.ndarray] | None:
     y, sc = np.asarray(y_true).squeeze(), np.asarray(y_score).squeeze()
+    if M.is_multilabel(task) and M.has_unknown(y):  # per label over its known images (bench.metrics)
+        known = [np.flatnonzero(y[:, i] != M.UNKNOWN) for i in range(y.shape[1])]
+        parts = [_fast(name, "binary-class", y[k, i], sc[k, i]) for i, k in enumerate(known)]
+        if any(f is None for f in parts):
+            return None
+        return lambda w: np.mean([f(w[:, k]) for f, k in zip(parts, known)], axis=0)
     if name == "acc":
         pred = M.predictions(task, sc)
         correct = (pred == y).mean(axis=1) if M.is_multilabel(task) else (pred == y).astype(float)
