@@ -55,6 +55,14 @@ BUILTINS: dict[str, str] = {
     "clip": "backbones.clip:CLIP",
     "sam": "backbones.sam:SAM",
     "blip": "backbones.blip:BLIP",
+    # medical-domain models, SEEM and the primer's CNN (issue 15)
+    "biomedclip": "backbones.biomedclip:BIOMEDCLIP",
+    "rad-dino": "backbones.rad_dino:RAD_DINO",
+    "medsam": "backbones.medsam:MEDSAM",
+    "retfound": "backbones.retfound:RETFOUND",
+    "uni": "backbones.uni:UNI",
+    "seem": "backbones.seem:SEEM",
+    "simplecnn": "backbones.simplecnn:SIMPLECNN",
 }
 
 # "prefix:rest" names resolved by a function, e.g. timm:convnext_tiny.fb_in22k

@@ -55,14 +55,17 @@ def create(model_name: str, weights: str, *, name: str, **kwargs) -> tuple[torch
     return model, fingerprint
 
 
-def load_timm_state_dict(model: torch.nn.Module, sd: dict, *, name: str, source: str) -> None:
+def load_timm_state_dict(model: torch.nn.Module, sd: dict, *, name: str, source: str,
+                         allow_missing: tuple[str, ...] = ()) -> None:
     # timm ships per-architecture filters that map original release keys (e.g. the DINOv2 or
     # torchvision layouts) onto its own; apply the model's filter the way timm's loader does.
-    filter_fn = getattr(sys.modules.get(type(model).__module__), "checkpoint_filter_fn", None)
+    # A backbone wrapping a timm model (vit_common.TimmViT) names the timm class it mirrors.
+    timm_cls = getattr(model, "_timm_cls", None) or type(model)
+    filter_fn = getattr(sys.modules.get(timm_cls.__module__), "checkpoint_filter_fn", None)
     if filter_fn is not None:
         try:
             sd = filter_fn(sd, model)
         except Exception as e:  # a filter crashing on a foreign layout means wrong architecture
             raise UserError(f"weights {source!r} do not fit backbone {name!r}: {e}") from e
     head_keys = ("fc.", "head.", "head_dist.", "classifier.", "last_linear.")
-    hub.load_into(model, sd, name=name, source=source, ignore_unexpected=head_keys)
+    hub.load_into(model, sd, name=name, source=source, ignore_unexpected=head_keys, allow_missing=allow_missing)

@@ -1,0 +1,66 @@
+"""UNI (Chen et al. 2024): a DINOv2-trained ViT-L/16 for histopathology (Mass-100K slides).
+
+MahmoodLab's instructions build it with ``timm.create_model("hf-hub:MahmoodLab/uni",
+pretrained=True, init_values=1e-5, dynamic_img_size=True)``: timm's ``vit_large_patch16_224``
+with layer scale, CLS token after the final norm as the feature, ImageNet mean/std at 224 px.
+The same timm model is built here and the repo's ``pytorch_model.bin`` (timm keys) is loaded
+into it, so `bench` never needs timm's hub config. The repo is gated: request access on its
+page, then log in; offline, or without access, the error says so.
+"""
+from __future__ import annotations
+
+import torch
+
+from bench.errors import UserError
+
+from . import gated, timm_common
+from .base import Backbone, Spec
+from .registry import Adapter, WeightFile
+from .vit_common import READOUTS, TINY, TimmViT, create_model, vit_kwargs
+
+REPO, FILENAME = "MahmoodLab/UNI", "pytorch_model.bin"
+# variant -> (timm model, timm kwargs); layer scale as in MahmoodLab's create_model call
+VARIANTS: dict[str, tuple[str, dict]] = {
+    "vitl16": ("vit_large_patch16_224", {"init_values": 1e-5}),
+    "tiny": ("vit_large_patch16_224", {"init_values": 1e-5, **TINY}),
+}
+
+SPEC = Spec(
+    name="uni", family="vit", variants=tuple(VARIANTS), default_variant="vitl16", input_size=224,
+    weights_source=f"timm hf-hub:{REPO} ({FILENAME}; gated: request access, then log in)",
+    license="cc-by-nc-nd-4.0 (gated; academic research only)", readouts=READOUTS,
+    description="UNI ViT-L/16, DINOv2 self-supervised on 100M histopathology tiles (Mass-100K)",
+    facts={"blocks": 24, "embed_dim": 1024, "params": "303M"},
+)
+
+
+def build(variant: str, weights: str, *, readout: str | None = None,
+          input_size: int | None = None) -> Backbone:
+    if variant not in VARIANTS:
+        raise UserError(f"uni has no variant {variant!r}; choose from {', '.join(VARIANTS)}")
+    readout = readout or SPEC.readouts[0]
+    if readout not in SPEC.readouts:
+        raise UserError(f"uni has no readout {readout!r}; choose from {', '.join(SPEC.readouts)}")
+    model_name, overrides = VARIANTS[variant]
+    size = input_size or SPEC.input_size
+    name = "uni" if variant == SPEC.default_variant else f"uni@{variant}"
+    kwargs = {**vit_kwargs(size, 16), **overrides}
+    if variant == "tiny" and weights == "default":
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            model, _ = timm_common.create(model_name, "random", name=name, **kwargs)
+        fingerprint = "uni-tiny-seed0"
+    elif weights == "default":
+        path = gated.hf_file(REPO, FILENAME, name=name)  # before building a 300M model
+        model, _ = create_model(model_name, path, name=name, **kwargs)
+        fingerprint = f"hf:{REPO}/{FILENAME}"
+    else:
+        model, fingerprint = create_model(model_name, weights, name=name, **kwargs)
+    return TimmViT(model, SPEC, variant, fingerprint, readout=readout, input_size=size)
+
+
+def weight_files(variant: str) -> list[WeightFile]:
+    return [] if variant == "tiny" else [WeightFile("hf", REPO, FILENAME)]
+
+
+UNI = Adapter(SPEC, build, weight_files)
