@@ -19,6 +19,7 @@ if TYPE_CHECKING:  # the planner imports this module without torch
     from .datasets import Dataset
     from .cache import FeatureCache
     from .preprocess import Preprocess
+    from .subsets import TrainSubset
 
 
 def log(msg: str, quiet: bool = False) -> None:
@@ -42,10 +43,11 @@ def frozen_identity(cfg: "RunConfig") -> tuple:
 
 
 def feature_parts(cfg: "RunConfig", weights: str, data_fingerprint: str, split: str, what: str = "readout",
-                  precision: str = "fp32") -> dict:
+                  precision: str = "fp32", execution: dict | None = None) -> dict:
     """The feature-cache key of one split: ``weights`` is :func:`weights_key`; ``what`` is
-    "readout" or "prefix:<k>"; ``precision`` what autocast computes in; library versions are in
-    it because an upgrade can change an architecture's code or its random init."""
+    "readout" or "prefix:<k>"; ``precision`` what autocast computes in; ``execution`` the kernels'
+    options that are on (bench.execution.cache_parts); library versions are in it because an
+    upgrade can change an architecture's code or its random init."""
     from .results import library_versions
 
     # later knobs enter the key only when set, so features cached before them stay valid
@@ -54,7 +56,7 @@ def feature_parts(cfg: "RunConfig", weights: str, data_fingerprint: str, split: 
     return {"what": what, "backbone": cfg.backbone, "variant": cfg.variant, "weights": weights,
             "readout": cfg.readout, "input_size": cfg.input_size, "resize": cfg.resize, "gray": cfg.gray,
             "dataset_md5": data_fingerprint, "split": split, "limit": cfg.limit, "precision": precision,
-            "libraries": library_versions(), **later}
+            "libraries": library_versions(), **later, **({"execution": execution} if execution else {})}
 
 
 @dataclass
@@ -85,9 +87,29 @@ class RunContext:
     device: "torch.device"
     cache: "FeatureCache"
     timings: Timings = field(default_factory=Timings)
+    # --train-fraction / --shots: ``dataset`` trains on the subset; frozen passes run on the whole
+    # split of ``source`` (one cached pass serves every fraction) and keep the subset's rows
+    source: "Dataset | None" = None
+    train_subset: "TrainSubset | None" = None
+
+    frozen_fns: dict = field(default_factory=dict)  # fn -> bench.execution.Frozen, one per fn
 
     def log(self, msg: str) -> None:
         log(msg, self.opts.quiet)
+
+    def frozen_fn(self, fn: Callable[["torch.Tensor"], "torch.Tensor"]) -> Callable[["torch.Tensor"], "torch.Tensor"]:
+        """``fn`` as --channels-last and --compile ask (compiled once per fn and run)."""
+        from .execution import Frozen
+
+        if fn not in self.frozen_fns:
+            self.frozen_fns[fn] = Frozen(fn, self.opts.channels_last, self.opts.compile)
+        return self.frozen_fns[fn]
+
+    def execution(self) -> dict:
+        """What the run's meta records of how it executed."""
+        return {"channels_last": self.opts.channels_last,
+                "compile": {getattr(f.fn, "__name__", type(f.fn).__name__): f.status
+                            for f in self.frozen_fns.values()} if self.opts.compile else "off"}
 
     @property
     def weights_key(self) -> str:
@@ -96,18 +118,34 @@ class RunContext:
     def feature_parts(self, split: str, what: str = "readout") -> dict:
         from .features import precision
 
+        from .execution import cache_parts
+
         return feature_parts(self.cfg, self.weights_key, self.dataset.fingerprint, split, what,
-                             precision(self.device, self.cfg.precision))
+                             precision(self.device, self.cfg.precision), cache_parts(self.opts))
 
     def frozen_pass(self, split: str, fn: Callable[["torch.Tensor"], "torch.Tensor"], what: str = "readout",
                     memory_budget: int | None = None) -> tuple["np.ndarray", bool]:
         """``fn`` (normalised images -> features) over one split, run once and cached on disk."""
         from .features import extract
 
-        return self.cache.get_or_compute(self.feature_parts(split, what), lambda: extract(
-            fn, self.dataset.splits[split].images, self.pre, self.device, self.opts.extract_batch_size,
+        whole = self.whole_split(split)
+        feats, hit = self.cache.get_or_compute(self.feature_parts(split, what), lambda: extract(
+            self.frozen_fn(fn), whole.images, self.pre, self.device, self.opts.extract_batch_size,
             f"{what} {split}", self.opts.quiet, self.cfg.precision), memory_budget=memory_budget,
-            rows=len(self.dataset.splits[split]))
+            rows=len(whole))
+        return self.subset_rows(split, feats), hit
+
+    def whole_split(self, split: str):
+        """The split frozen passes run on: the whole one, also when a train subset is trained on."""
+        return (self.source or self.dataset).splits[split]
+
+    def subset_rows(self, split: str, feats: "np.ndarray") -> "np.ndarray":
+        """Rows of whole-split features that the run trains on (all of them but for a train subset)."""
+        if split != "train" or self.train_subset is None:
+            return feats
+        import numpy as np
+
+        return np.ascontiguousarray(feats[self.train_subset.index])
 
     def readout_features(self, split: str) -> "np.ndarray":
         """Readout features of the fully frozen backbone for one split, from the cache when possible."""

@@ -15,8 +15,11 @@ from .progress import Progress
 
 def precision(device: torch.device, requested: str = "auto") -> str:
     """What ``autocast`` computes in on this device for ``--precision requested``."""
+    if device.type == "mps":  # half precision when asked (auto: fp32; not every op has an MPS half kernel)
+        return requested if requested in ("fp16", "bf16") else "fp32"
     if device.type != "cuda":
-        return "fp32"  # CPU runs stay fp32 whatever is asked, so they are exactly reproducible
+        # CPU runs stay fp32 whatever is asked: exactly reproducible, and CPU bf16 is rarely faster
+        return "fp32"
     if requested == "auto":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     if requested == "bf16" and not torch.cuda.is_bf16_supported():
@@ -27,11 +30,11 @@ def precision(device: torch.device, requested: str = "auto") -> str:
 
 
 def autocast(device: torch.device, requested: str = "auto") -> contextlib.AbstractContextManager:
-    """Autocast in ``precision(device, requested)``: bf16 or fp16 on CUDA, nothing for fp32."""
+    """Autocast in ``precision(device, requested)``: bf16 or fp16 on CUDA (and MPS), nothing for fp32."""
     p = precision(device, requested)
     if p == "fp32":
         return contextlib.nullcontext()
-    return torch.autocast("cuda", dtype=torch.bfloat16 if p == "bf16" else torch.float16)
+    return torch.autocast(device.type, dtype=torch.bfloat16 if p == "bf16" else torch.float16)
 
 
 def iterate_batches(images: np.ndarray, batch_size: int, desc: str = "", quiet: bool = False,

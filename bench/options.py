@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,7 @@ class Option:
     # added after run ids were published: left out of the id while at its default (or None),
     # so every earlier run keeps its id and result file
     late: bool = False
+    pattern: str | None = None         # a str value must match this regex in full (e.g. --device)
 
     @property
     def flag(self) -> str:
@@ -64,6 +66,8 @@ class Option:
             return None
         if self.choices is not None and value not in self.choices:
             raise UserError(f"unknown {self.flag[2:]} {value!r}; {did_you_mean(str(value), self.choices)}")
+        if self.pattern is not None and not re.fullmatch(self.pattern, str(value)):
+            raise UserError(f"{self.flag} {value!r}: not one of {self.metavar or self.pattern}")
         if self.type in (int, float):
             bad = not math.isfinite(value) or (self.low is not None and value < self.low) or \
                 (self.above is not None and value <= self.above) or (self.high is not None and value > self.high)
@@ -142,9 +146,20 @@ OPTIONS: tuple[Option, ...] = (
            "the frozen backbone on (augmented) images like fine-tuning (the publications' linear probe)"),
     O("head", str, "linear", help="what is trained on the backbone"),
     O("unfreeze", str, "none", help="none | lastN | all: how many backbone blocks train"),
+    O("adapt", str, "none", choices=("none", "lora", "bitfit"), late=True,
+      help="how the blocks --unfreeze selects train: every weight (none), LoRA matrices on the layers the "
+           "backbone names (lora, via peft; the stem stays frozen), or biases and norms only (bitfit)"),
     O("seed", int, 0, low=0, high=2**63 - 1),
     O("limit", int, None, low=2, help="cap images per split (smoke runs; recorded in results)"),
     O("select", str, "auc", choices=("auc", "acc", "loss"), help="val criterion for model selection"),
+    O("layers", str, "", late=True, metavar="all|every:K|LIST",
+      help="layer-wise probe (--head linear or knn): one pass keeps the pooled readout after each chosen block "
+           "(1..L; every:K also keeps L), one result row per layer"),
+    O("train_fraction", float, 1.0, late=True, above=0, high=1,
+      help="train on a seeded, stratified fraction of the train split (nested: a smaller fraction's images "
+           "are in a larger one's); val and test untouched"),
+    O("shots", int, 0, late=True, low=0,
+      help="train on N images per class (seeded, stratified, nested like --train-fraction; 0: off)"),
     # -- probe heads on cached features -----------------------------------------------------------
     O("knn_k", int, 11, group=PROBE, per_protocol=True, low=1, help="neighbours of the kNN probe"),
     O("knn_metric", str, "cosine", group=PROBE, per_protocol=True, late=True, choices=("cosine", "euclidean"),
@@ -174,6 +189,12 @@ OPTIONS: tuple[Option, ...] = (
            "frozen prefix be cached) or train (statistics adapt, dropout on: MedMNIST+'s model.train())"),
     O("layer_decay", float, 1.0, group=TRAINED, per_protocol=True, above=0, high=1,
       help="layer-wise lr decay (1.0 = off)"),
+    O("lora_rank", int, 8, group=TRAINED, per_protocol=True, late=True, low=1,
+      help="--adapt lora: rank r of each low-rank update"),
+    O("lora_alpha", float, 16.0, group=TRAINED, per_protocol=True, late=True, above=0,
+      help="--adapt lora: scale alpha (the update is scaled by alpha / r)"),
+    O("lora_dropout", float, 0.0, group=TRAINED, per_protocol=True, late=True, low=0, high=0.9,
+      help="--adapt lora: dropout on the LoRA branch's input"),
     O("augment", str, "none", group=TRAINED, per_protocol=True, choices=("none", "light", "paper", "auto", "huix"),
       help="augmentation on the device (none lets the frozen prefix be cached)"),
     O("balance", str, "none", group=TRAINED, per_protocol=True, choices=("none", "weighted-loss", "sampler"),
@@ -212,7 +233,15 @@ OPTIONS: tuple[Option, ...] = (
       help="folder of dataset files (default: medmnist's ~/.medmnist or $MEDMNIST_ROOT)"),
     O("cache_dir", Path, None, group=WHERE, scope="exec",
       help="feature cache (default $BENCH_CACHE_DIR or ~/.cache/medfm-bench)"),
-    O("device", str, "auto", group=WHERE, scope="exec", help="auto | cpu | cuda | cuda:N"),
+    O("device", str, "auto", group=WHERE, scope="exec", pattern=r"auto|cpu|cuda|cuda:\d+|mps",
+      metavar="auto|cpu|cuda|cuda:N|mps",
+      help="auto (CUDA if present, else CPU), cpu, cuda, cuda:N, or mps (Apple GPU; only when asked)"),
+    O("channels_last", bool, False, group=WHERE, scope="exec",
+      help="model and input images in channels-last memory (faster convolutions on recent GPUs); not in "
+           "the run id; in the feature-cache key when on"),
+    O("compile", bool, False, group=WHERE, scope="exec",
+      help="torch.compile the frozen part (probe backbone, frozen prefix); where compiling fails, one warning "
+           "and eager mode; not in the run id; in the feature-cache key when on"),
     O("skip_md5", bool, False, group=WHERE, scope="exec", help="do not check dataset files against their MD5"),
     O("force", bool, False, group=WHERE, scope="exec", sweepable=False, help="rerun even if the result exists"),
     O("extract_batch_size", int, 128, group=WHERE, scope="exec", low=1, help="batch of the frozen pass"),
@@ -257,12 +286,13 @@ def _dynamic_help(name: str) -> str:
     return f"; {' | '.join(heads(plugins=False))}, or a plugin's (bench ls protocols)"
 
 
-def add_arguments(parser: argparse.ArgumentParser, *, many: bool = False) -> None:
+def add_arguments(parser: argparse.ArgumentParser, *, many: bool = False, only: tuple[str, ...] | None = None) -> None:
     """Add every option as a flag, grouped. ``many``: each run option takes one or more values and
-    nothing has a default (a sweep: several values make a grid axis, unset means "the YAML's")."""
+    nothing has a default (a sweep: several values make a grid axis, unset means "the YAML's").
+    ``only``: just these options (e.g. the folders and device `bench explain` needs)."""
     groups: dict[str, argparse._ArgumentGroup] = {}
     for o in OPTIONS:
-        if many and not o.sweepable:
+        if (many and not o.sweepable) or (only is not None and o.name not in only):
             continue
         g = groups.get(o.group) or groups.setdefault(o.group, parser.add_argument_group(o.group))
         flags = [o.flag] + ([o.short] if o.short else [])

@@ -12,7 +12,7 @@ import torch
 import backbones
 from backbones.base import Backbone, count_params
 
-from . import datasets, metrics, recipes
+from . import datasets, execution, metrics, recipes, subsets
 from .config import RunConfig, RunOptions, parse_unfreeze
 from .context import RunContext, Timings, log
 from .errors import UserError
@@ -29,16 +29,23 @@ def seed_everything(seed: int) -> None:
 
 
 def pick_device(name: str) -> torch.device:
+    """``--device``: auto is CUDA where present, else CPU (MPS only when asked: not every op has an
+    MPS kernel yet, and a run that works on CPU must not fail by default on a Mac)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise UserError(f"--device {name!r}: not a device; use auto, cpu, cuda or cuda:N") from None
-    if device.type not in ("cpu", "cuda"):
-        raise UserError(f"--device {name!r}: only cpu and cuda are supported; use auto, cpu, cuda or cuda:N")
+        raise UserError(f"--device {name!r}: not a device; use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise UserError(f"--device {name!r}: only cpu, cuda and mps are supported; use auto, cpu, cuda, cuda:N or mps")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"--device {name}: CUDA is not available here; use --device cpu or auto")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UserError(f"--device {name}: this machine has {torch.cuda.device_count()} GPU(s), "
+                        f"cuda:0..cuda:{torch.cuda.device_count() - 1}")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"--device {name}: MPS (Apple GPU) is not available here; use --device cpu or auto")
     return device
 
 
@@ -58,16 +65,23 @@ def load_options(cfg: RunConfig, opts: RunOptions, download: bool = True) -> dat
                                 splits_dir=Path(opts.results_dir) / "splits", quiet=opts.quiet)
 
 
-def trainable_count(cfg: RunConfig, model: Backbone, n_outputs: int) -> dict:
+def trainable_count(cfg: RunConfig, model: Backbone, n_outputs: int, brief: bool = False) -> dict:
+    """Trainable parameters of a run (``--adapt`` counted by bench.adapt; ``model`` is not changed);
+    ``brief``: backbone, head, total and adapt only (what the run's JSON records)."""
+    from . import adapt
+
     n_unfrozen = parse_unfreeze(cfg.unfreeze, model.num_blocks)
-    backbone_params = count_params(model.trainable_parameters(n_unfrozen)) if n_unfrozen else 0
-    head_params = cfg.protocol.head_parameters(cfg, model, n_outputs)
     choices = ["none"] + [f"last{n}" for n in (1, 2, 4) if n < model.num_blocks] + ["all"]
-    by_choice = {c: count_params(model.trainable_parameters(parse_unfreeze(c, model.num_blocks)))
-                 for c in choices}
-    return {"backbone": backbone_params, "head": head_params, "total": backbone_params + head_params,
-            "backbone_total": count_params(model), "blocks": model.num_blocks, "unfrozen_blocks": n_unfrozen,
-            "backbone_by_unfreeze": by_choice}
+    wanted = [cfg.unfreeze] if brief else list(dict.fromkeys(choices + [cfg.unfreeze]))
+    counted = adapt.parameter_counts(cfg, model, {c: parse_unfreeze(c, model.num_blocks) for c in wanted})
+    backbone_params = counted[cfg.unfreeze]
+    head_params = cfg.protocol.head_parameters(cfg, model, n_outputs)
+    out = {"backbone": backbone_params, "head": head_params, "total": backbone_params + head_params,
+           "adapt": cfg.adapt or "none"}
+    if brief:
+        return out
+    return {**out, "backbone_total": count_params(model), "blocks": model.num_blocks, "unfrozen_blocks": n_unfrozen,
+            "backbone_by_unfreeze": {c: counted[c] for c in choices}}
 
 
 def normalization(cfg: RunConfig, model: Backbone, ds: datasets.Dataset, opts: RunOptions
@@ -123,14 +137,21 @@ def _execute(cfg: RunConfig, opts: RunOptions, store: ResultStore, model: Backbo
     else:
         seed_everything(cfg.seed)  # heads and batches draw from the seed as for a built model
     parse_unfreeze(cfg.unfreeze, model.num_blocks)  # N > block count is an error before any work
-    model.eval().to(device)
+    execution.prepare(model.eval().to(device), opts.channels_last)
     mean, std = normalization(cfg, model, ds, opts)
     pre = Preprocess(cfg.input_size, cfg.resize, mean, std, cfg.gray, crop_from=cfg.crop_from)
-    ctx = RunContext(cfg, opts, ds, model, pre, device, cache, timings)
+    trained_on, subset = subsets.apply(cfg, ds)  # --train-fraction / --shots: the train rows it learns from
+    ctx = RunContext(cfg, opts, trained_on, model, pre, device, cache, timings,
+                     source=ds if subset else None, train_subset=subset)
     out = protocol.run(ctx)
     y_val, y_test = ds.targets("val"), ds.targets("test")
-    by_split = {"val": metrics.evaluate(ds.task, y_val, out.val_scores),
-                "test": metrics.evaluate(ds.task, y_test, out.test_scores)}
+
+    def scored(o) -> dict:
+        return {"val": metrics.evaluate(ds.task, y_val, o.val_scores),
+                "test": metrics.evaluate(ds.task, y_test, o.test_scores)}
+
+    by_split = scored(out)
+    layers = {k: (scored(o), o.test_scores) for k, o in out.layers.items()} if out.layers else None
     timings.values["total_s"] = time.perf_counter() - t0
     meta = {
         "run_id": cfg.run_id, "config": cfg.to_dict(), "protocol": protocol.name, "task": ds.task,
@@ -144,8 +165,13 @@ def _execute(cfg: RunConfig, opts: RunOptions, store: ResultStore, model: Backbo
         "timings": timings.as_dict(), "created": now(),
         "preprocess": {"resize": cfg.resize, "crop_from": cfg.crop_from, "normalize": cfg.normalize,
                        "mean": list(mean), "std": list(std), "precision": precision(device, cfg.precision)},
-        "recipe": recipes.provenance(cfg), **out.extra,
+        "recipe": recipes.provenance(cfg), "execution": ctx.execution(), **out.extra,
     }
-    store.write_run(cfg, by_split, meta, (y_test, out.test_scores), out.curves)
+    if "trainable_parameters" not in meta:  # protocols that train no backbone: counted here
+        meta["trainable_parameters"] = trainable_count(cfg, model, ds.n_outputs, brief=True)
+    if subset is not None:
+        meta["train_subset"] = subset.record(cfg, ds.splits["train"].labels)
+    store.write_run(cfg, by_split, meta, (y_test, out.test_scores), out.curves, layers=layers,
+                    model_files=out.files)
     protocol.finished(cfg, opts)  # e.g. drop a resume checkpoint: only now, after the results are written
     return RunResult.read(store, cfg.run_id, status="done")

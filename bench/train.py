@@ -181,6 +181,7 @@ def finetune(ctx: RunContext, plan: Plan, head: nn.Module) -> ProtocolOutput:
     def prefix(x: torch.Tensor) -> torch.Tensor:
         return model.run_blocks(model.stem(x), 0, plan.k)
 
+    step_prefix = ctx.frozen_fn(prefix)  # where it runs every step (augmentation): --channels-last, --compile
     inputs: dict[str, np.ndarray] = {}
     model.eval()
     with ctx.timings("prefix"):
@@ -207,7 +208,7 @@ def finetune(ctx: RunContext, plan: Plan, head: nn.Module) -> ProtocolOutput:
         if plan.train_stem:
             return trainable(x)
         with torch.no_grad():
-            h = prefix(x)
+            h = step_prefix(x)
         return trainable(h)
 
     def set_train_mode() -> None:

@@ -104,3 +104,94 @@ def test_finetune_numbers_do_not_depend_on_the_reader(capsys, data_root, tmp_pat
         pd.testing.assert_frame_equal(a, b)
     a, b = (np.load(next((tmp_path / d / "scores").glob("*.npz")))["y_score"] for d in ("threaded", "plain"))
     assert np.array_equal(a, b)
+
+
+# -- execution options: --channels-last, --compile, --device, --precision ----------------------------
+
+def _run(data_root, results, *extra, cache=None):
+    args = ["run", "--backbone", "resnet18", "--weights", "random", "--input-size", "32", "--limit", "32",
+            "--head-epochs", "2", "--dataset", "breastmnist", "--data-root", str(data_root), "--skip-md5",
+            "--device", "cpu", "--results-dir", str(results), *(["--cache-dir", str(cache)] if cache else []), *extra]
+    return main(args)
+
+
+def _outcome(results):
+    import json
+
+    meta = json.loads(next((results / "meta").glob("*.json")).read_text())
+    df = pd.read_csv(next((results / "runs").glob("*.csv")))
+    return meta, df[df.split == "test"].set_index("metric").value
+
+
+def test_channels_last_keeps_the_run_id_has_its_own_cache_entry_and_close_numbers(capsys, data_root, tmp_path):
+    assert _run(data_root, tmp_path / "plain", "-q") == 0
+    assert _run(data_root, tmp_path / "cl", "--channels-last") == 0
+    err = capsys.readouterr().err
+    assert "features train: extracted" in err  # not the entry the plain run wrote
+    (m0, t0), (m1, t1) = _outcome(tmp_path / "plain"), _outcome(tmp_path / "cl")
+    assert m0["run_id"] == m1["run_id"]
+    assert m0["execution"] == {"channels_last": False, "compile": "off"}
+    assert m1["execution"]["channels_last"] is True
+    pd.testing.assert_series_equal(t0, t1, atol=1e-3, check_exact=False)
+    # the same id is done: a later run with the option reads the result back
+    assert _run(data_root, tmp_path / "cl", "--channels-last") == 0
+    assert "already done" in capsys.readouterr().err
+
+
+def test_compile_runs_the_frozen_part_through_dynamo(capsys, data_root, tmp_path, monkeypatch):
+    calls = []
+    real = torch.compile
+
+    def eager_backend(fn, **kw):  # inductor needs minutes on 2 cores; dynamo's capture is what we test
+        calls.append(fn)
+        return real(fn, backend="eager")
+
+    monkeypatch.setattr(torch, "compile", eager_backend)
+    assert _run(data_root, tmp_path / "plain", "-q") == 0
+    assert _run(data_root, tmp_path / "compiled", "-q", "--compile") == 0
+    (m0, t0), (m1, t1) = _outcome(tmp_path / "plain"), _outcome(tmp_path / "compiled")
+    assert len(calls) == 1 and m1["execution"]["compile"] == {calls[0].__class__.__name__: "on"}
+    pd.testing.assert_series_equal(t0, t1, atol=1e-4, check_exact=False)
+    assert m0["run_id"] == m1["run_id"]
+
+
+def test_compile_that_fails_warns_once_and_runs_eager(capsys, data_root, tmp_path, monkeypatch):
+    def broken(fn, **kw):
+        def call(x):
+            raise RuntimeError("inductor: no C++ compiler found\nlong traceback ...")
+        return call
+
+    monkeypatch.setattr(torch, "compile", broken)
+    assert _run(data_root, tmp_path / "plain", "-q") == 0
+    assert _run(data_root, tmp_path / "compiled", "-q", "--compile") == 0
+    err = capsys.readouterr().err
+    warnings = [line for line in err.splitlines() if "--compile" in line]
+    assert warnings == ["bench: warning: --compile: torch.compile failed (RuntimeError: inductor: no C++ "
+                        "compiler found); running eager"]
+    (m0, t0), (m1, t1) = _outcome(tmp_path / "plain"), _outcome(tmp_path / "compiled")
+    pd.testing.assert_series_equal(t0, t1)  # eager: the very same numbers
+    assert next(iter(m1["execution"]["compile"].values())).startswith("failed, eager: RuntimeError")
+
+
+def test_execution_options_enter_the_cache_key_only_when_on():
+    from bench.config import make_run_options
+    from bench.context import feature_parts
+    from bench.execution import cache_parts
+    from bench.resolve import resolve
+
+    cfg = resolve("dummy", "breastmnist")
+    plain = feature_parts(cfg, "w", "md5", "train", execution=cache_parts(make_run_options()))
+    assert plain == feature_parts(cfg, "w", "md5", "train")  # existing entries keep their key
+    on = cache_parts(make_run_options(channels_last=True, compile=True))
+    assert on == {"channels_last": True, "compile": True}
+    assert feature_parts(cfg, "w", "md5", "train", execution=on) != plain
+
+
+def test_precision_per_device():
+    from bench.features import autocast, precision
+
+    cpu, mps = torch.device("cpu"), torch.device("mps")
+    assert [precision(cpu, p) for p in ("auto", "bf16", "fp16", "fp32")] == ["fp32"] * 4
+    assert [precision(mps, p) for p in ("auto", "bf16", "fp16", "fp32")] == ["fp32", "bf16", "fp16", "fp32"]
+    ctx = autocast(mps, "fp16")
+    assert isinstance(ctx, torch.autocast) and ctx.device == "mps" and ctx.fast_dtype == torch.float16

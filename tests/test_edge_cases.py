@@ -109,8 +109,9 @@ def test_cache_key_has_precision_and_library_versions():
 @pytest.mark.parametrize("flags,match", [
     (["--unfreeze", "all", "--lr", "nan"], "--lr nan"),
     (["--unfreeze", "all", "--grad-clip", "nan"], "--grad-clip nan"),
-    (["--device", "mps"], "only cpu and cuda"),
-    (["--device", "gpu0"], "not a device"),
+    (["--device", "mps"], "MPS (Apple GPU) is not available here"),
+    (["--device", "gpu0"], "--device 'gpu0': not one of auto|cpu|cuda|cuda:N|mps"),
+    (["--device", "cuda:x"], "not one of auto|cpu|cuda|cuda:N|mps"),
     (["--input-size", "3"], "at least 16"),
     (["--resize", "none", "--input-size", "64"], "--resize none keeps 28 px"),
     (["--extract-batch-size", "0"], "--extract-batch-size 0"),

@@ -57,7 +57,8 @@ def group_id(key: tuple) -> str:
 
 def group_label(cfg: RunConfig) -> str:
     w = cfg.weights if cfg.weights in ("default", "random") else Path(cfg.weights).name
-    what = "readout features" if cfg.is_probe else f"frozen prefix (head {cfg.head}, unfreeze {cfg.unfreeze})"
+    what = ("readout features" + (" (and per-layer ones)" if cfg.layers else "") if cfg.is_probe
+            else f"frozen prefix (head {cfg.head}, unfreeze {cfg.unfreeze})")
     return (f"{what}: {cfg.backbone}/{cfg.variant} weights={w} readout={cfg.readout} in={cfg.input_size} "
             f"{cfg.resize} gray={cfg.gray} {cfg.dataset}_{cfg.size}" + (f" limit={cfg.limit}" if cfg.limit else ""))
 
@@ -66,10 +67,17 @@ def split_sizes(cfg: RunConfig) -> SplitSizes:
     """Images per split of a run, from its source (1/1/1 where the source cannot say)."""
     from .. import datasets
 
-    n = datasets.source_for(cfg.dataset).n_samples(cfg.dataset, cfg.size) or {"train": 1, "val": 1, "test": 1}
+    from .. import subsets
+
+    src = datasets.source_for(cfg.dataset)
+    n = src.n_samples(cfg.dataset, cfg.size) or {"train": 1, "val": 1, "test": 1}
     if cfg.limit:
         n = {k: min(v, cfg.limit) for k, v in n.items()}
-    return SplitSizes(n["train"], n["val"], n["test"])
+    if not subsets.active(cfg):
+        return SplitSizes(n["train"], n["val"], n["test"])
+    # --train-fraction / --shots: training sees the subset; frozen passes still cover the whole split
+    trained = subsets.expected_size(n["train"], src.n_classes(cfg.dataset), cfg.train_fraction or 1.0, cfg.shots or 0)
+    return SplitSizes(trained, n["val"], n["test"], full_train=n["train"])
 
 
 def num_blocks(cfg: RunConfig) -> int:
@@ -213,7 +221,10 @@ def features_cached(cfg: RunConfig, opts: RunOptions, known: dict, md5_memo: dic
         return None
     cache = FeatureCache(Path(opts.cache_dir or default_cache_dir()))
     prec = precision(pick_device(opts.device), cfg.precision)
-    return all(cache.exists(feature_parts(cfg, wkey, fp, s, precision=prec)) for s in SPLITS)
+    from ..execution import cache_parts
+
+    return all(cache.exists(feature_parts(cfg, wkey, fp, s, precision=prec, execution=cache_parts(opts)))
+               for s in SPLITS)
 
 
 # -- the plan --------------------------------------------------------------------------------------
