@@ -5,6 +5,7 @@ an adapter, never touching the runner.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -61,6 +62,13 @@ class Backbone(nn.Module):
     def tokens(self, h: torch.Tensor) -> torch.Tensor:  # h -> (B, N, C)
         raise NotImplementedError
 
+    def layer_readout(self, h: torch.Tensor, index: int) -> torch.Tensor:
+        """Pooled vector after block ``index`` (0-based), for layer-wise probes: the readout applied
+        to that block's output (ViTs: final norm then CLS, as timm's forward_intermediates with
+        norm=True; CNNs: global average pool of the stage's map), so the last block's equals
+        ``readout``. Adapters whose readout only fits the last block's output override it."""
+        return self.readout(h)
+
     def normalization(self) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
         """(mean, std) the weights were trained with; adapters whose variants differ override."""
         return getattr(self, "_normalization", None) or (self.spec.mean, self.spec.std)
@@ -83,6 +91,47 @@ class Backbone(nn.Module):
 
         hub.load_into(self, hub.load_state_dict(path), name=self.spec.name, source=str(path))
         self.weights_id = hub.file_fingerprint(path)
+
+    # -- bench explain: where to look, through the contract --------------------------------
+    def cam_layers(self) -> list[nn.Module]:
+        """Layers whose output Grad-CAM weighs (target layers): the last block, whose output the
+        readout pools. Families whose readout reads a class token override it: the last block's
+        patch tokens reach that token only through its attention, so its input norm is used."""
+        return [self.blocks[-1]]
+
+    def feature_map(self, h: torch.Tensor) -> torch.Tensor:
+        """A block's (or cam layer's) output as a (B, C, H, W) map: feature maps as they are;
+        tokens (B, N, C) without the ``num_prefix_tokens``, on their square grid. Also the
+        reshape transform of pytorch-grad-cam."""
+        if h.ndim == 4:
+            return h
+        if h.ndim != 3:
+            raise ValueError(f"{self.spec.name}: cannot show a block output of shape {tuple(h.shape)}")
+        t = h[:, self.num_prefix_tokens:]
+        side = math.isqrt(t.shape[1])
+        if side * side != t.shape[1]:
+            raise ValueError(f"{self.spec.name}: {t.shape[1]} patch tokens are not a square grid")
+        return t.transpose(1, 2).reshape(t.shape[0], t.shape[2], side, side)
+
+    def first_conv(self) -> nn.Conv2d | None:
+        """The layer that first sees pixels (`bench explain --filters`): the first Conv2d outside
+        the blocks (a CNN's first convolution, a ViT's patch embedding)."""
+        inner = {id(m) for m in self.blocks.modules()}
+        return next((m for m in self.modules() if isinstance(m, nn.Conv2d) and id(m) not in inner), None)
+
+    def attention_maps(self, x: torch.Tensor) -> "AttentionMaps":
+        """Attention weights of every block for images ``x`` (attention rollout); families without
+        image-wide attention, or whose library does not expose it, say so in one line."""
+        from bench.errors import UserError
+
+        raise UserError(f"--method rollout needs attention maps: {self.spec.name} ({self.spec.family}) "
+                        f"has none; use --method gradcam, gradcam++, scorecam or eigencam")
+
+    def lora_targets(self) -> tuple[str, ...]:
+        """Layers inside a block that ``--adapt lora`` adapts, by their names relative to the block
+        (exact names, e.g. ``attn.qkv``). Default: every Linear and ungrouped Conv2d (so ResNets get
+        their convolutions); ViT adapters override it with their attention projections."""
+        return layer_names(self.blocks)
 
     # -- helpers for the runner -------------------------------------------------------------
     def readout_modules(self) -> Sequence[nn.Module]:
@@ -111,6 +160,35 @@ class Backbone(nn.Module):
         for m in self.readout_modules():
             params.extend(m.parameters())
         return _unique(params)
+
+
+@dataclass
+class AttentionMaps:
+    """What attention rollout needs: per block (B, heads, N, N) softmax weights over all tokens,
+    and the token rows the readout reads (a class token; None: every patch token, mean-pooled)."""
+
+    maps: list[torch.Tensor]
+    query_rows: slice | None = None
+
+
+def layer_names(blocks: Sequence[nn.Module], within: str = "") -> tuple[str, ...]:
+    """Names (relative to a block, first seen first) of the layers LoRA can adapt in ``blocks``:
+    Linear, Conv2d with groups == 1 (peft cannot merge grouped ones) and nn.MultiheadAttention as a
+    whole (its forward bypasses its out_proj's, so that layer is not adapted on its own). ``within``:
+    only that submodule and what lies under it (e.g. ``attn``)."""
+    names: list[str] = []
+    for block in blocks:
+        skip: list[str] = []
+        for name, m in block.named_modules():
+            if any(name.startswith(s + ".") for s in skip):
+                continue
+            if isinstance(m, nn.MultiheadAttention):
+                skip.append(name)
+            elif not (isinstance(m, nn.Linear) or (isinstance(m, nn.Conv2d) and m.groups == 1)):
+                continue
+            if (not within or name == within or name.startswith(within + ".")) and name not in names:
+                names.append(name)
+    return tuple(names)
 
 
 def _unique(params: list[nn.Parameter]) -> list[nn.Parameter]:

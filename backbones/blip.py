@@ -26,7 +26,7 @@ from torch import nn
 from bench.errors import UserError
 
 from . import hub
-from .base import Backbone, Spec
+from .base import Backbone, Spec, layer_names
 from .registry import Adapter, WeightFile
 
 _B16 = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12, patch_size=16)
@@ -101,8 +101,19 @@ class BLIPBackbone(Backbone):
     def tokens(self, h: torch.Tensor) -> torch.Tensor:
         return self.post_layernorm(h)
 
+    def lora_targets(self) -> tuple[str, ...]:
+        return layer_names(self.blocks, "self_attn")  # qkv and projection
+
     def readout_modules(self) -> Sequence[nn.Module]:
         return [self.post_layernorm]
+
+    def cam_layers(self) -> list[nn.Module]:
+        # the class token reads the last layer's patch tokens through its attention (see Backbone)
+        return [self.blocks[-1].layer_norm1]
+
+    def attention_maps(self, x: torch.Tensor):
+        raise UserError("--method rollout: the transformers BLIP layers here return no attention weights; "
+                        "use --method gradcam (rollout: the timm ViTs deit, dino, dinov2, timm:vit_*)")
 
 
 # original BLIP (timm-style ViT) names -> transformers names, as transformers' conversion script does

@@ -24,7 +24,7 @@ from torch import nn
 from bench.errors import UserError, did_you_mean
 
 from . import hub
-from .base import Backbone, Spec
+from .base import Backbone, Spec, layer_names
 from .registry import Adapter, WeightFile
 
 DEFAULT = "ViT-B-16/laion2b_s34b_b88k"  # the paper's checkpoint
@@ -95,7 +95,8 @@ class CLIPBackbone(Backbone):
         self.pool_type = visual.pool_type
         self.final_ln_after_pool = visual.final_ln_after_pool
         self.grid_size = tuple(visual.grid_size)
-        if not getattr(visual.transformer, "batch_first", True):
+        self.lnd = not getattr(visual.transformer, "batch_first", True)
+        if self.lnd:
             _make_batch_first(self.blocks)
         self.input_size = visual.image_size[0]
         self.embed_dim = visual.proj.shape[1] if readout == "proj" else visual.proj.shape[0]
@@ -129,8 +130,26 @@ class CLIPBackbone(Backbone):
     def tokens(self, h: torch.Tensor) -> torch.Tensor:
         return self.ln_post(h)
 
+    def lora_targets(self) -> tuple[str, ...]:
+        # open_clip's nn.MultiheadAttention: peft adapts its in_proj (q, k, v) and out_proj together
+        return layer_names(self.blocks, "attn")
+
     def readout_modules(self) -> Sequence[nn.Module]:
         return [self.ln_post, self.proj] if self.readout_name == "proj" else [self.ln_post]
+
+    def cam_layers(self) -> list[nn.Module]:
+        # the class token reads the last block's patch tokens through its attention (see Backbone)
+        return [self.blocks[-1].ln_1] if self.pool_type == "tok" else [self.blocks[-1]]
+
+    def feature_map(self, h: torch.Tensor) -> torch.Tensor:
+        if h.ndim == 3 and self.lnd and h.shape[0] == 1 + self.grid_size[0] * self.grid_size[1]:
+            h = h.transpose(0, 1)  # ln_1 inside a sequence-first block
+        return super().feature_map(h)
+
+    def attention_maps(self, x: torch.Tensor):
+        raise UserError("--method rollout: open_clip's blocks call nn.MultiheadAttention without its weights "
+                        "(need_weights=False), so clip gives none; use --method gradcam (rollout: the timm ViTs "
+                        "deit, dino, dinov2, timm:vit_*)")
 
 
 def _make_batch_first(blocks: nn.ModuleList) -> None:

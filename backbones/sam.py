@@ -20,7 +20,7 @@ from torch import nn
 from bench.errors import UserError
 
 from . import hub
-from .base import Backbone, Spec
+from .base import Backbone, Spec, layer_names
 from .registry import Adapter, WeightFile
 
 URL_ROOT = "https://dl.fbaipublicfiles.com/segment_anything/"
@@ -62,11 +62,21 @@ class SAMBackbone(Backbone):
             pos = resize_pos_grid(pos, tuple(x.shape[1:3]))
         return x + pos
 
+    def lora_targets(self) -> tuple[str, ...]:
+        return layer_names(self.blocks, "attn")  # qkv and proj
+
     def readout(self, h: torch.Tensor) -> torch.Tensor:
         return h.mean(dim=(1, 2))
 
     def tokens(self, h: torch.Tensor) -> torch.Tensor:
         return h.flatten(1, 2)
+
+    def feature_map(self, h: torch.Tensor) -> torch.Tensor:
+        return h.permute(0, 3, 1, 2)  # blocks keep (B, H, W, C)
+
+    def attention_maps(self, x: torch.Tensor):
+        raise UserError("--method rollout: SAM's blocks attend within 14x14 windows (all but a few global "
+                        "ones), so there is no image-wide attention to roll out; use --method gradcam")
 
 
 def make_encoder(variant: str, input_size: int) -> nn.Module:

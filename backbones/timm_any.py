@@ -127,6 +127,20 @@ class TimmGeneric(TimmMethods, Backbone):
     def readout(self, h: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self._post(h), pre_logits=True)
 
+    def layer_readout(self, h: torch.Tensor, index: int) -> torch.Tensor:
+        # the post layers and head are sized for the last stage's channels: earlier feature maps
+        # are average-pooled over space as they are (tokens: averaged)
+        if index == self.num_blocks - 1:
+            return self.readout(h)
+        if h.ndim == 4:
+            return h.mean(dim=(1, 2) if getattr(self, "output_fmt", "NCHW") == "NHWC" else (2, 3))
+        return h.mean(dim=1) if h.ndim == 3 else h.flatten(1)
+
+    def feature_map(self, h: torch.Tensor) -> torch.Tensor:
+        if h.ndim == 4 and getattr(self, "output_fmt", "NCHW") == "NHWC":  # Swin-style stages
+            return h.permute(0, 3, 1, 2)
+        return super().feature_map(h)
+
     def tokens(self, h: torch.Tensor) -> torch.Tensor:
         h = self._post(h)
         if h.ndim == 4:

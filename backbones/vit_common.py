@@ -22,7 +22,7 @@ from torch import nn
 from bench.errors import UserError
 
 from . import hub, timm_common
-from .base import Backbone, Spec
+from .base import AttentionMaps, Backbone, Spec, layer_names
 from .registry import Adapter, WeightFile
 
 READOUTS = ("cls", "mean", "cls+mean")
@@ -152,6 +152,38 @@ class TimmViT(TimmMethods, Backbone):
     def tokens(self, h: torch.Tensor) -> torch.Tensor:
         """All tokens after the final norm; the first ``num_prefix_tokens`` are class/dist/register."""
         return self.fc_norm(self.norm(h))
+
+    def cam_layers(self) -> list[nn.Module]:
+        # the class token sees the last block's patch tokens only through that block's attention:
+        # its input norm is where they still carry gradient (pytorch-grad-cam's ViT recipe)
+        return [getattr(self.blocks[-1], "norm1", self.blocks[-1])]
+
+    def attention_maps(self, x: torch.Tensor) -> AttentionMaps:
+        """timm's Attention computes softmax(q k^T) before ``attn_drop`` when not fused: run once
+        unfused and take that input (identity in eval) from every block."""
+        attns = [getattr(b, "attn", None) for b in self.blocks]
+        if not all(a is not None and hasattr(a, "fused_attn") and hasattr(a, "attn_drop") for a in attns):
+            raise UserError(f"--method rollout: the blocks of {self.spec.name} are not timm Attention blocks; "
+                            f"use --method gradcam")
+        maps: list[torch.Tensor] = []
+        fused = [a.fused_attn for a in attns]
+        hooks = [a.attn_drop.register_forward_hook(lambda _m, _i, out: maps.append(out.detach())) for a in attns]
+        try:
+            for a in attns:
+                a.fused_attn = False
+            with torch.no_grad():
+                self(x)
+        finally:
+            for a, f, h in zip(attns, fused, hooks):
+                a.fused_attn = f
+                h.remove()
+        pools_cls = self.readout_name in ("cls", "cls+mean") or \
+            (self.readout_name == "default" and getattr(self, "global_pool", "") == "token")
+        cls = pools_cls and self.num_cls_tokens
+        return AttentionMaps(maps, slice(0, self.num_cls_tokens) if cls else None)
+
+    def lora_targets(self) -> tuple[str, ...]:
+        return layer_names(self.blocks, "attn")  # qkv and proj: LoRA's attention projections
 
     def readout_modules(self) -> list[nn.Module]:
         mods = [self.norm, self.fc_norm, getattr(self, "attn_pool", None)]

@@ -108,6 +108,16 @@ def cmd_results(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_explain(args: argparse.Namespace) -> int:
+    from .explain import Request, explain
+
+    req = Request(args.run_ids, method=args.method, split=args.split, images=args.images, classes=args.classes,
+                  seed=args.seed, filters=args.filters, feature_maps=args.feature_maps)
+    for path in explain(req, options_from_args(args)):
+        print(path)
+    return 0
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
     from .sweep import main as sweep_main
 
@@ -158,6 +168,21 @@ def build_parser() -> argparse.ArgumentParser:
     for q in (res_ls, res_ex):
         q.add_argument("--results-dir", type=Path, default=Path("results"))
     res.set_defaults(fn=cmd_results)
+
+    ex = sub.add_parser("explain", help="Grad-CAM / attention rollout, filters and feature maps of finished runs")
+    ex.add_argument("run_ids", nargs="+", metavar="RUN_ID", help="one or more run ids (or unique prefixes); "
+                    "several: also a comparison sheet on the same images")
+    ex.add_argument("--method", default="gradcam", help="gradcam | gradcam++ | scorecam | eigencam | rollout (ViTs)")
+    ex.add_argument("--split", default="test", help="split the images come from (default test)")
+    ex.add_argument("--images", type=int, help="images per run (default: per class the most confident correct, "
+                    "most confident wrong and least confident); more are drawn at random (--seed)")
+    ex.add_argument("--classes", action="append", help="class names or indices, comma-separated (repeatable)")
+    ex.add_argument("--seed", type=int, default=0, help="breaks ties and draws extra images")
+    ex.add_argument("--filters", action="store_true", help="also the first-layer / patch-embedding filters")
+    ex.add_argument("--feature-maps", action="store_true", help="also the mean activation after each stage")
+    options.add_arguments(ex, only=("results_dir", "data_root", "cache_dir", "device",
+                                                      "skip_md5", "quiet"))
+    ex.set_defaults(fn=cmd_explain)
 
     sw = sub.add_parser("sweep", help="a grid of runs from a YAML file and/or flags")
     from .sweep import add_sweep_arguments  # light import (no torch): bench --help stays fast

@@ -81,6 +81,24 @@ class LinearGridResult:
         xt = (torch.from_numpy(x).to(device) - self.mean) / self.std
         return scores_from_logits(task, xt @ self.weight + self.bias).cpu().numpy()
 
+    def head_state(self) -> dict[str, torch.Tensor]:
+        """The selected head as a :class:`ProbeHead` state dict (saved with the run)."""
+        return {"weight": self.weight, "bias": self.bias, "mean": self.mean, "std": self.std}
+
+
+class ProbeHead(torch.nn.Module):
+    """The selected linear probe as a module on readout features (logits), for bench explain."""
+
+    wants_tokens = False
+
+    def __init__(self, dim: int, n_out: int) -> None:
+        super().__init__()
+        for name, shape in (("weight", (dim, n_out)), ("bias", (n_out,)), ("mean", (dim,)), ("std", (dim,))):
+            self.register_buffer(name, torch.zeros(shape))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return ((z - self.mean) / self.std) @ self.weight + self.bias
+
 
 def train_linear_grid(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
                       task: str, n_outputs: int, *, lrs: tuple[float, ...] = DEFAULT_LRS,
@@ -177,8 +195,11 @@ def knn_scores(x_train: np.ndarray, y_train: np.ndarray, x_query: np.ndarray, ta
         xtr_sq = (xtr * xtr).sum(1)
         xtr64 = xtr.double()
     multilabel = metrics.is_multilabel(task)
+    known = None
     if multilabel:
         targets = torch.from_numpy(y_train).to(device).float()
+        if metrics.has_unknown(y_train):  # a neighbour votes only on the labels it knows
+            known, targets = (targets != metrics.UNKNOWN).float(), (targets == 1).float()
     else:
         targets = F.one_hot(torch.from_numpy(y_train).view(-1).to(device), n_outputs).float()
     k = min(k, len(xtr))
@@ -196,9 +217,6 @@ def knn_scores(x_train: np.ndarray, y_train: np.ndarray, x_query: np.ndarray, ta
         votes = targets[idx].mean(dim=1) if known is None else \
             targets[idx].sum(dim=1) / known[idx].sum(dim=1).clamp(min=1)
         if vote == "majority":
-    known = None
             votes = (votes > 0.5).float() if multilabel else F.one_hot(votes.argmax(1), n_outputs).float()
         out.append(votes)
-        if metrics.has_unknown(y_train):  # a neighbour votes only on the labels it knows
-            known, targets = (targets != metrics.UNKNOWN).float(), (targets == 1).float()
     return torch.cat(out).cpu().numpy()

@@ -10,7 +10,9 @@ Layout under the results folder::
     scores/<run_id>.npz        test split y_true / y_score, for bootstrap intervals in reports
     curves/<run_id>.csv        per-epoch (or per-head) validation curves
     failures/<run_id>.json     runs that raised, with the error (sweeps)
-    models/<run_id>/           --save-model;  checkpoints/, locks/: in-flight state
+    models/<run_id>/           head.safetensors (every run that trains a head; bench explain) and
+                               backbone.safetensors (a trained backbone, --save-model), written with
+                               the run;  checkpoints/, locks/: in-flight state
 
 Every file is written to a temporary name in the same folder and renamed into place. Folders
 written before this layout (JSON, scores and curves inside runs/) still load: the store falls
@@ -121,7 +123,7 @@ class ResultStore:
     def remove_stale(self, run_id: str) -> int:
         """Temporaries of this run left by a killed process (call while holding the run's lock)."""
         return sum(remove_stale(self.root / folder, run_id) for folder, _ in LAYOUT.values()) + \
-            remove_stale(self.root / "checkpoints", run_id)
+            remove_stale(self.root / "checkpoints", run_id) + remove_stale(self.root / "models" / run_id, "")
 
     def lock(self, run_id: str):
         """The lock a run executes under (locks/<run_id>.lock; released by the OS if the process
@@ -137,6 +139,11 @@ class ResultStore:
             raise disk_error(e, "lock file", path) from None
         return FileLock(str(path), thread_local=False)
 
+    def model_path(self, run_id: str, name: str) -> Path:
+        """models/<run_id>/<name>.safetensors: "head" (saved with every run that trains one) and
+        "backbone" (a trained backbone, with --save-model)."""
+        return self.root / "models" / run_id / f"{name}.safetensors"
+
     def csv_path(self, run_id: str) -> Path:
         return self.runs / f"{run_id}.csv"
 
@@ -151,19 +158,32 @@ class ResultStore:
             return False
 
     def write_run(self, cfg: RunConfig, metrics_by_split: dict[str, dict[str, float]], meta: dict,
-                  test_scores: tuple[np.ndarray, np.ndarray], curves: list[dict] | None = None) -> Path:
+                  test_scores: tuple[np.ndarray, np.ndarray], curves: list[dict] | None = None,
+                  layers: dict[int, tuple[dict[str, dict[str, float]], np.ndarray]] | None = None,
+                  model_files: dict[str, tuple[dict, dict]] | None = None) -> Path:
         """Write every file of a run. A rerun (--force) stages all new files first and swaps
-        them in after, CSV last: the old result stays complete until the new one is."""
+        them in after, CSV last: the old result stays complete until the new one is.
+
+        ``layers`` (layer-wise probes): per block, its metrics by split and its test scores; the
+        CSV then has a ``layer`` column (empty on the rows of the layer selected on val, which
+        ``metrics_by_split`` holds) and the scores file ``y_score_layer<k>`` arrays."""
         run_id = cfg.run_id
         buf = io.BytesIO()
-        np.savez_compressed(buf, y_true=test_scores[0], y_score=test_scores[1])
+        per_layer = {f"y_score_layer{k}": s for k, (_, s) in (layers or {}).items()}
+        np.savez_compressed(buf, y_true=test_scores[0], y_score=test_scores[1], **per_layer)
         rows = [dict(_config_columns(cfg, run_id), split=split, metric=name, value=value)
                 for split, ms in metrics_by_split.items() for name, value in ms.items()]
+        rows += [dict(_config_columns(cfg, run_id), layer=k, split=split, metric=name, value=value)
+                 for k, (by_split, _) in (layers or {}).items() for split, ms in by_split.items()
+                 for name, value in ms.items()]
+        columns = list(ROW_COLUMNS) + (["layer"] if layers else [])  # other runs' CSVs stay as they were
         files = [(self._new_path("scores", run_id), buf.getvalue())]
         if curves:
             files.append((self._new_path("curves", run_id), _csv(curves, list(curves[0])).encode()))
+        # what rebuilds the model (a head, a trained backbone): safetensors in models/<run_id>/
+        files += [(self.model_path(run_id, name), _safetensors(sd, md)) for name, (sd, md) in (model_files or {}).items()]
         files.append((self._new_path("meta", run_id), json.dumps(meta, indent=1, default=str).encode()))
-        files.append((self.csv_path(run_id), _csv(rows, list(ROW_COLUMNS)).encode()))
+        files.append((self.csv_path(run_id), _csv(rows, columns).encode()))
         write_all_then_swap(files, "the results of " + run_id)
         if not curves:  # a rerun that has none must not leave the old run's curves beside it
             self._new_path("curves", run_id).unlink(missing_ok=True)
@@ -189,6 +209,18 @@ class ResultStore:
             return None
         except (OSError, ValueError, AttributeError):
             return "run"
+
+
+def _safetensors(sd: dict, metadata: dict) -> bytes:
+    from safetensors.torch import save
+
+    seen: set[int] = set()
+    tensors = {}
+    for k, v in sd.items():  # safetensors refuses tensors sharing memory: clone them apart
+        v = v.detach().cpu().contiguous()
+        tensors[k] = v.clone() if v.data_ptr() in seen else v
+        seen.add(v.data_ptr())
+    return save(tensors, metadata={k: str(v) for k, v in metadata.items()})
 
 
 def _config_columns(cfg: RunConfig, run_id: str) -> dict:

@@ -25,17 +25,25 @@ class ProtocolOutput:
     selected: dict                # what was chosen on val (hyper-parameters, epoch, criterion)
     curves: list[dict] | None = None   # per-epoch / per-head validation records
     extra: dict = field(default_factory=dict)  # protocol-specific provenance for the run's JSON
+    # what rebuilds the trained model (bench explain): name -> (state dict, metadata), written with
+    # the run as models/<run_id>/<name>.safetensors ("head"; "backbone" when it trained and --save-model)
+    files: dict = field(default_factory=dict)
+    # layer-wise probes: the output of each block's head (block number 1..L -> output); the run's
+    # rows then carry a ``layer`` column, and val_scores/test_scores are of the layer chosen on val
+    layers: "dict[int, ProtocolOutput] | None" = None
 
 
 @dataclass(frozen=True)
 class SplitSizes:
-    train: int
+    train: int        # images a run trains on (a --train-fraction / --shots subset)
     val: int
     test: int
+    full_train: int = 0   # the whole train split, which frozen passes cover (0: the same as train)
 
     @property
     def total(self) -> int:
-        return self.train + self.val + self.test
+        """Images of a frozen pass over every split."""
+        return (self.full_train or self.train) + self.val + self.test
 
 
 class Protocol:
@@ -53,6 +61,11 @@ class Protocol:
     def mismatch(self, cfg: "RunConfig") -> str:
         """Why it does not apply, for the error when no protocol takes a config."""
         return f"--head {cfg.head} does not run with --unfreeze {cfg.unfreeze}"
+
+    def reads(self, cfg: "RunConfig") -> tuple[str, ...]:
+        """The per-protocol options this config reads (a subset of ``options``: e.g. LoRA's rank only
+        under --adapt lora); the others stay None, so they never change its run id."""
+        return self.options
 
     def validate(self, cfg: "RunConfig") -> None:
         """Checks across options, once every option is resolved (UserError)."""

@@ -47,7 +47,8 @@ class LinearProbe(Protocol):
                     f"val_{cfg.select}": res.val_value, "grid_size": len({(g['lr'], g['wd']) for g in res.grid})}
         curves = [{"lr": g["lr"], "wd": g["wd"], "epoch": g["epoch"], "split": "val", "metric": k[4:], "value": g[k]}
                   for g in res.grid for k in g if k.startswith("val_")]
-        return ProtocolOutput(val, test, selected, curves)
+        return ProtocolOutput(val, test, selected, curves,
+                              files={"head": (res.head_state(), {"format": "medfm-bench-head", "head": "probe"})})
 
 
 PROBE = LinearProbe()

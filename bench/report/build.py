@@ -50,6 +50,11 @@ def make_report(results_dir: Path, out: Path, *, baseline: str | None = None, fi
     a = T.Analysis(rs, metric, baseline, n_boot=n_boot, seed=seed, baseline_why=why)
     draw = "png" in fmts or "html" in fmts
     report = build(a, with_reference=with_reference, figures=draw)
+    if draw:  # the sheets of `bench explain`, where it ran for runs in this report
+        from .explain import explanations_section
+
+        sec = explanations_section(Path(results_dir), set(rs.runs.run_id))
+        report.sections += [sec] if sec else []
     return write(report, Path(out), fmts)
 
 

@@ -1,0 +1,275 @@
+"""`bench explain`: heads saved with runs, models rebuilt from them, Grad-CAM / rollout through the
+backbone contract on every family, chosen images, sheets, comparison, report section, errors; and
+the sanity check that can fail: on data whose label lives in one quadrant, a trained model's
+Grad-CAM mass concentrates there and the same model's with random heads does not."""
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+import backbones
+from bench.cli import main
+from bench.config import make_run_options
+from bench.errors import UserError
+from bench.explain import heatmaps, stage_outputs
+from bench.explain.model import Net, Rebuilt, rebuild
+from bench.explain.select import KINDS, choose, parse_classes
+from bench.heads import ProbeHead
+from bench.results import ResultStore
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def write_quadrant_npz(root: Path, n=(128, 48, 64), size: int = 28, seed: int = 0) -> Path:
+    """breastmnist-format data whose label is only in the top-right quadrant: a bright (1) or dark
+    (0) 8 px square somewhere inside it; noise everywhere else. Top-right, so a transposed or
+    flipped heatmap would miss it."""
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for split, count in zip(("train", "val", "test"), n):
+        labels = (np.arange(count) % 2).astype(np.uint8)
+        rng.shuffle(labels)
+        imgs = rng.normal(128, 30, (count, size, size))
+        for i in range(count):
+            r, c = rng.integers(0, size // 2 - 8, 2)
+            imgs[i, r:r + 8, size // 2 + c:size // 2 + c + 8] += 90 if labels[i] else -90
+        arrays[f"{split}_images"] = np.clip(imgs, 0, 255).astype(np.uint8)
+        arrays[f"{split}_labels"] = labels[:, None]
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / "breastmnist.npz"
+    np.savez_compressed(path, **arrays)
+    return path
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    """One data root and results folder shared by this module's runs (each run once)."""
+    tmp = tmp_path_factory.mktemp("explain")
+    write_quadrant_npz(tmp / "data")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("BENCH_CACHE_DIR", str(tmp / "cache"))
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        mp.setenv("TQDM_DISABLE", "1")
+        yield SimpleNamespace(tmp=tmp, results=tmp / "results",
+                              common=["--dataset", "breastmnist", "--data-root", str(tmp / "data"), "--skip-md5",
+                                      "--results-dir", str(tmp / "results"), "-q"])
+
+
+def _run(env, *args: str) -> str:
+    code = main(["run", *args, *env.common])
+    assert code == 0
+    store = ResultStore(env.results)
+    return max(store.run_ids(), key=lambda r: store.path("meta", r).stat().st_mtime)
+
+
+@pytest.fixture(scope="module")
+def probe_id(env) -> str:
+    return _run(env, "--backbone", "dummy", "--head-epochs", "30")
+
+
+@pytest.fixture(scope="module")
+def deit_head_id(env) -> str:
+    return _run(env, "--backbone", "deit", "--variant", "tiny", "--weights", "random", "--input-size", "32",
+                "--head", "deit", "--head-arch", "deit_tiny", "--epochs", "1")
+
+
+def _opts(env):
+    return make_run_options(results_dir=env.results, data_root=env.tmp / "data", skip_md5=True, quiet=True)
+
+
+def _explain(env, capsys, *args: str) -> tuple[int, str, str]:
+    code = main(["explain", *args, "--results-dir", str(env.results), "--data-root", str(env.tmp / "data"),
+                 "--skip-md5", "-q"])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def _tr_mass(maps: np.ndarray) -> float:
+    s = maps.shape[-1]
+    return float((maps[:, :s // 2, s // 2:].sum((1, 2)) / maps.sum((1, 2)).clip(1e-8)).mean())
+
+
+# -- heads saved with runs, models rebuilt --------------------------------------------------------------
+
+def test_probe_head_saved_with_the_run_and_rebuild_reproduces_test_scores(env, probe_id):
+    store = ResultStore(env.results)
+    head = store.model_path(probe_id, "head")
+    assert head.is_file() and not store.model_path(probe_id, "backbone").exists()
+    assert not list(head.parent.glob(".*tmp*"))
+    from safetensors import safe_open
+
+    with safe_open(str(head), "pt") as f:
+        assert f.metadata()["head"] == "probe" and set(f.keys()) == {"weight", "bias", "mean", "std"}
+    rb = rebuild(store, probe_id, _opts(env))
+    saved = store.read_scores(probe_id)[1]
+    assert np.abs(rb.scores("test") - saved).max() < 1e-5
+
+
+def test_deit_head_saved_and_rebuilt(env, deit_head_id):
+    store = ResultStore(env.results)
+    assert store.model_path(deit_head_id, "head").is_file()
+    rb = rebuild(store, deit_head_id, _opts(env))
+    assert rb.reads_tokens
+    assert np.abs(rb.scores("test") - store.read_scores(deit_head_id)[1]).max() < 1e-4
+
+
+# -- the sanity check that can fail ------------------------------------------------------------------------
+
+def test_gradcam_mass_in_the_label_quadrant_for_trained_not_random_heads(env, probe_id):
+    rb = rebuild(ResultStore(env.results), probe_id, _opts(env))
+    y = rb.dataset.splits["test"].labels[:, 0]
+    x = rb.inputs("test", np.arange(len(y)))
+    assert (rb.scores("test").argmax(1) == y).mean() > 0.9  # the probe learned the quadrant's square
+    trained = _tr_mass(heatmaps(rb, x, y.tolist(), "gradcam"))
+    gen = torch.Generator().manual_seed(0)
+    random_heads = []
+    for _ in range(5):  # the same backbone, the head's weights redrawn
+        rb.head.weight.copy_(torch.randn(rb.head.weight.shape, generator=gen))
+        random_heads.append(_tr_mass(heatmaps(rb, x, y.tolist(), "gradcam")))
+    # a quarter of the image is 0.25 of the mass when spread evenly
+    assert trained > 0.6, trained
+    assert np.mean(random_heads) < trained - 0.2, (trained, random_heads)
+
+
+# -- image choice ------------------------------------------------------------------------------------------
+
+def test_choose_picks_per_class_and_is_seeded():
+    scores = np.array([[0.9, 0.1], [0.6, 0.4], [0.2, 0.8], [0.3, 0.7], [0.95, 0.05], [0.55, 0.45]])
+    labels = np.array([[0], [0], [0], [1], [1], [1]])
+    picks = choose(scores, labels, [0, 1], None, seed=0)
+    got = [(p.kind, p.label, p.index) for p in picks]
+    assert got == [(KINDS[0], 0, 0), (KINDS[0], 1, 3), (KINDS[1], 0, 2), (KINDS[1], 1, 4),
+                   (KINDS[2], 0, 1), (KINDS[2], 1, 5)]
+    assert [p.correct for p in picks] == [True, True, False, False, True, False]
+    assert choose(scores, labels, [1], 2, seed=0) == picks[1:2] + picks[3:4]
+    more = choose(scores, labels, [0, 1], 6, seed=3)
+    assert more == choose(scores, labels, [0, 1], 6, seed=3) and len({p.index for p in more}) == 6
+    assert parse_classes(["1"], ["a", "b"]) == [1] and parse_classes(["b,a"], ["a", "b"]) == [1, 0]
+    with pytest.raises(UserError, match="did you mean: benign"):
+        parse_classes(["benig"], ["malignant", "benign"])
+
+
+# -- CLI: sheets, records, comparison, report ----------------------------------------------------------------
+
+def test_explain_cli_writes_sheets_records_comparison_and_report(env, probe_id, deit_head_id, capsys, tmp_path):
+    code, out, err = _explain(env, capsys, probe_id[:-4], "--filters", "--feature-maps")
+    assert code == 0, err
+    folder = env.results / "explain" / probe_id
+    for stem in ("gradcam-test", "filters", "feature-maps-test"):
+        assert (folder / f"{stem}.png").read_bytes().startswith(PNG) and str(folder / f"{stem}.png") in out
+    rec = json.loads((folder / "gradcam-test.json").read_text())
+    # 3 per class, less a kind with no image (a class without a wrong prediction)
+    assert rec["indices"] == [p["index"] for p in rec["picks"]] and 4 <= len(rec["indices"]) <= 6
+    assert {p["kind"] for p in rec["picks"]} <= set(KINDS) and rec["target_layers"] == ["blocks.3"]
+    assert rec["score_check"]["checked"] == len(rec["indices"]) and rec["score_check"]["max_abs_diff"] < 1e-5
+    assert json.loads((folder / "filters.json").read_text())["shape"] == [32, 3, 3, 3]
+
+    code, out, err = _explain(env, capsys, probe_id, deit_head_id, "--images", "3", "--classes", "1")
+    assert code == 0, err
+    [sheet] = (env.results / "explain" / "compare").glob("gradcam-test-*.png")
+    comp = json.loads(sheet.with_suffix(".json").read_text())
+    assert comp["runs"] == [probe_id, deit_head_id] and len(comp["indices"]) == 3
+    first = json.loads((folder / "gradcam-test.json").read_text())
+    assert comp["indices"] == first["indices"]  # the first run's picks, shown for every run
+    labels = np.load(env.tmp / "data" / "breastmnist.npz")["test_labels"][:, 0]
+    assert (labels[comp["indices"]] == 1).all()
+
+    assert main(["report", "--results-dir", str(env.results), "--out", str(tmp_path / "rep"), "--format", "md",
+                 "--format", "png", "--n-boot", "10"]) == 0
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "## Explanations" in md and f"explain-{probe_id}-gradcam-test.png" in md
+    assert (tmp_path / "rep" / "figures" / f"explain-{probe_id}-gradcam-test.png").is_file()
+
+
+def test_rollout_on_deit_head_run(env, deit_head_id, capsys):
+    code, out, err = _explain(env, capsys, deit_head_id, "--method", "rollout", "--images", "2")
+    assert code == 0, err
+    rec = json.loads((env.results / "explain" / deit_head_id / "rollout-test.json").read_text())
+    assert len(rec["indices"]) == 2
+
+
+# -- bad input: one line, exit 2 ----------------------------------------------------------------------------
+
+def _one_line_error(env, capsys, *args) -> str:
+    code, _, err = _explain(env, capsys, *args)
+    assert code == 2 and err.count("\n") == 1 and err.startswith("bench: error: "), err
+    return err
+
+
+def test_bad_input_is_one_line(env, probe_id, capsys):
+    err = _one_line_error(env, capsys, probe_id[:-3] + "zzz")
+    assert "unknown run" in err and f"did you mean: {probe_id}" in err
+    assert "rollout needs attention maps" in _one_line_error(env, capsys, probe_id, "--method", "rollout")
+    assert "did you mean: gradcam" in _one_line_error(env, capsys, probe_id, "--method", "gradcm")
+    assert "no class 'tumour'" in _one_line_error(env, capsys, probe_id, "--classes", "tumour")
+    assert "unknown --split" in _one_line_error(env, capsys, probe_id, "--split", "tst")
+
+
+def test_knn_run_cannot_be_explained(env, capsys):
+    run_id = _run(env, "--backbone", "dummy", "--head", "knn")
+    err = _one_line_error(env, capsys, run_id)
+    assert "kNN probe" in err and "--head linear" in err
+
+
+def test_finetuned_run_needs_save_model_and_the_suggested_rerun_has_its_id(env, capsys):
+    run_id = _run(env, "--backbone", "dummy", "--unfreeze", "last1", "--epochs", "1")
+    store = ResultStore(env.results)
+    assert store.model_path(run_id, "head").is_file() and not store.model_path(run_id, "backbone").exists()
+    err = _one_line_error(env, capsys, run_id)
+    assert "trained its backbone (--unfreeze last1)" in err and "--save-model" in err
+    command = err.split("--save-model: ", 1)[1].strip()
+    argv = shlex.split(command)[1:]
+    assert argv[:1] == ["run"] and "--force" in argv
+    assert main(argv + env.common[2:]) == 0  # the suggested rerun, in this results folder...
+    assert store.model_path(run_id, "backbone").is_file()  # ...is the same run id, now with its backbone
+    code, _, err = _explain(env, capsys, run_id, "--images", "2")
+    assert code == 0, err
+    rec = json.loads((env.results / "explain" / run_id / "gradcam-test.json").read_text())
+    assert rec["score_check"]["max_abs_diff"] < 1e-5
+
+
+# -- the contract on every family ---------------------------------------------------------------------------
+
+FAMILIES = {  # name: (variant, input size); CNNs of stride 32 at 64 px, a 2x2 last map
+    "dummy": ("tiny", 32), "resnet18": ("tv_in1k", 64), "deit": ("tiny_distilled", 32), "dino": ("tiny", 32),
+    "dinov2": ("tiny_reg", 28), "clip": ("tiny", 32), "sam": ("tiny", 32), "blip": ("tiny", 32),
+    "timm:convnext_atto": (None, 64),  # stride 32: 64 px gives a 2x2 map (32 px: one value)
+}
+ROLLOUT = {"deit", "dino", "dinov2"}
+
+
+def _fake(name: str) -> Rebuilt:
+    variant, size = FAMILIES[name]
+    torch.manual_seed(0)
+    bb = backbones.build(name, variant, "random", input_size=size).eval()
+    head = ProbeHead(bb.embed_dim, 3)
+    head.weight.normal_()
+    head.std.fill_(1.0)
+    for p in bb.parameters():
+        p.requires_grad_(False)
+    return Rebuilt("t", SimpleNamespace(backbone=name), {}, bb, head, Net(bb, head).eval(), None, None,
+                   torch.device("cpu"))
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_every_family_gives_heatmaps_filters_and_feature_maps(name):
+    rb = _fake(name)
+    size = FAMILIES[name][1]
+    x = torch.randn(2, 3, size, size)
+    maps = heatmaps(rb, x, [0, 2], "gradcam")
+    assert maps.shape == (2, size, size) and np.isfinite(maps).all() and maps.max() > maps.min()
+    stages = stage_outputs(rb, x)
+    assert len(stages) == rb.backbone.num_blocks + 1 and all(m.ndim == 4 and m.shape[0] == 2 for _, m in stages)
+    assert rb.backbone.first_conv() is not None and rb.backbone.first_conv().in_channels == 3
+    if name in ROLLOUT:
+        roll = heatmaps(rb, x, [0, 0], "rollout")
+        assert roll.shape == (2, size, size) and np.isfinite(roll).all() and roll.max() > roll.min()
+    else:
+        with pytest.raises(UserError, match="rollout"):
+            heatmaps(rb, x, [0, 0], "rollout")
