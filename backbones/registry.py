@@ -122,6 +122,11 @@ def build(name: str, variant: str | None = None, weights: str = "default", **kwa
     if spec.variants and variant not in spec.variants:
         raise UserError(f"backbone {name!r} has no variant {variant!r}; "
                         f"{did_you_mean(variant, spec.variants)}")
+    if weights not in ("default", "random"):
+        from bench import adapt
+
+        if adapt.is_adapter_file(weights):  # a LoRA adapter saved by --save-model: on its base, merged
+            return adapt.load_adapter(weights, name, variant, lambda v, w, **kw: build(name, v, w, **kw), **kwargs)
     if weights not in ("default", "random") and is_bench_checkpoint(weights):
         # a model saved by `bench run --save-model`: same module layout, any family
         backbone = adapter.build(variant, "random", **kwargs)

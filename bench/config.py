@@ -35,7 +35,8 @@ class _RunConfigMethods:
         digest = hashlib.sha256(canon.encode()).hexdigest()[:10]
         name = re.sub(r"[^A-Za-z0-9.]+", "_", self.backbone).strip("_")
         data = re.sub(r"[^A-Za-z0-9.]+", "_", self.dataset).strip("_")
-        return f"{name}-{data}_{self.size}-{self.head}-{self.unfreeze}-s{self.seed}-{digest}"
+        adapt = f"-{self.adapt}" if self.adapt not in (None, "none") else ""  # e.g. "all-lora"
+        return f"{name}-{data}_{self.size}-{self.head}-{self.unfreeze}{adapt}-s{self.seed}-{digest}"
 
     @property
     def protocol(self):

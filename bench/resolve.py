@@ -29,11 +29,14 @@ def resolve(backbone: str, dataset: str, **given: Any) -> RunConfig:
     datasets.check(dataset, size)
     unfreeze = given.get("unfreeze", "none")
     parse_unfreeze(unfreeze)
+    from .adapt import check as check_adapt
+
+    check_adapt(given.get("adapt", "none"), unfreeze)
     common = {k: given.get(k, options.get(k).default) for k in options.names("run", per_protocol=False)
               if k not in ("backbone", "dataset")}
     cfg = RunConfig(backbone=backbone, dataset=dataset, **_backbone_choices(backbone, common, explicit))
     protocol = cfg.protocol  # unknown head / head x unfreeze that nothing runs: one line here
-    own = {k: given.get(k, options.get(k).default) for k in protocol.options}
+    own = {k: given.get(k, options.get(k).default) for k in protocol.reads(cfg)}
     cfg = cfg.replace(**own)
     protocol.validate(cfg)
     return cfg

@@ -28,6 +28,11 @@ class Finetune(Protocol):
     def applies(self, cfg) -> bool:
         return cfg.head != "linear" or cfg.unfreeze != "none" or cfg.linear_mode == "online"
 
+    def reads(self, cfg) -> tuple[str, ...]:
+        from ..adapt import LORA_OPTIONS
+
+        return self.options if cfg.adapt == "lora" else tuple(o for o in self.options if o not in LORA_OPTIONS)
+
     def plan(self, cfg, model):
         """Which blocks train and whether the frozen prefix is cached (bench.train.Plan)."""
         from ..train import plan_for
@@ -42,7 +47,7 @@ class Finetune(Protocol):
     def shares(self, cfg) -> tuple | None:
         # the frozen prefix stem+blocks[:L-N] is cached once for all seeds, unless augmentation
         # makes the train split's prefix different every epoch
-        if cfg.unfreeze != "all" and cfg.augment == "none" and cfg.frozen_mode != "train":
+        if _prefix_frozen(cfg) and cfg.augment == "none" and cfg.frozen_mode != "train":
             return ("prefix", cfg.unfreeze) + frozen_identity(cfg)
         return None
 
@@ -56,8 +61,11 @@ class Finetune(Protocol):
 
     def cost(self, cfg, n: SplitSizes, num_blocks: int) -> float:
         frac = self._fraction(cfg, num_blocks) + self.head_fraction(cfg)
-        per_epoch = (3 * n.train + n.val) * frac  # forward + backward on train, forward on val
-        if self.shares(cfg) is None and cfg.unfreeze != "all":  # augmented: the train prefix runs every epoch
+        # forward + backward on train, forward on val; LoRA and BitFit backpropagate to the inputs of
+        # the frozen weight matrices but compute no gradient for them: about half a full backward
+        train_passes = 3 if cfg.adapt in (None, "none") else 2
+        per_epoch = (train_passes * n.train + n.val) * frac
+        if self.shares(cfg) is None and _prefix_frozen(cfg):  # augmented: the train prefix runs every epoch
             per_epoch += n.train * (1 - self._fraction(cfg, num_blocks))
             if cfg.frozen_mode == "train":  # and val's, as the frozen statistics move
                 per_epoch += n.val * (1 - self._fraction(cfg, num_blocks))
@@ -82,6 +90,13 @@ class Finetune(Protocol):
         from ..train import checkpoint_for
 
         checkpoint_for(opts, cfg).remove()  # a kill before the results were written resumes, not retrains
+
+
+def _prefix_frozen(cfg) -> bool:
+    """Is a frozen prefix there at all (``--unfreeze all`` trains the stem, except under LoRA)?"""
+    from ..adapt import trains_stem
+
+    return cfg.unfreeze != "all" or not trains_stem(cfg.adapt)
 
 
 FINETUNE = Finetune()
