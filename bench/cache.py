@@ -130,15 +130,86 @@ class FeatureCache:
         finally:
             lock.release()
 
-    def _write(self, path: Path, parts: dict, feats: np.ndarray) -> None:
+    def read(self, parts: dict, rows: int | None = None, memory_budget: int | None = None) -> np.ndarray | None:
+        """The entry (memory-mapped above ``memory_budget`` bytes), or None when it is missing or
+        unusable (reported in one line)."""
+        path = self.path(self.key(parts))
+        if not path.exists():
+            return None
+        try:
+            return self._fit(self._read(path, rows), path, memory_budget)
+        except CorruptEntry as e:
+            print(f"bench: cache entry {path.name} is unusable ({e}); rebuilding it", file=sys.stderr, flush=True)
+            return None
+
+    def compute_many(self, parts_list: list[dict], compute: Callable[[list[int], Callable[[int, tuple], np.ndarray]],
+                                                                   None], rows: int | None = None) -> list[bool]:
+        """Entries one pass computes together (the features after each block of a layer-wise probe).
+        ``compute(missing, allocate)`` fills, for each position in ``missing``, the array it gets from
+        ``allocate(position, shape)``: a memory map on that entry's temporary file, so the pass never
+        holds the entries in RAM. Returns, per entry, whether it was there already (read them with
+        ``read``). Concurrent workers asking for the same entries compute them once."""
+        paths = [self.path(self.key(p)) for p in parts_list]
+
+        def usable(i: int) -> bool:
+            return self.read(parts_list[i], rows) is not None
+
+        if all(usable(i) for i in range(len(paths))):
+            return [True] * len(paths)
+        locks: list[FileLock] = []
+        staged: dict[int, np.ndarray] = {}
+        try:
+            try:
+                paths[0].parent.mkdir(parents=True, exist_ok=True)
+                for p in sorted(set(paths)):  # one order for every worker: no deadlock
+                    locks.append(FileLock(str(p) + ".lock"))
+                    locks[-1].acquire()
+            except OSError as e:
+                raise disk_error(e, "feature cache", self.root) from None
+            missing = [i for i in range(len(paths)) if not usable(i)]  # again: another worker may have written some
+            for i in missing:
+                paths[i].unlink(missing_ok=True)
+                remove_stale(paths[i].parent, paths[i].stem)
+
+            def allocate(i: int, shape: tuple) -> np.ndarray:
+                staged[i] = np.lib.format.open_memmap(tmp_name(paths[i]), mode="w+", dtype=np.float32, shape=shape)
+                return staged[i]
+
+            try:
+                compute(missing, allocate)
+                for i in missing:
+                    arr = staged.pop(i)
+                    arr.flush()
+                    tmp = Path(arr.filename)
+                    del arr
+                    with open(tmp, "rb+") as f:
+                        os.fsync(f.fileno())
+                    self._publish(paths[i], parts_list[i], tmp, {"shape": list(np.load(tmp, mmap_mode="r").shape),
+                                                                  "dtype": "float32", "checksum": checksum(tmp)})
+            except BaseException as e:
+                for arr in staged.values():
+                    Path(arr.filename).unlink(missing_ok=True)
+                if isinstance(e, OSError):
+                    raise disk_error(e, "feature cache", self.root) from None
+                raise
+            return [i not in missing for i in range(len(paths))]
+        finally:
+            for lock in reversed(locks):
+                lock.release()
+
+    def _publish(self, path: Path, parts: dict, tmp: Path, checked: dict) -> None:
+        """The sidecar, then the staged .npy renamed into place: its presence means complete."""
         from .fsio import atomic_write_text
 
+        atomic_write_text(path.with_suffix(".json"), json.dumps({"parts": parts, **checked}, indent=1,
+                                                                default=str), "feature cache")
+        os.replace(tmp, path)
+
+    def _write(self, path: Path, parts: dict, feats: np.ndarray) -> None:
         tmp = tmp_name(path)
         try:
             tmp, checked = stage_checked(path, feats)
-            atomic_write_text(path.with_suffix(".json"), json.dumps({"parts": parts, **checked}, indent=1,
-                                                                    default=str), "feature cache")
-            os.replace(tmp, path)  # the .npy appears last: its presence means complete
+            self._publish(path, parts, tmp, checked)
         except BaseException as e:  # disk full while staging or writing the sidecar: nothing left behind
             tmp.unlink(missing_ok=True)
             if isinstance(e, OSError):

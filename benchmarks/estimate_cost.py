@@ -4,7 +4,10 @@ Cost model (in full-backbone forward passes of one image; backward = 2 forwards)
 own ``shared_cost`` (the frozen work a group of runs shares: the readout features of probes, the
 frozen prefix of lastN fine-tunes, counted once per group) and ``cost`` (per run: epochs x
 (forward+backward on train + forward on val) over the trainable fraction, and the per-epoch prefix
-where augmentation stops it from being cached). See bench/protocols/. Epochs are the configured
+where augmentation stops it from being cached). See bench/protocols/. A layer-wise probe
+(``--layers``) is one pass over all blocks, shared with the probes of its backbone x dataset (the
+last layer is their readout); a ``--train-fraction`` / ``--shots`` run trains on its subset while
+the frozen pass of its group covers the whole train split once (bench.sweep.plan.split_sizes). Epochs are the configured
 maximum (early stopping only shortens runs). Hours = passes / images per second measured by
 bench_throughput.py for that backbone (latest row in benchmarks/results.csv). The figures are for
 the machine that measured the throughput: run bench_throughput.py on a GPU node and then this

@@ -1,4 +1,5 @@
-"""Protocols in a registry. Built-ins: ``probe`` (linear head grid on cached features), ``knn``,
+"""Protocols in a registry. Built-ins: ``layers`` (``--layers``: a probe per block), ``probe`` (linear
+head grid on cached features), ``knn``,
 ``finetune`` (``--unfreeze lastN|all`` and trained linear/MLP heads) and ``deit`` (the paper's DeiT
 head). A third-party protocol is one :class:`Protocol` subclass, registered with
 ``register_protocol`` or through the entry-point group ``bench.protocols``; its ``heads`` become
@@ -11,8 +12,8 @@ from ..registry import Registry
 from .base import Protocol, ProtocolOutput, SplitSizes
 
 # the order is the matching order: the first protocol that applies runs a config
-BUILTINS = {"probe": "bench.protocols.probe:PROBE", "knn": "bench.protocols.knn:KNN",
-            "finetune": "bench.protocols.finetune:FINETUNE", "deit": "bench.protocols.deit:DEIT"}
+BUILTINS = {"layers": "bench.protocols.layers:LAYERS", "probe": "bench.protocols.probe:PROBE",
+            "knn": "bench.protocols.knn:KNN", "finetune": "bench.protocols.finetune:FINETUNE", "deit": "bench.protocols.deit:DEIT"}
 PROTOCOLS: Registry[Protocol] = Registry("protocol", "bench.protocols", BUILTINS, Protocol)
 
 

@@ -1,0 +1,182 @@
+"""Layer-wise probing (--layers): per-layer features, layer indexing, one pass, rows per layer,
+the disk cache shared with ordinary probes, memory (features of one layer at a time)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+import bench
+from backbones.base import Backbone, Spec
+from bench.cli import main
+from bench.errors import UserError
+from bench.protocols.layers import after_blocks, parse_layers
+
+SPEC = Spec(name="layertest", family="test", variants=("v",), default_variant="v", input_size=16,
+            mean=(0.5,) * 3, std=(0.5,) * 3)
+
+
+class _Add(nn.Module):
+    def __init__(self, value: float, keep: float = 1.0) -> None:
+        super().__init__()
+        self.value, self.keep = value, keep
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return h * self.keep + self.value
+
+
+class Marked(Backbone):
+    """Block i adds i+1 (``keep=0`` from block ``wash`` on: the image is gone after it)."""
+
+    def __init__(self, depth: int = 5, wash: int | None = None) -> None:
+        super().__init__()
+        self.spec, self.variant, self.embed_dim, self.input_size = SPEC, "v", 12, 16
+        self.blocks = nn.ModuleList(_Add(float(i + 1), 0.0 if wash is not None and i >= wash else 1.0)
+                                    for i in range(depth))
+        self.scale = nn.Parameter(torch.ones(1))  # something to fingerprint
+
+    def stem(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale
+
+    def readout(self, h: torch.Tensor) -> torch.Tensor:
+        return nn.functional.adaptive_avg_pool2d(h, 2).flatten(1)  # keeps where the band is
+
+    def tokens(self, h: torch.Tensor) -> torch.Tensor:
+        return h.flatten(2).transpose(1, 2)
+
+
+def test_parse_layers():
+    assert parse_layers("all", 4) == [1, 2, 3, 4]
+    assert parse_layers("every:3", 12) == [3, 6, 9, 12]
+    assert parse_layers("every:5", 12) == [5, 10, 12]  # the readout is always kept
+    assert parse_layers("4, 1,4", 12) == [1, 4]
+    assert parse_layers("all") is None and parse_layers("2,3") == [2, 3]
+    for bad in ("", "every:0", "first", "1,,2", "0,3"):
+        with pytest.raises(UserError):
+            parse_layers(bad, 12)
+    with pytest.raises(UserError, match="has 12 blocks"):
+        parse_layers("13", 12)
+
+
+def test_layer_indexing_is_blocks_run():
+    """Layer k is the readout after exactly k blocks (block i adds i+1: the mean grows by k(k+1)/2)."""
+    model = Marked(depth=5).eval()
+    x = torch.zeros(2, 3, 16, 16)
+    with torch.no_grad():
+        outs = after_blocks(model, [1, 3, 5])(x)
+    assert [float(o[0, 0]) for o in outs] == [1.0, 6.0, 15.0]
+
+
+@pytest.mark.parametrize("name,variant", [("dummy", "tiny"), ("deit", "tiny"), ("resnet18_28", "scratch")])
+def test_last_layer_equals_readout_exactly(name, variant):
+    import backbones
+
+    torch.manual_seed(0)
+    model = backbones.build(name, variant, "random", input_size=28 if name == "resnet18_28" else 32).eval()
+    x = torch.randn(3, 3, model.input_size, model.input_size)
+    with torch.inference_mode():
+        outs = after_blocks(model, list(range(1, model.num_blocks + 1)))(x)
+        ref = model(x)
+    assert len(outs) == model.num_blocks
+    assert torch.equal(outs[-1], ref)
+    assert all(o.ndim == 2 and o.shape[0] == 3 for o in outs)
+
+
+@pytest.fixture
+def opts(data_root, tmp_path):
+    return dict(data_root=str(data_root), skip_md5=True, results_dir=str(tmp_path / "results"),
+                cache_dir=str(tmp_path / "cache"), head_epochs=20, device="cpu", quiet=True)
+
+
+def test_early_layer_wins_where_depth_washes_the_signal_out(opts, tmp_path):
+    """The band signal survives blocks 1-2 and is erased from block 3 on: the probe finds it early,
+    chance late, selects an early layer on val, and writes one row set per layer."""
+    model = Marked(depth=5, wash=2)
+    res = bench.run(model, "breastmnist", layers="all", **opts)
+    rows = pd.read_csv(res.path, keep_default_na=False)
+    assert "layer" in rows.columns
+    test_auc = rows[(rows.split == "test") & (rows.metric == "auc")]
+    by_layer = {int(r.layer): float(r.value) for r in test_auc.itertuples() if r.layer != ""}
+    assert sorted(by_layer) == [1, 2, 3, 4, 5]
+    assert min(by_layer[1], by_layer[2]) > 0.9
+    assert max(by_layer[3], by_layer[4], by_layer[5]) < 0.6
+    assert res.selected["layer"] in (1, 2)
+    selected = test_auc[test_auc.layer == ""].value.astype(float).tolist()
+    assert selected == [by_layer[res.selected["layer"]]]  # the unlabelled rows: the layer chosen on val
+    with np.load(tmp_path / "results" / "scores" / f"{res.run_id}.npz") as z:
+        assert {f"y_score_layer{k}" for k in range(1, 6)} <= set(z.files)
+
+
+def test_one_pass_cache_shared_with_probe_and_memory_mapped(opts, monkeypatch, capsys):
+    """A layers run extracts each split once (every layer from the same pass, written through memory
+    maps); a plain probe then hits the last layer's entry; a second layers run extracts nothing."""
+    import bench.features as features
+    from bench.cache import FeatureCache
+
+    calls = []
+    real = features.extract
+
+    def counting(fn, images, *a, **k):
+        calls.append(len(images))
+        return real(fn, images, *a, **k)
+
+    monkeypatch.setattr(features, "extract", counting)
+    seen_maps = []
+    real_many = FeatureCache.compute_many
+
+    def spy(self, parts, compute, rows=None):
+        def watched(missing, allocate):
+            def alloc(i, shape):
+                arr = allocate(i, shape)
+                seen_maps.append(isinstance(arr, np.memmap))
+                return arr
+            compute(missing, alloc)
+        return real_many(self, parts, watched, rows)
+
+    monkeypatch.setattr(FeatureCache, "compute_many", spy)
+    layered = bench.run("dummy", "breastmnist", weights="random", layers="every:2", **opts)
+    assert calls == [96, 32, 48] and seen_maps and all(seen_maps)
+    probe = bench.run("dummy", "breastmnist", weights="random", **opts)
+    assert calls == [96, 32, 48]  # the probe read layer L = the readout, cached by the layers run
+    rows = layered.metrics
+    last = rows[(rows.layer == 4) & (rows.split == "val") & (rows.metric == "auc")].value.iloc[0]
+    assert last == pytest.approx(probe.metric("auc", "val"))  # same features, same head grid
+    bench.run("dummy", "breastmnist", weights="random", layers="all", **opts)  # 1 and 3 new, 2 and 4 cached
+    assert calls == [96, 32, 48] * 2
+    bench.run("dummy", "breastmnist", weights="random", layers="1,2,3,4", head="knn", **opts)
+    assert calls == [96, 32, 48] * 2  # nothing left to extract
+
+
+def test_plain_runs_unchanged_and_ids_stable(opts):
+    """No --layers: no layer column; --layers changes the id, unset it leaves ids as they were."""
+    from bench.api import config
+
+    res = bench.run("dummy", "breastmnist", weights="random", **opts)
+    assert "layer" not in pd.read_csv(res.path).columns
+    plain = config("dummy", "breastmnist", weights="random")
+    assert config("dummy", "breastmnist", weights="random", layers="").run_id == plain.run_id
+    assert config("dummy", "breastmnist", weights="random", layers="all").run_id != plain.run_id
+
+
+@pytest.mark.parametrize("args,match", [
+    (["--layers", "all", "--head", "mlp"], "--layers probes the frozen features"),
+    (["--layers", "all", "--unfreeze", "last1"], "--layers probes the frozen features"),
+    (["--layers", "top"], "malformed --layers"),
+    (["--layers", "7"], "has 4 blocks"),
+])
+def test_bad_layers_one_line_exit_2(capsys, data_root, tmp_path, args, match):
+    code = main(["run", "--backbone", "dummy", "--dataset", "breastmnist", "--data-root", str(data_root),
+                 "--skip-md5", "--results-dir", str(tmp_path / "r"), "--head-epochs", "2", *args])
+    err = capsys.readouterr().err
+    assert code == 2 and match in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_dry_run_and_meta_record_layers(capsys, opts, tmp_path):
+    res = bench.run("dummy", "breastmnist", weights="random", layers="2,4", head="knn", **opts)
+    meta = json.loads((tmp_path / "results" / "meta" / f"{res.run_id}.json").read_text())
+    assert meta["protocol"] == "layers" and sorted(meta["layers"]) == ["2", "4"]
+    assert meta["selected"]["layers"] == [2, 4]
