@@ -38,6 +38,13 @@ def resolve(backbone: str, dataset: str, **given: Any) -> RunConfig:
     protocol = cfg.protocol  # unknown head / head x unfreeze that nothing runs: one line here
     own = {k: given.get(k, options.get(k).default) for k in protocol.reads(cfg)}
     cfg = cfg.replace(**own)
+    if cfg.layers and protocol.name != "layers":  # --layers is the layer-wise probe's alone
+        raise UserError(f"--layers probes the frozen features after each block: use it with --head linear|knn "
+                        f"and --unfreeze none (and --linear-mode cached), not --head {cfg.head} --unfreeze "
+                        f"{cfg.unfreeze}" + (" --linear-mode online" if cfg.linear_mode == "online" else ""))
+    from .subsets import check
+
+    check(cfg)
     protocol.validate(cfg)
     return cfg
 
