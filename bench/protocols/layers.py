@@ -88,7 +88,8 @@ def extract_layers(ctx: RunContext, layers: list[int]) -> dict[str, int]:
         parts = [ctx.feature_parts(split, layer_what(k, n_blocks)) for k in layers]
 
         def compute(missing: list[int], allocate, split=split, whole=whole) -> None:
-            extract(after_blocks(model, [layers[i] for i in missing]), whole.images, ctx.pre, ctx.device,
+            fn = ctx.frozen_fn(after_blocks(model, [layers[i] for i in missing]))  # --channels-last, --compile
+            extract(fn, whole.images, ctx.pre, ctx.device,
                     ctx.opts.extract_batch_size, f"layers {split}", ctx.opts.quiet, ctx.cfg.precision,
                     allocate=lambda j, shape: allocate(missing[j], shape))
 
@@ -141,6 +142,9 @@ class LayerProbe(Protocol):
 
     def applies(self, cfg) -> bool:
         return bool(cfg.layers) and cfg.unfreeze == "none" and (cfg.head == "knn" or cfg.linear_mode == "cached")
+
+    def reads(self, cfg) -> tuple[str, ...]:
+        return (PROBE if cfg.head == "linear" else KNN).options
 
     def validate(self, cfg) -> None:
         parse_layers(cfg.layers)
