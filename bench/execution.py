@@ -31,13 +31,13 @@ class Frozen:
     one line and the run goes on in eager mode, which computes the same function."""
 
     def __init__(self, fn: Callable[[torch.Tensor], Any], channels_last: bool = False,
-                 compile: bool = False) -> None:
+                 compile: bool = False, backend: str | None = None) -> None:
         self.fn, self.channels_last = fn, channels_last
         self.compiled: Callable | None = None
         self.status = "off"
         if compile:
             try:
-                self.compiled = torch.compile(fn)
+                self.compiled = torch.compile(fn, **({"backend": backend} if backend else {}))
                 self.status = "on"
             except Exception as e:  # e.g. a Python version torch.compile does not support
                 self._fall_back(e)
