@@ -140,7 +140,8 @@ OPTIONS: tuple[Option, ...] = (
       help="mean/std: the backbone's, the dataset's train split's, or 0.5/0.5 (MedMNIST v2)"),
     O("gray", str, "repeat", choices=("repeat", "red"), help="grayscale input: repeat to RGB, or red filters only"),
     O("precision", str, "auto", choices=("auto", "fp16", "bf16", "fp32"), late=True,
-      help="CUDA autocast dtype (auto: bf16 where supported, else fp16); CPU runs are always fp32"),
+      help="CUDA autocast dtype (auto: bf16 where supported, else fp16); MPS: fp16 or bf16 only when asked; "
+           "CPU runs are always fp32"),
     O("linear_mode", str, "cached", choices=("cached", "online"), late=True,
       help="--head linear --unfreeze none: a head grid on cached features, or one head trained through "
            "the frozen backbone on (augmented) images like fine-tuning (the publications' linear probe)"),
