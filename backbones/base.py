@@ -31,6 +31,10 @@ class Spec:
     license: str = ""
     readouts: tuple[str, ...] = ("default",)
     description: str = ""
+    # what the default weights were trained on, and what the paper (Huix et al.) used of it: the
+    # README's backbone table (python -m backbones.catalog)
+    training_data: str = ""
+    paper_use: str = ""
     # per-variant facts shown by `bench ls` (params, embed dim, blocks); filled by adapters
     facts: dict = field(default_factory=dict, compare=False, hash=False)
 
@@ -115,9 +119,11 @@ class Backbone(nn.Module):
 
     def first_conv(self) -> nn.Conv2d | None:
         """The layer that first sees pixels (`bench explain --filters`): the first Conv2d outside
-        the blocks (a CNN's first convolution, a ViT's patch embedding)."""
+        the blocks (a CNN's first convolution, a ViT's patch embedding), else the first block's."""
         inner = {id(m) for m in self.blocks.modules()}
-        return next((m for m in self.modules() if isinstance(m, nn.Conv2d) and id(m) not in inner), None)
+        outside = (m for m in self.modules() if isinstance(m, nn.Conv2d) and id(m) not in inner)
+        first_block = (m for m in self.blocks[0].modules() if isinstance(m, nn.Conv2d))
+        return next(outside, None) or next(first_block, None)
 
     def attention_maps(self, x: torch.Tensor) -> "AttentionMaps":
         """Attention weights of every block for images ``x`` (attention rollout); families without

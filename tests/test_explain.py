@@ -150,6 +150,9 @@ def test_choose_picks_per_class_and_is_seeded():
     assert choose(scores, labels, [1], 2, seed=0) == picks[1:2] + picks[3:4]
     more = choose(scores, labels, [0, 1], 6, seed=3)
     assert more == choose(scores, labels, [0, 1], 6, seed=3) and len({p.index for p in more}) == 6
+    multi = choose(scores, np.array([[1, 0], [1, 1], [0, 1], [0, 1], [1, 0], [0, 0]]), [0, 1], None, seed=0,
+                   multilabel=True)
+    assert [(p.kind, p.label, p.index, p.correct) for p in multi][:2] == [(KINDS[0], 0, 4, True), (KINDS[0], 1, 2, True)]
     assert parse_classes(["1"], ["a", "b"]) == [1] and parse_classes(["b,a"], ["a", "b"]) == [1, 0]
     with pytest.raises(UserError, match="did you mean: benign"):
         parse_classes(["benig"], ["malignant", "benign"])
@@ -187,11 +190,12 @@ def test_explain_cli_writes_sheets_records_comparison_and_report(env, probe_id, 
     assert (tmp_path / "rep" / "figures" / f"explain-{probe_id}-gradcam-test.png").is_file()
 
 
-def test_rollout_on_deit_head_run(env, deit_head_id, capsys):
-    code, out, err = _explain(env, capsys, deit_head_id, "--method", "rollout", "--images", "2")
+def test_rollout_on_deit_head_run_and_a_split_without_saved_scores(env, deit_head_id, capsys):
+    code, out, err = _explain(env, capsys, deit_head_id, "--method", "rollout", "--images", "2", "--split", "val")
     assert code == 0, err
-    rec = json.loads((env.results / "explain" / deit_head_id / "rollout-test.json").read_text())
-    assert len(rec["indices"]) == 2
+    rec = json.loads((env.results / "explain" / deit_head_id / "rollout-val.json").read_text())
+    assert len(rec["indices"]) == 2 and rec["score_check"]["checked"] == 0  # val scores are not saved
+    assert rec["picks"][0]["kind"] == KINDS[0]
 
 
 # -- bad input: one line, exit 2 ----------------------------------------------------------------------------
@@ -240,8 +244,11 @@ FAMILIES = {  # name: (variant, input size); CNNs of stride 32 at 64 px, a 2x2 l
     "dummy": ("tiny", 32), "resnet18": ("tv_in1k", 64), "deit": ("tiny_distilled", 32), "dino": ("tiny", 32),
     "dinov2": ("tiny_reg", 28), "clip": ("tiny", 32), "sam": ("tiny", 32), "blip": ("tiny", 32),
     "timm:convnext_atto": (None, 64),  # stride 32: 64 px gives a 2x2 map (32 px: one value)
+    # the medical-domain adapters
+    "biomedclip": ("tiny", 32), "rad-dino": ("tiny", 28), "medsam": ("tiny", 32), "retfound": ("tiny", 32),
+    "uni": ("tiny", 32), "seem": ("tiny", 64), "simplecnn": ("scratch", 28),
 }
-ROLLOUT = {"deit", "dino", "dinov2"}
+ROLLOUT = {"deit", "dino", "dinov2", "biomedclip", "rad-dino", "retfound", "uni"}  # the timm ViTs
 
 
 def _fake(name: str) -> Rebuilt:

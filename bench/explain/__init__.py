@@ -33,6 +33,7 @@ TITLES = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "scorecam": "Score-C
 FEATURE_COLUMNS = 12   # stages shown by --feature-maps (evenly spaced, the last always)
 FEATURE_IMAGES = 4
 BATCH = 8
+CLASS_AGNOSTIC = ("rollout", "eigencam")  # the same map whatever class is targeted
 SCORE_TOLERANCE = 1e-3  # rebuilt vs saved test scores (fp32 runs; autocast runs differ more)
 
 
@@ -125,6 +126,9 @@ def _explain_picks(rb: Rebuilt, picks: list[Pick], req: Request) -> dict:
         maps.append(heatmaps(rb, x, pred[i:i + BATCH].tolist(), req.method))
         pixels.append(rb.pixels(x))
     pixels_all = np.concatenate(pixels)
+    if all(float(np.ptp(m)) == 0.0 for batch in maps for m in batch):
+        log(f"{rb.run_id}: every {req.method} heatmap is uniform; at input size {rb.cfg.input_size or rb.dataset.size} "
+            f"the target layer's map may be a single value (a run at a larger --input-size gives a finer map)")
     overlays = [draw.overlay(p, m) for p, m in zip(pixels_all, np.concatenate(maps))]
     names = rb.label_names
     captions = [f"{names[c][:20]} {s[c]:.2f}" for c, s in zip(pred, now_scores)]
@@ -168,8 +172,8 @@ def _cam_sheet(rb: Rebuilt, picks: list[Pick], req: Request, folder: Path) -> Pa
         log(f"{rb.run_id}: the rebuilt model's scores differ from the run's by up to {check['max_abs_diff']:.2g}")
     layers = layer_names(rb) if req.method in CAM_METHODS else ["attention of every block"]
     title = (f"{TITLES[req.method]} · {rb.describe()} · {rb.cfg.dataset} {req.split} · {rb.run_id}\n"
-             f"left: image · right: heatmap of the predicted class on the model input "
-             f"({'class-agnostic' if req.method in ('rollout', 'eigencam') else 'layer ' + ', '.join(layers)})")
+             + ("left: image · right: heatmap on the model input (class-agnostic)" if req.method in CLASS_AGNOSTIC else
+                f"left: image · right: heatmap of the predicted class on the model input (layer {', '.join(layers)})"))
     png = draw.run_sheet(title, _originals(rb, req.split, picks), got["overlays"], [_caption(rb, p) for p in picks])
     caption = (f"{TITLES[req.method]} of {rb.describe()} on {len(picks)} {rb.cfg.dataset} {req.split} images: per class "
                f"the most confident correct, most confident wrong and least confident prediction (seed {req.seed}); "
@@ -185,7 +189,8 @@ def _compare_sheet(rb0: Rebuilt, picks: list[Pick], runs: list[dict], req: Reque
     names = rb0.label_names
     rows = [f"#{p.index} true: {draw._short(names[p.label], 16)}\n({p.kind})" for p in picks]
     title = (f"{TITLES[req.method]} · {rb0.cfg.dataset} {req.split} · the same images for {len(runs)} runs "
-             f"(chosen by the first run's predictions) · each heatmap for that run's predicted class")
+             f"(chosen by the first run's predictions) · "
+             + ("class-agnostic heatmaps" if req.method in CLASS_AGNOSTIC else "each heatmap for that run's predicted class"))
     png = draw.compare_sheet(title, _originals(rb0, req.split, picks), rows, [r["title"] for r in runs],
                              [r["overlays"] for r in runs], [r["captions"] for r in runs])
     digest = hashlib.sha256(" ".join(ids).encode()).hexdigest()[:8]

@@ -19,7 +19,8 @@ def _fig(rows: int, cols: int, title: str, extra_h: float = 0.0, cell: float = C
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(rows, cols, figsize=(cell * cols, cell * rows * aspect + 0.5 + extra_h), squeeze=False)
-    fig.suptitle(title, fontsize=9)
+    width = max(40, int(cell * cols * 13))  # characters that fit the figure's width at 9 pt
+    fig.suptitle("\n".join(textwrap.fill(line, width) for line in title.split("\n")), fontsize=9)
     for ax in axes.flat:
         ax.set_axis_off()
     return fig, axes

@@ -169,6 +169,12 @@ def rebuild(store: ResultStore, run_id: str, opts: RunOptions) -> Rebuilt:
     if not head_file.exists():
         raise UserError(f"run {run_id} has no saved head ({head_file}; runs made before heads were saved with "
                         f"them); rerun it: {rerun_command(cfg, '--force')}")
+    if cfg.weights_fingerprint and not trained:  # the run started from a weights file: still the same?
+        from backbones.hub import file_fingerprint
+
+        if not Path(cfg.weights).is_file() or file_fingerprint(cfg.weights) != cfg.weights_fingerprint:
+            raise UserError(f"run {run_id} started from {cfg.weights}, which is gone or has changed since; "
+                            f"put that file back to explain the run")
     device = pick_device(opts.device)
     ds = datasets.load(cfg.dataset, cfg.size, load_options(cfg, opts)).validate()
     if cfg.data_fingerprint and cfg.data_fingerprint != ds.fingerprint:
