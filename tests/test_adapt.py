@@ -83,11 +83,12 @@ def test_lora_changes_outputs_only_after_training_and_leaves_base_weights(name):
     with torch.no_grad():
         y0 = model(x)
     base = base_state(model)
-    adapt.inject_lora(model, range(1, model.num_blocks), 4, 8.0, 0.0, seed=0)
+    k = model.num_blocks - 2
+    adapt.inject_lora(model, range(k, model.num_blocks), 4, 8.0, 0.0, seed=0)
     with torch.no_grad():
         y1 = model(x)
-        # the stem/blocks/readout contract still holds after injection
-        y_contract = model.readout(model.run_blocks(model.run_blocks(model.stem(x), 0, 1), 1))
+        # the stem/blocks/readout contract still holds after injection (a cached prefix, then the rest)
+        y_contract = model.readout(model.run_blocks(model.run_blocks(model.stem(x), 0, k), k))
     assert torch.allclose(y0, y1, atol=1e-6), "LoRA must start as the identity (B = 0)"
     assert torch.allclose(y1, y_contract, atol=1e-6)
     lora = adapt.lora_parameters(model)
@@ -304,3 +305,36 @@ def test_sweep_grid_takes_adapt_and_cost_counts_it(tmp_path, data_root):
     # the frozen prefix is shared by all three (same blocks frozen, same key)
     assert by["lora"].protocol.shares(by["lora"]) == by["none"].protocol.shares(by["none"])
     assert not np.isnan(cost["lora"])
+
+
+# --- 6. the report's "how much adaptation" figure ---------------------------------------------------
+
+def test_report_plots_metric_against_trainable_parameters(capsys, data_root, tmp_path):
+    from bench.report import make_report
+    from bench.report import figures as F
+    from bench.report.load import load_results
+    from bench.report.tables import Analysis
+
+    results = tmp_path / "res"
+    ways = {"linear probe": [], "last-N": ["--unfreeze", "last1"],
+            "LoRA": ["--unfreeze", "all", "--adapt", "lora"], "BitFit": ["--unfreeze", "all", "--adapt", "bitfit"]}
+    ids = {w: run_ok(capsys, "--backbone", "dummy", "--head-epochs", "5", *flags, *common(data_root, results))
+           for w, flags in ways.items()}
+    a = Analysis(load_results(results), "auc", None)
+    labels = set(a.rs.rows.model)
+    assert not any("lora_rank" in m for m in labels), labels  # a knob the other runs did not read
+    meta = {w: json.loads((results / "meta" / f"{rid}.json").read_text()) for w, rid in ids.items()}
+    assert {w: F.adaptation_kind(m["config"]) for w, m in meta.items()} == {w: w for w in ways}
+    plain = meta["last-N"]["config"]
+    assert F.adaptation_kind({**plain, "unfreeze": "all"}) == "full fine-tuning"
+    assert F.adaptation_kind({**plain, "head": "deit", "unfreeze": "none"}) == "DeiT head"
+    assert F.adaptation_kind({**plain, "head": "knn", "unfreeze": "none"}) is None  # trains nothing
+    assert F.adaptation_kind({**plain, "train_fraction": 0.1}) is None  # another question (labels)
+    counts = {w: F.trainable_total(m) for w, m in meta.items()}
+    assert counts["linear probe"] == 32 * 2 + 2 and counts["linear probe"] < counts["BitFit"] < counts["LoRA"]
+    assert counts["last-N"] == meta["last-N"]["selected"]["trainable_params"]
+    fig, note = F.adaptation_figure(a)
+    assert fig is not None and note is None and fig.png
+    out = make_report(results, tmp_path / "rep", formats=("md", "png"), n_boot=20)
+    md = (out / "report.md").read_text() if out.is_dir() else out.read_text()
+    assert "How much adaptation" in md and (tmp_path / "rep" / "figures" / "metric_vs_trainable_parameters.png").exists()

@@ -143,6 +143,15 @@ def build(a: T.Analysis, *, with_reference: bool = False, figures: bool = True) 
             trends.notes += [note] if note else []
         sections.append(trends)
 
+    if figures:
+        how = Section("How much adaptation", intro="Per dataset, the test metric against the number of parameters "
+                      "each way of adapting a backbone trains: where the frontier flattens, more adaptation buys "
+                      "little.")
+        fig, note = F.adaptation_figure(a)
+        how.figures += [fig] if fig else []
+        how.notes += [note] if note else []
+        sections.append(how)
+
     if with_reference:
         from .reference import load_reference
 

@@ -260,3 +260,80 @@ def resolution_figure(a: Analysis) -> tuple[Figure | None, str | None]:
     g.set_titles(col_template="{col_name}")
     return _figure("metric_vs_resolution", "Metric against resolution", g.figure,
                    "Seed means averaged over the datasets every plotted size of a model covers."), None
+
+
+# the ways of adapting a backbone, from least to most trained (the legend's order)
+ADAPTATION_ORDER = ("linear probe", "MLP head", "DeiT head", "BitFit", "LoRA", "last-N", "full fine-tuning")
+
+
+def adaptation_kind(cfg: dict) -> str | None:
+    """How a run adapted its backbone, from its config; None for what trains nothing (kNN) or is
+    not a point of this trade-off (layer-wise probes, label subsets)."""
+    head, unfreeze, adapt = cfg.get("head"), cfg.get("unfreeze"), cfg.get("adapt") or "none"
+    if head == "knn" or cfg.get("layers") or (cfg.get("train_fraction") or 1.0) < 1.0 or cfg.get("shots"):
+        return None
+    if unfreeze == "none":
+        return {"linear": "linear probe", "mlp": "MLP head", "deit": "DeiT head"}.get(head, f"{head} head")
+    kind = {"lora": "LoRA", "bitfit": "BitFit"}.get(adapt) or ("full fine-tuning" if unfreeze == "all" else "last-N")
+    return kind if head == "linear" else f"{kind} + {head} head"
+
+
+def trainable_total(meta: dict) -> int | None:
+    """Trainable parameters of a run (head included) as its JSON records them."""
+    n = (meta.get("trainable_parameters") or {}).get("total")
+    if n is None:  # fine-tunes recorded before the counts had their own entry
+        n = (meta.get("selected") or {}).get("trainable_params")
+    return int(n) if isinstance(n, (int, float)) and n > 0 else None
+
+
+def adaptation_figure(a: Analysis) -> tuple[Figure | None, str | None]:
+    """Per dataset: the test metric against trainable parameters (log axis) of every way a backbone
+    was adapted (linear probe, DeiT head, last-N, LoRA, BitFit, full fine-tuning), and the
+    efficient frontier: the best seed mean reached with at most that many trainable parameters."""
+    from .load import run_identity
+
+    per_run = a.rs.rows.drop_duplicates("run_id").set_index("run_id")
+    backbone = run_identity(per_run, a.rs.meta)["label"]
+    recs, uncounted = [], 0
+    for r in a.summary.dropna(subset=["mean"]).itertuples():
+        meta = a.rs.meta.get(r.run_ids[0], {})
+        kind = adaptation_kind(meta.get("config") or {})
+        if kind is None:
+            continue
+        n = trainable_total(meta)
+        if n is None:
+            uncounted += 1
+            continue
+        recs.append({"dataset": r.dataset, "setting": setting_label(r.section), "method": kind,
+                     "backbone": backbone[r.run_ids[0]], "params": n, "value": r.mean})
+    df = pd.DataFrame(recs)
+    if df.empty or df.groupby(["dataset", "setting"]).method.nunique().max() < 2:
+        return None, ("Adaptation figure skipped: no dataset has runs of two or more ways of adapting a "
+                      "backbone (linear probe, DeiT head, last-N, LoRA, BitFit, full fine-tuning) with recorded "
+                      "trainable-parameter counts.")
+    several = df.setting.nunique() > 1
+    df["panel"] = [dataset_label(d) + (f" · {s}" if several else "") for d, s in zip(df.dataset, df.setting)]
+    order = [p for d in dataset_order(df.dataset) for p in sorted(set(df[df.dataset == d].panel))]
+    methods = [m for m in ADAPTATION_ORDER if m in set(df.method)] + sorted(set(df.method) - set(ADAPTATION_ORDER))
+    _theme()
+    g = sns.relplot(df, kind="scatter", x="params", y="value", hue="method", hue_order=methods,
+                    palette=dict(zip(methods, sns.color_palette("colorblind", len(methods)))),
+                    style="backbone", col="panel", col_order=order, col_wrap=min(3, len(order)), s=70,
+                    height=3.2, aspect=1.3, facet_kws={"sharey": False, "sharex": False})
+    for ax, panel in zip(g.axes.flat, order):
+        pts = df[df.panel == panel].sort_values(["params", "value"], ascending=[True, not a.higher_is_better])
+        best, xs, ys = None, [], []
+        for x, y in zip(pts.params, pts.value):  # a point is on the frontier when it beats every cheaper one
+            if best is None or a.better(y - best):
+                best = y
+                xs.append(x)
+                ys.append(y)
+        ax.step(xs, ys, where="post", color="0.45", linestyle="--", linewidth=1, zorder=0)
+        ax.set_xscale("log")
+    g.set_axis_labels("trainable parameters (log)", f"test {a.metric.upper()} (seed mean)")
+    g.set_titles(col_template="{col_name}")
+    note = (f"{uncounted} cell(s) left out: their runs do not record trainable-parameter counts (rerun them "
+            f"to include them)." if uncounted else None)
+    return _figure("metric_vs_trainable_parameters", "How much adaptation", g.figure,
+                   "Seed means per dataset; dashed: the efficient frontier (the best metric reached with at most "
+                   "that many trainable parameters). kNN probes train nothing and are left out."), note

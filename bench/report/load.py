@@ -234,6 +234,11 @@ def model_labels(rows: pd.DataFrame, meta: dict[str, dict]) -> pd.Series:
         rids = list(rids)
         keys = sorted({k for rid in rids for k in configs[rid]})
         differing = [k for k in keys if len({_norm(configs[r].get(k)) for r in rids}) > 1]
+        # a knob that some runs did not read (None: --lora-rank of a run without LoRA) names runs only
+        # where runs that read it differ in it; another key (--adapt) already tells the rest apart
+        read = [k for k in differing if all(configs[r].get(k) is not None for r in rids)
+                or len({_norm(configs[r].get(k)) for r in rids if configs[r].get(k) is not None}) > 1]
+        differing = read or differing
         for rid in rids:
             label[rid] = " ".join([label[rid], *[f"{k}={_norm(configs[rid].get(k)) or 'none'}" for k in differing]])
     return rows.run_id.map(label)
