@@ -264,6 +264,13 @@ def _fake(name: str) -> Rebuilt:
                    torch.device("cpu"))
 
 
+@pytest.mark.parametrize("method", ["gradcam++", "scorecam", "eigencam"])
+def test_other_cam_methods_run_through_pytorch_grad_cam(method):
+    rb = _fake("dummy")
+    maps = heatmaps(rb, torch.randn(2, 3, 32, 32), [0, 1], method)
+    assert maps.shape == (2, 32, 32) and np.isfinite(maps).all() and maps.max() > maps.min()
+
+
 @pytest.mark.parametrize("name", sorted(FAMILIES))
 def test_every_family_gives_heatmaps_filters_and_feature_maps(name):
     rb = _fake(name)

@@ -21,6 +21,10 @@ from ..preprocess import Preprocess
 from ..results import ResultStore
 
 
+# protocols whose runs save their head (ProtocolOutput.files); kNN has none to save
+HEAD_SAVING = ("probe", "finetune", "deit")
+
+
 def resolve_run_id(store: ResultStore, given: str) -> str:
     """An exact run id, or a unique prefix of one; else a one-line error with close ids."""
     ids = store.run_ids()
@@ -166,6 +170,9 @@ def rebuild(store: ResultStore, run_id: str, opts: RunOptions) -> Rebuilt:
         why = f"--unfreeze {cfg.unfreeze}" if cfg.unfreeze != "none" else f"--frozen-mode {cfg.frozen_mode}"
         raise UserError(f"run {run_id} trained its backbone ({why}) and did not save it; rerun it with --save-model: "
                         f"{rerun_command(cfg, '--save-model', '--force')}")
+    if not head_file.exists() and meta.get("protocol") not in HEAD_SAVING:
+        raise UserError(f"run {run_id} ran protocol {meta.get('protocol')!r}, which saves no head to rebuild; "
+                        f"bench explain takes runs of {', '.join(HEAD_SAVING)}")
     if not head_file.exists():
         raise UserError(f"run {run_id} has no saved head ({head_file}; runs made before heads were saved with "
                         f"them); rerun it: {rerun_command(cfg, '--force')}")
