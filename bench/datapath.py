@@ -40,9 +40,10 @@ def gather(source: np.ndarray, index: Index, out: np.ndarray | None = None) -> n
         else:
             np.take(source, index, axis=0, out=out)
         return out
-    got = source[index]
-    if isinstance(got, np.memmap) or not got.flags.c_contiguous or not got.flags.writeable:
-        got = np.array(got, copy=True, order="C")  # a plain, writable array (no mmap behind it)
+    got = source[index]  # a gather of indices is a copy already; a slice of a memory map is not
+    if (isinstance(index, slice) and isinstance(got, np.memmap)) or not got.flags.c_contiguous \
+            or not got.flags.writeable:
+        got = np.array(got, copy=True, order="C")  # a plain, writable array (no file behind it)
     return np.asarray(got)
 
 
