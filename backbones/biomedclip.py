@@ -38,6 +38,8 @@ SPEC = Spec(
     weights_source=f"open_clip hf-hub:{REPO} ({FILENAME}, HF cache)",
     license="mit", readouts=("cls", "proj"),
     description="BiomedCLIP ViT-B/16 image tower (PMC-15M figure-caption pairs), text tower dropped",
+    training_data="PMC-15M: 15M figure-caption pairs from PubMed Central articles",
+    paper_use="not in the paper",
     facts={"blocks": 12, "embed_dim": "768 (proj: 512)", "params": "86M"},
 )
 

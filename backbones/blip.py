@@ -59,6 +59,8 @@ SPEC = Spec(
     weights_source="BLIP release model_base.pth (URL, torch.hub cache); captioning-*: HF hub Salesforce/*",
     license="bsd-3-clause", readouts=("cls",),
     description="BLIP ViT-B/16 image encoder (pre-trained, as in the paper), text side dropped",
+    training_data="14M images with captions (COCO, Visual Genome, CC3M, CC12M, SBU)",
+    paper_use="BLIP base (model_base.pth), CLS",
     facts={"blocks": 12, "embed_dim": 768, "params": "86M"},
 )
 

@@ -65,6 +65,8 @@ SPEC = Spec(
     license="mit (open_clip code and LAION / OpenAI weights; other tags: see their cards)",
     readouts=("cls", "proj"),
     description="OpenCLIP image tower (ViT-B/16 LAION-2B by default), text tower dropped",
+    training_data="LAION-2B image-text pairs",
+    paper_use="OpenCLIP ViT-B/16 LAION-2B, projected embedding",
     facts={"blocks": 12, "embed_dim": "768 (proj: 512)", "params": "86M"},
 )
 

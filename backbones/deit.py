@@ -27,6 +27,8 @@ SPEC = Spec(
     weights_source="timm (HF hub timm/deit_*_patch16_224.fb_in1k) or the official DeiT .pth",
     license="apache-2.0", readouts=READOUTS,
     description="DeiT ViT/16, supervised ImageNet-1k (distilled variants: class+distillation token)",
+    training_data="ImageNet-1k, supervised",
+    paper_use="DeiT-B: ImageNet baseline, and the DeiT head's initialisation",
     facts={**VARIANTS["base"].facts, "variants": {k: v.facts for k, v in VARIANTS.items()}},
 )
 

@@ -22,6 +22,8 @@ SPEC = Spec(
     weights_source="timm (HF hub timm/vit_*_patch*_224.dino) or the official dino_vit*_pretrain.pth",
     license="apache-2.0", readouts=READOUTS,
     description="DINO self-supervised ViT, ImageNet-1k",
+    training_data="ImageNet-1k, self-supervised (DINO)",
+    paper_use="not in the paper",
     facts={**VARIANTS["vitb16"].facts, "variants": {k: v.facts for k, v in VARIANTS.items()}},
 )
 

@@ -36,6 +36,8 @@ SPEC = Spec(
                    "dinov2_vit*14[_reg4]_pretrain.pth",
     license="apache-2.0", readouts=READOUTS,
     description="DINOv2 self-supervised ViT/14 (LVD-142M), optionally with 4 registers",
+    training_data="LVD-142M (142M curated web images), self-supervised",
+    paper_use="DINOv2 ViT-B/14, CLS",
     facts={**VARIANTS["vitb14"].facts, "variants": {k: v.facts for k, v in VARIANTS.items()}},
 )
 

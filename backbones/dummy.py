@@ -11,6 +11,8 @@ SPEC = Spec(
     name="dummy", family="dummy", variants=("tiny", "small"), default_variant="tiny", input_size=32,
     weights_source="none: deterministic random init", license="n/a",
     description="tiny CNN for tests and smoke runs (not a real backbone)",
+    training_data="none (random init)",
+    paper_use="not in the paper (tests)",
     facts={"blocks": 4, "embed_dim": "32/64", "params": "~40k/160k"},
 )
 

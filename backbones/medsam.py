@@ -29,6 +29,8 @@ SPEC = Spec(
     weights_source=f"MedSAM release {FILENAME} (Google Drive; put it in torch.hub's checkpoints folder)",
     license="apache-2.0", readouts=("mean",),
     description="MedSAM: SAM ViT-B image encoder fine-tuned on 1.57M medical image-mask pairs, neck dropped",
+    training_data="1.57M medical image-mask pairs, 10 modalities (from SAM ViT-B)",
+    paper_use="not in the paper",
     facts={"blocks": 12, "embed_dim": 768, "params": "86M"},
 )
 

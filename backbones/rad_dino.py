@@ -39,6 +39,8 @@ SPEC = Spec(
     weights_source=f"transformers {REPO} ({FILENAME}, HF cache)",
     license="mit (research use only, per the model card)", readouts=READOUTS,
     description="RAD-DINO: DINOv2 ViT-B/14 continued on chest X-rays (MIMIC-CXR, CheXpert, NIH, PadChest, BRAX)",
+    training_data="chest X-rays: MIMIC-CXR, CheXpert, NIH-CXR, PadChest, BRAX (from DINOv2 ViT-B/14)",
+    paper_use="not in the paper",
     facts={"blocks": 12, "embed_dim": 768, "params": "86M"},
 )
 

@@ -49,6 +49,9 @@ def _adapter(arch: str, tags: tuple[str, ...], blocks: int, dim: int, params: st
         license="bsd-3-clause (torchvision weights)" if not small_input else "n/a",
         description=("MedMNIST v2 small-input ResNet-18, trained from scratch" if small_input
                      else f"ImageNet-1k supervised {arch}"),
+        training_data="none (from scratch)" if small_input else "ImageNet-1k, supervised",
+        paper_use=("ResNet-50 torchvision IMAGENET1K_V1: ImageNet baseline" if arch == "resnet50" and not small_input
+                   else "not in the paper"),
         facts={"blocks": blocks, "embed_dim": dim, "params": params},
     )
 

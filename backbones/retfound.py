@@ -41,6 +41,8 @@ SPEC = Spec(
     weights_source="RETFound release (gated HF repos YukunZhou/RETFound_mae_*, {'model': ...} .pth)",
     license="cc-by-nc-4.0 (gated)", readouts=READOUTS,
     description="RETFound MAE ViT-L/16 on 904k colour fundus photographs (cfp) or 736k OCT scans (oct)",
+    training_data="904k colour fundus photographs (cfp); 736k OCT scans (oct)",
+    paper_use="not in the paper",
     facts={"blocks": 24, "embed_dim": 1024, "params": "303M"},
 )
 

@@ -43,6 +43,8 @@ SPEC = Spec(
     weights_source="official SAM checkpoints (dl.fbaipublicfiles.com, torch.hub cache)",
     license="apache-2.0", readouts=("mean",),
     description="Segment Anything image encoder (native 1024 px, run at 224 as in the paper), neck dropped",
+    training_data="SA-1B: 11M images, 1.1B masks",
+    paper_use="SAM ViT-B image encoder, mean over H x W",
     facts={"blocks": 12, "embed_dim": 768, "params": "86M"},
 )
 

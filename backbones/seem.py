@@ -64,6 +64,8 @@ SPEC = Spec(
     weights_source=f"SEEM release (HF hub {REPO}: seem_focalt_v0.pt / _v1.pt), backbone.* keys",
     license="apache-2.0", readouts=("mean",),
     description="SEEM Focal-T image backbone (FocalNet with depthwise convs, COCO + referring data), heads dropped",
+    training_data="COCO panoptic and referring segmentation (SEEM v0)",
+    paper_use="SEEM Focal-T (seem_focalt_v0.pt), res5 mean",
     facts={"blocks": 12, "embed_dim": 768, "params": "29.9M"},
 )
 

@@ -33,6 +33,8 @@ SPEC = Spec(
     weights_source="none (from scratch)", license="n/a",
     readouts=("fc",),
     description="the seed primer's 3-conv CNN (16/32/64, 3x3, max-pool, FC 128), from scratch",
+    training_data="none (from scratch)",
+    paper_use="not in the paper (the seed primer's baseline)",
     facts={"blocks": 3, "embed_dim": HIDDEN, "params": "98k (28 px)"},
 )
 

@@ -30,6 +30,8 @@ SPEC = Spec(
     weights_source=f"timm hf-hub:{REPO} ({FILENAME}; gated: request access, then log in)",
     license="cc-by-nc-nd-4.0 (gated; academic research only)", readouts=READOUTS,
     description="UNI ViT-L/16, DINOv2 self-supervised on 100M histopathology tiles (Mass-100K)",
+    training_data="Mass-100K: 100M tiles from 100k H&E whole-slide images",
+    paper_use="not in the paper",
     facts={"blocks": 24, "embed_dim": 1024, "params": "303M"},
 )
 

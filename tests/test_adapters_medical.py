@@ -467,3 +467,63 @@ def test_runs_end_to_end(name, capsys, data_root, tmp_path):
         assert set(df.split) == {"val", "test"} and df.value.notna().all()
         meta = json.loads((results / "meta" / f"{csv.stem}.json").read_text())
         assert meta["backbone"]["blocks"] >= 3 and meta["dataset"]["n"]["test"] == 32
+
+
+# ------------------------------------------------------------------------- configs/natural-vs-medical
+
+
+def test_natural_vs_medical_config_pairs_models_with_their_datasets():
+    from pathlib import Path
+
+    from bench.sweep.grid import load
+
+    points = load(Path(__file__).resolve().parents[1] / "configs" / "natural-vs-medical.yaml").points()
+    assert len(points) == (9 * 12 + 2 + 1) * 3 * 3
+    datasets = {}
+    for p in points:
+        datasets.setdefault(p["backbone"], set()).add(p["dataset"])
+    assert datasets["rad-dino"] == {"chestmnist", "pneumoniamnist"} and datasets["retfound"] == {"retinamnist"}
+    assert all(len(datasets[b]) == 12 for b in ("biomedclip", "medsam", "seem", "dinov2", "resnet50"))
+    assert {(p.get("unfreeze", "none"), p.get("adapt", "none")) for p in points} == \
+        {("none", "none"), ("last2", "none"), ("all", "lora")}
+    assert {p["seed"] for p in points} == {0, 1, 2} and {p["size"] for p in points} == {224}
+
+
+def test_grids_union_flags_and_errors(tmp_path, data_root, capsys):
+    from bench.sweep.grid import from_mapping
+
+    doc = {"sizes": [28], "seeds": [0, 1], "fixed": {"head_epochs": 2},
+           "grids": [{"backbones": ["dummy", "simplecnn"], "datasets": ["breastmnist", "retinamnist"]},
+                     {"backbones": ["dummy"], "datasets": ["retinamnist"], "fixed": {"head_batch_size": 64}}]}
+    points = from_mapping(doc).points()
+    assert len(points) == 2 * 2 * 2 + 2  # the second part's points differ (head_batch_size), so all are kept
+    assert all(p["head_epochs"] == 2 for p in points) and sum("head_batch_size" in p for p in points) == 2
+    same = from_mapping({**doc, "grids": [doc["grids"][0], {"backbones": ["dummy"], "datasets": ["retinamnist"]}]})
+    assert len(same.points()) == 8  # a point listed by two parts runs once
+    same.set_option("dataset", ["breastmnist"])  # a flag replaces the entry in every part
+    assert {p["dataset"] for p in same.points()} == {"breastmnist"} and len(same.points()) == 4
+    with pytest.raises(UserError, match=r"grids\[0\]: 'results_dir' is a setting of the whole sweep"):
+        from_mapping({"grids": [{"backbones": ["dummy"], "results_dir": "x"}]})
+    with pytest.raises(UserError, match="grids: expected a non-empty list"):
+        from_mapping({"grids": []})
+    # through `bench sweep --dry-run` as a file
+    path = tmp_path / "union.yaml"
+    path.write_text("sizes: [28]\nseeds: [0]\ngrids:\n  - {backbones: [dummy, simplecnn], datasets: [breastmnist]}\n"
+                    "  - {backbones: [dummy], datasets: [retinamnist]}\n")
+    capsys.readouterr()
+    assert main(["sweep", str(path), "--data-root", str(data_root), "--results-dir", str(tmp_path / "r"),
+                 "--skip-md5", "--dry-run", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["runs"] == 3
+
+
+def test_readme_backbone_table_is_generated():
+    from pathlib import Path
+
+    from backbones.catalog import markdown_table
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert markdown_table() in readme, "regenerate with: python -m backbones.catalog"
+    table = markdown_table()
+    for name in MEDICAL:
+        spec = backbones.get(name).spec
+        assert f"| `{name}` | {spec.family} | `{spec.default_variant}` | {spec.training_data} |" in table

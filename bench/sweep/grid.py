@@ -77,9 +77,14 @@ class Grid:
     sweep: dict = field(default_factory=dict)
     slurm: dict = field(default_factory=dict)
     source: str = "flags"
+    # `grids:` in a file: a union of sub-grids (each with the file's options under its own), e.g.
+    # models on only the datasets they claim; points are the parts' points, duplicates once
+    parts: list["Grid"] = field(default_factory=list)
 
     def points(self) -> list[dict]:
         """Every grid point as an option dict (axes override fixed options)."""
+        if self.parts:
+            return _unique([p for part in self.parts for p in part.points()])
         self._check_overlap()
         out = []
         for combo in itertools.product(*(a.items for a in self.axes)):
@@ -100,6 +105,8 @@ class Grid:
 
     def set_option(self, key: str, values: list) -> None:
         """A flag for `key` replaces whatever the YAML said about it (fixed, axis or inside pairs)."""
+        for part in self.parts:
+            part.set_option(key, values)
         self.fixed.pop(key, None)
         self.axes = [a for a in self.axes if not (a.name == key)]
         for axis in self.axes:
@@ -168,6 +175,8 @@ def from_mapping(doc: dict, source: str = "<yaml>") -> Grid:
     """Read a sweep YAML document (already parsed)."""
     if not isinstance(doc, dict):
         raise UserError(f"{source}: a sweep file is a mapping of options (backbones:, datasets:, ...)")
+    if "grids" in doc:
+        return _union(doc, source)
     keys = run_keys()
     grid = Grid(source=source)
 
@@ -218,8 +227,30 @@ def from_mapping(doc: dict, source: str = "<yaml>") -> Grid:
         elif name in META_KEYS:
             pass
         else:
-            known = keys + EXEC_KEYS + SWEEP_KEYS + META_KEYS + tuple(ALIASES) + PAIRED_AXES + ("grid", "fixed")
+            known = keys + EXEC_KEYS + SWEEP_KEYS + META_KEYS + tuple(ALIASES) + PAIRED_AXES + ("grid", "fixed", "grids")
             raise UserError(f"{source}: unknown key {name!r}; {did_you_mean(name, known)}")
+    return grid
+
+
+def _union(doc: dict, source: str) -> Grid:
+    """``grids: [{...}, {...}]``: one sub-grid per entry, each the file's run options with the
+    entry's over them (an entry's ``fixed:`` is merged into the file's); execution, sweep and
+    slurm settings stay at the top level."""
+    subs = doc["grids"]
+    if not isinstance(subs, list) or not subs or not all(isinstance(x, dict) for x in subs):
+        raise UserError(f"{source}: grids: expected a non-empty list of mappings (backbones:, datasets:, ...)")
+    base = {k: v for k, v in doc.items() if k != "grids"}
+    grid = from_mapping(base, source)
+    shared = {k: v for k, v in base.items() if k not in EXEC_KEYS + SWEEP_KEYS}
+    for i, sub in enumerate(subs):
+        for k in sub:
+            if k in EXEC_KEYS + SWEEP_KEYS + ("grids",):
+                raise UserError(f"{source}: grids[{i}]: {k!r} is a setting of the whole sweep; write it at the top level")
+        merged = {k: v for k, v in shared.items() if canonical(str(k)) not in {canonical(str(x)) for x in sub}}
+        merged.update(sub)
+        if isinstance(shared.get("fixed"), dict) and isinstance(sub.get("fixed"), dict):
+            merged["fixed"] = {**shared["fixed"], **sub["fixed"]}
+        grid.parts.append(from_mapping(merged, f"{source} grids[{i}]"))
     return grid
 
 
