@@ -109,3 +109,37 @@ def test_bad_subset_options_exit_2(capsys, data_root, tmp_path, args, match):
                  "--skip-md5", "--results-dir", str(tmp_path / "r"), *args])
     err = capsys.readouterr().err
     assert code == 2 and match in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_report_labels_section_with_seed_mean_intervals(opts, tmp_path):
+    """`bench report`: subset runs get their own section (table + figure, labels per class, a
+    bootstrap interval of the seed mean over the test images), not rows of the ordinary tables."""
+    import pandas as pd
+
+    from bench.report import make_report
+    from bench.report import stats as S
+    from bench.results import ResultStore
+
+    from conftest import write_synthetic_npz
+
+    write_synthetic_npz(tmp_path / "faint", "breastmnist", 28, signal=12.0)  # not solved by 5 labels per class
+    opts = {**opts, "data_root": str(tmp_path / "faint")}
+    ids = {}
+    for seed in (0, 1):
+        for f in (0.1, 1.0):
+            ids[(seed, f)] = bench.run("dummy", "breastmnist", seed=seed, train_fraction=f, **opts).run_id
+    out = tmp_path / "report"
+    make_report(tmp_path / "results", out, formats=("md", "png"), n_boot=200)
+    md = (out / "report.md").read_text()
+    assert "## How many labels: label efficiency" in md and (out / "figures" / "metric_vs_labels.png").exists()
+    t = pd.read_csv(out / "tables" / "label_efficiency.csv")
+    assert sorted(t.budget) == ["all", "fraction"] and set(t.seeds) == {2}
+    assert t.set_index("budget").per_class.to_dict() == {"all": 48.0, "fraction": 5.0}  # round(0.1 x 48) per class
+    store = ResultStore(tmp_path / "results")
+    got = [store.read_scores(ids[(s, 0.1)]) for s in (0, 1)]
+    lo, hi = S.percentile_ci(S.bootstrap_samples("auc", "binary-class", got[0][0], [g[1] for g in got], 200, 0,
+                                                 "breastmnist"))
+    row = t[t.budget == "fraction"].iloc[0]
+    assert (row.ci_low, row.ci_high) == pytest.approx((lo, hi)) and lo < row["mean"] < hi
+    seeds = pd.read_csv(next((out / "tables").glob("seeds_*.csv")))
+    assert set(seeds.model) == {"dummy (random)"} and set(seeds.n) == {2}  # the subset runs are not seeds of it

@@ -180,3 +180,24 @@ def test_dry_run_and_meta_record_layers(capsys, opts, tmp_path):
     meta = json.loads((tmp_path / "results" / "meta" / f"{res.run_id}.json").read_text())
     assert meta["protocol"] == "layers" and sorted(meta["layers"]) == ["2", "4"]
     assert meta["selected"]["layers"] == [2, 4]
+
+
+def test_report_depth_section(opts, tmp_path):
+    """`bench report`: --layers runs get a depth section (best layer chosen on val, figure); their
+    per-layer rows never enter the ordinary tables; without such runs the section is absent."""
+    from bench.report import make_report
+
+    out = tmp_path / "report"
+    bench.run("dummy", "breastmnist", weights="random", **opts)
+    make_report(tmp_path / "results", out, formats=("md",), n_boot=50)
+    assert "Where transfer breaks" not in (out / "report.md").read_text()
+    for seed in (0, 1):
+        bench.run(Marked(depth=5, wash=2), "breastmnist", layers="all", seed=seed, **opts)
+    make_report(tmp_path / "results", out, formats=("md", "png"), n_boot=50)
+    md = (out / "report.md").read_text()
+    assert "## Where transfer breaks: layer-wise probes" in md and (out / "figures" / "metric_vs_depth.png").exists()
+    best = pd.read_csv(out / "tables" / "layers_best.csv")
+    assert best.best_layer.tolist() in ([1], [2]) and best.seeds.tolist() == [2] and best.last_layer.tolist() == [5]
+    assert best.best_test.iloc[0] > 0.9 > 0.6 > best.last_test.iloc[0]
+    seeds = pd.read_csv(next((out / "tables").glob("seeds_*.csv")))
+    assert set(seeds.model) == {"dummy (random)"}

@@ -152,6 +152,12 @@ def build(a: T.Analysis, *, with_reference: bool = False, figures: bool = True) 
         how.notes += [note] if note else []
         sections.append(how)
 
+    from . import transfer  # the depth and label-budget studies: only where such runs exist
+
+    for make in (transfer.depth_section, transfer.labels_section):
+        study = make(a, figures)
+        sections += [study] if study is not None else []
+
     if with_reference:
         from .reference import load_reference
 

@@ -24,6 +24,14 @@ CONFIG_COLUMNS = ROW_COLUMNS[1:12]
 SECTION_KEYS = ("head", "unfreeze", "size", "input_size", "resize", "limit")
 # keys of the JSON config that never distinguish models: they are the cell's row/column or seed
 _NOT_MODEL_KEYS = {"dataset", "seed", "weights_fingerprint", *SECTION_KEYS}
+# what makes a run part of the depth or label-budget study (bench.report.transfer): such runs get
+# their own report sections, and these keys are their axes there, never part of a model's name
+STUDY_KEYS = ("layers", "train_fraction", "shots")
+
+
+def study_run(cfg: dict) -> bool:
+    """A layer-wise probe (--layers) or a run on a train subset (--train-fraction / --shots)."""
+    return bool(cfg.get("layers")) or (cfg.get("train_fraction") or 1.0) < 1.0 or bool(cfg.get("shots"))
 
 
 @dataclass
@@ -42,6 +50,11 @@ class RunSet:
     filters: list[str] = field(default_factory=list)
     n_total_runs: int = 0
     skipped: list[dict] = field(default_factory=list)  # {"run_id", "file", "reason"}: invalid inputs left out
+    # the depth and label-budget studies, kept out of ``rows`` (their models are not others' rivals)
+    # unless nothing else ran: per-layer rows of --layers runs (a ``layer`` column), and every row
+    # of the runs on a train subset; both with the ``model`` column of ``rows``
+    layer_rows: pd.DataFrame = field(default_factory=pd.DataFrame)
+    subset_rows: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     def scores(self, run_id: str) -> tuple[np.ndarray, np.ndarray] | None:
         from ..results import ResultStore
@@ -79,12 +92,20 @@ def load_results(results_dir: Path, filters: list[str] | tuple[str, ...] = ()) -
     rows = pd.concat(frames, ignore_index=True)
     n_total = rows.run_id.nunique()
     rows = apply_filters(rows, filters)
-    rows = rows.assign(model=model_labels(rows, meta))
+    study = rows.run_id.map(lambda r: study_run((meta.get(r) or {}).get("config") or {}))
+    alone = bool(study.all())  # nothing but study runs: they fill the ordinary sections, named by their keys
+    plain = rows[rows.layer == ""]  # every run has these rows (a --layers run: its layer chosen on val)
+    label = dict(zip(plain.run_id, model_labels(plain, meta, study_keys=alone)))
+    rows = rows.assign(model=rows.run_id.map(label))
+    layer_rows = rows[rows.layer != ""].assign(layer=lambda d: d.layer.astype(int))
+    subset_rows = rows[(rows.layer == "") & study & ~rows.run_id.isin(layer_rows.run_id)]
+    rows = rows[(rows.layer == "") & (alone | ~study)].drop(columns="layer")
     runs = (rows.drop(columns=["split", "metric", "value"]).drop_duplicates("run_id")
             .set_index("run_id", drop=False))
     runs = runs.assign(task=[meta.get(r, {}).get("task") for r in runs.run_id],
                        created=[meta.get(r, {}).get("created") for r in runs.run_id])
-    return RunSet(root, rows.reset_index(drop=True), runs, meta, failures, list(filters), n_total, skipped)
+    return RunSet(root, rows.reset_index(drop=True), runs, meta, failures, list(filters), n_total, skipped,
+                  layer_rows.reset_index(drop=True), subset_rows.drop(columns="layer").reset_index(drop=True))
 
 
 # metrics that are fractions (a value outside [0, 1] is a corrupt or foreign file); kappa is [-1, 1]
@@ -126,7 +147,7 @@ def _check_run(store, path: Path, df: pd.DataFrame, seen: dict[str, Path]) -> st
     rid = str(ids[0])
     if rid in seen:
         raise UserError(f"run {rid} is already read from {seen[rid].name}")
-    dup = df.duplicated(["split", "metric"])
+    dup = df.duplicated(["layer", "split", "metric"])
     if dup.any():
         row = df[dup].iloc[0]
         raise UserError(f"{row.split} {row.metric} is written twice (a duplicated row would count as a seed)")
@@ -162,7 +183,7 @@ def _read_run_csv(path: Path) -> pd.DataFrame:
     missing = [c for c in ROW_COLUMNS if c not in df.columns]
     if missing:
         raise UserError(f"{path} lacks column(s) {', '.join(missing)}; it was not written by `bench run`")
-    df = df[list(ROW_COLUMNS)].copy()
+    df = df[list(ROW_COLUMNS)].assign(layer=df["layer"] if "layer" in df.columns else "")  # --layers runs
     df["value"] = pd.to_numeric(df["value"], errors="coerce")  # "nan" stays NaN, never 0
     for col in ("size", "input_size", "seed"):
         df[col] = pd.to_numeric(df[col], errors="coerce").astype("Int64")
@@ -216,7 +237,7 @@ def apply_filters(rows: pd.DataFrame, filters: list[str] | tuple[str, ...]) -> p
     return rows
 
 
-def model_labels(rows: pd.DataFrame, meta: dict[str, dict]) -> pd.Series:
+def model_labels(rows: pd.DataFrame, meta: dict[str, dict], study_keys: bool = False) -> pd.Series:
     """A display name per row, the same in every section and figure: the backbone; its variant
     when it is not the backbone's default or several variants ran; its weights when not the
     default (``resnet18 (random)``, a local file by its name); the recipe when the results hold
@@ -227,7 +248,8 @@ def model_labels(rows: pd.DataFrame, meta: dict[str, dict]) -> pd.Series:
     configs: dict[str, dict] = {}
     for rid in per_run.index:
         cfg = dict(meta.get(rid, {}).get("config") or {})
-        configs[rid] = {k: v for k, v in cfg.items() if k not in _NOT_MODEL_KEYS and k not in _IDENTITY_KEYS}
+        configs[rid] = {k: v for k, v in cfg.items() if k not in _NOT_MODEL_KEYS and k not in _IDENTITY_KEYS
+                        and (study_keys or k not in STUDY_KEYS)}
     label: dict[str, str] = {rid: info.loc[rid, "label"] for rid in per_run.index}
     groups = per_run.groupby(["backbone", *SECTION_KEYS], dropna=False).groups
     for _, rids in groups.items():
