@@ -201,3 +201,25 @@ def test_report_depth_section(opts, tmp_path):
     assert best.best_test.iloc[0] > 0.9 > 0.6 > best.last_test.iloc[0]
     seeds = pd.read_csv(next((out / "tables").glob("seeds_*.csv")))
     assert set(seeds.model) == {"dummy (random)"}
+
+
+def test_sweep_groups_layers_and_fractions_on_one_extraction():
+    """The planner bundles the layer-wise probes, plain probes and every label fraction of one
+    backbone x dataset x size into one group, costed as one frozen pass; a fine-tune on a fraction
+    trains on the subset but its prefix covers the whole split."""
+    from bench.sweep.plan import Plan, cost, group_key, split_sizes
+
+    points = [{"backbone": "deit", "variant": "tiny", "weights": "random", "dataset": "breastmnist", "seed": s, **p}
+              for s in (0, 1) for p in ({"head": "linear"}, {"head": "knn"}, {"head": "linear", "layers": "all"},
+                                        {"head": "knn", "layers": "every:2"}, {"head": "linear", "train_fraction": 0.1},
+                                        {"head": "linear", "shots": 5}, {"head": "knn", "train_fraction": 0.5})]
+    plan = Plan.build(points)
+    # random weights are drawn from the seed: one group per seed (default weights: one for all seeds)
+    assert len(plan.runs) == 14 and sorted(len(b) for b in plan.bundles) == [7, 7]
+    n = split_sizes(plan.runs[0])
+    assert [cost(b) for b in plan.bundles] == [n.total] * 2  # one pass over train+val+test for 7 runs
+    ft = Plan.build([{"backbone": "deit", "variant": "tiny", "weights": "random", "dataset": "breastmnist",
+                      "unfreeze": "last1", "train_fraction": f} for f in (0.1, 0.5, 1.0)])
+    assert len(ft.bundles) == 1 and len({group_key(c) for c in ft.runs}) == 1
+    sizes = sorted((split_sizes(c) for c in ft.runs), key=lambda s: s.train)
+    assert [s.train for s in sizes] == [55, 273, 546] and {s.total for s in sizes} == {546 + 78 + 156}
