@@ -9,14 +9,12 @@ page, then log in; offline, or without access, the error says so.
 """
 from __future__ import annotations
 
-import torch
-
 from bench.errors import UserError
 
-from . import gated, timm_common
+from . import gated, hub, timm_common
 from .base import Backbone, Spec
 from .registry import Adapter, WeightFile
-from .vit_common import READOUTS, TINY, TimmViT, create_model, vit_kwargs
+from .vit_common import READOUTS, TINY, TimmViT, vit_kwargs
 
 REPO, FILENAME = "MahmoodLab/UNI", "pytorch_model.bin"
 # variant -> (timm model, timm kwargs); layer scale as in MahmoodLab's create_model call
@@ -46,19 +44,15 @@ def build(variant: str, weights: str, *, readout: str | None = None,
     model_name, overrides = VARIANTS[variant]
     size = input_size or SPEC.input_size
     name = "uni" if variant == SPEC.default_variant else f"uni@{variant}"
-    kwargs = {**vit_kwargs(size, 16), **overrides}
-    if variant == "tiny" and weights == "default":
-        with torch.random.fork_rng():
-            torch.manual_seed(0)
-            model, _ = timm_common.create(model_name, "random", name=name, **kwargs)
-        fingerprint = "uni-tiny-seed0"
-    elif weights == "default":
-        path = gated.hf_file(REPO, FILENAME, name=name)  # before building a 300M model
-        model, _ = create_model(model_name, path, name=name, **kwargs)
-        fingerprint = f"hf:{REPO}/{FILENAME}"
-    else:
-        model, fingerprint = create_model(model_name, weights, name=name, **kwargs)
-    return TimmViT(model, SPEC, variant, fingerprint, readout=readout, input_size=size)
+
+    def new() -> TimmViT:
+        model, _ = timm_common.create(model_name, "random", name=name, **vit_kwargs(size, 16), **overrides)
+        return TimmViT(model, SPEC, variant, "random", readout=readout, input_size=size)
+
+    return hub.build_with_weights(
+        new, lambda m, sd, source: timm_common.load_timm_state_dict(m, sd, name=name, source=source), weights,
+        lambda: (gated.hf_file(REPO, FILENAME, name=name), f"hf:{REPO}/{FILENAME}"),  # before building 300M
+        fixed_seed_id="uni-tiny-seed0" if variant == "tiny" else None)
 
 
 def weight_files(variant: str) -> list[WeightFile]:
