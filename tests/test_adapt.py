@@ -301,7 +301,10 @@ def test_sweep_grid_takes_adapt_and_cost_counts_it(tmp_path, data_root):
     assert len({c.run_id for c in cfgs}) == 3
     n = SplitSizes(100, 20, 20)
     cost = {a: c.protocol.cost(c, n, 4) for a, c in by.items()}
-    assert cost["lora"] < cost["none"] and cost["bitfit"] < cost["none"]
+    assert cost["bitfit"] < cost["none"] and cost["lora"] == cost["none"]  # as measured by bench_adapt.py
+    # LoRA under --unfreeze all caches the stem's output: the train split runs the blocks only
+    lora_all, full = (c.replace(unfreeze="all") for c in (by["lora"], by["none"]))
+    assert lora_all.protocol.shares(lora_all) is not None and full.protocol.shares(full) is None
     # the frozen prefix is shared by all three (same blocks frozen, same key)
     assert by["lora"].protocol.shares(by["lora"]) == by["none"].protocol.shares(by["none"])
     assert not np.isnan(cost["lora"])

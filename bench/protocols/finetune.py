@@ -61,9 +61,10 @@ class Finetune(Protocol):
 
     def cost(self, cfg, n: SplitSizes, num_blocks: int) -> float:
         frac = self._fraction(cfg, num_blocks) + self.head_fraction(cfg)
-        # forward + backward on train, forward on val; LoRA and BitFit backpropagate to the inputs of
-        # the frozen weight matrices but compute no gradient for them: about half a full backward
-        train_passes = 3 if cfg.adapt in (None, "none") else 2
+        # forward + backward on train, forward on val. BitFit skips the weight gradients of every
+        # matrix (a backward of about one forward); LoRA skips them too but adds its own layers, which
+        # cost about as much (benchmarks/bench_adapt.py: 0.5-1.5x a full step, BitFit 0.35-0.75x)
+        train_passes = 2 if cfg.adapt == "bitfit" else 3
         per_epoch = (train_passes * n.train + n.val) * frac
         if self.shares(cfg) is None and _prefix_frozen(cfg):  # augmented: the train prefix runs every epoch
             per_epoch += n.train * (1 - self._fraction(cfg, num_blocks))
