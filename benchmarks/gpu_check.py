@@ -215,22 +215,35 @@ def all_throughput(check: Check, images: np.ndarray, device, a) -> None:
 
 # -- 5. the cost of the shipped grids ---------------------------------------------------------------------
 
-def estimate(check: Check, a) -> None:
+def grid_passes(paths: list[Path]) -> dict[str, tuple[int, dict[str, float]]]:
+    """Runs and image passes per backbone of each grid (slow: thousands of configs resolved), in a
+    process of its own while the GPU is measured; the throughput only divides them at the end."""
     import estimate_cost
 
     from bench.sweep import grid
     from bench.sweep.plan import resolve_points
 
-    rates = estimate_cost.measured_throughput(check.out)
-    for path in a.estimate:
+    out = {}
+    for path in paths:
         cfgs, _ = resolve_points(grid.load(path).points())
+        out[str(path)] = (len(cfgs), dict(estimate_cost.passes(cfgs)))
+    return out
+
+
+def estimate(check: Check, a, pending) -> None:
+    import estimate_cost
+
+    rates = estimate_cost.measured_throughput(check.out)
+    by_grid = pending.get(timeout=max(5.0, check.left()))
+    for path in a.estimate:
+        n_runs, passes = by_grid[str(path)]
         hours, missing = 0.0, []
-        for backbone, n in sorted(estimate_cost.passes(cfgs).items()):
+        for backbone, n in sorted(passes.items()):
             if rates.get(backbone):
                 hours += n / rates[backbone] / 3600
             else:
                 missing.append(backbone)
-        check.add("estimate_cost", f"{path.name}: {len(cfgs)} runs", "gpu_hours", hours,
+        check.add("estimate_cost", f"{path.name}: {n_runs} runs", "gpu_hours", hours,
                   f"no throughput for {', '.join(missing)}" if missing else "every backbone measured")
 
 
@@ -272,6 +285,10 @@ def main() -> None:
         ([n for n in backbones.registry.BUILTINS if n != "dummy"] if not a.tiny else ["resnet18", "simplecnn"])
     a.estimate = [ROOT / "configs" / "paper.yaml", ROOT / "configs" / "medmnistplus.yaml"]
     check = Check(a.budget_s, a.out)
+    import multiprocessing as mp
+
+    planner = mp.get_context("spawn").Pool(1)  # spawn: never a fork of a process that holds CUDA
+    pending = planner.apply_async(grid_passes, (a.estimate,))
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu (dry run)"
     check.add("gpu_check", f"{gpu}; torch {torch.__version__}; CUDA {torch.version.cuda}; "
               f"bf16 {device.type == 'cuda' and torch.cuda.is_bf16_supported()}", "started", 1.0)
@@ -284,7 +301,8 @@ def main() -> None:
         check.step("datapath ratio", datapath_ratio, check, images, a.device, a)
         check.step("end to end", end_to_end, check, tmp, a.device, a)
         check.step("throughput", all_throughput, check, images, device, a)
-        check.step("estimate", estimate, check, a)
+        check.step("estimate", estimate, check, a, pending)
+    planner.terminate()  # still resolving when the budget ran out: not waited for
     summary(check)
 
 
