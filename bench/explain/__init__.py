@@ -71,14 +71,14 @@ def explain(req: Request, opts: RunOptions) -> list[Path]:
         if first is not None:
             _same_images(first[0], rb)
         picks = _picks(rb, store, req, opts)
-        req.written.append(_cam_sheet(rb, picks, req, out / run_id))
+        path, got = _cam_sheet(rb, picks, req, out / run_id)
+        req.written.append(path)
         if req.filters:
             req.written.append(_filters(rb, out / run_id))
         if req.feature_maps:
             req.written.append(_feature_maps(rb, picks[:FEATURE_IMAGES], req.split, out / run_id))
-        if len(ids) > 1:
-            shown = first[1] if first is not None else picks
-            compare.append(_explain_picks(rb, shown, req))
+        if len(ids) > 1:  # every run on the first run's picks
+            compare.append(got if first is None else _explain_picks(rb, first[1], req))
         if first is None:
             first = (rb, picks)
         else:
@@ -165,7 +165,7 @@ def _write(folder: Path, stem: str, png: bytes, record: dict) -> Path:
     return path
 
 
-def _cam_sheet(rb: Rebuilt, picks: list[Pick], req: Request, folder: Path) -> Path:
+def _cam_sheet(rb: Rebuilt, picks: list[Pick], req: Request, folder: Path) -> tuple[Path, dict]:
     got = _explain_picks(rb, picks, req)
     check = _score_check(rb, picks, got["scores"], rb.picked_from_saved)
     if check.get("max_abs_diff", 0.0) > SCORE_TOLERANCE and check.get("precision") == "fp32":
@@ -178,10 +178,11 @@ def _cam_sheet(rb: Rebuilt, picks: list[Pick], req: Request, folder: Path) -> Pa
     caption = (f"{TITLES[req.method]} of {rb.describe()} on {len(picks)} {rb.cfg.dataset} {req.split} images: per class "
                f"the most confident correct, most confident wrong and least confident prediction (seed {req.seed}); "
                f"indices {', '.join(str(p.index) for p in picks)}.")
-    return _write(folder, f"{req.method}-{req.split}", png, {
+    path = _write(folder, f"{req.method}-{req.split}", png, {
         "kind": "cam", "runs": [rb.run_id], "method": req.method, "split": req.split, "seed": req.seed,
         "classes": req.classes, "images": req.images, "target_layers": layers, "title": title, "caption": caption,
         "indices": [p.index for p in picks], "picks": [p.record() for p in picks], "score_check": check})
+    return path, got
 
 
 def _compare_sheet(rb0: Rebuilt, picks: list[Pick], runs: list[dict], req: Request, folder: Path,
