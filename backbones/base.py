@@ -197,6 +197,24 @@ def layer_names(blocks: Sequence[nn.Module], within: str = "") -> tuple[str, ...
     return tuple(names)
 
 
+def capture_inputs(modules: Sequence[nn.Module], run, kwarg: str = "hidden_states") -> list[torch.Tensor]:
+    """The first input of each module's forward while ``run()`` executes (positional, or the keyword
+    ``kwarg``): attention modules that never return their weights recompute them from it."""
+    got: list[torch.Tensor] = []
+
+    def hook(_m, args, kwargs):
+        got.append((args[0] if args else kwargs[kwarg]).detach())
+
+    handles = [m.register_forward_pre_hook(hook, with_kwargs=True) for m in modules]
+    try:
+        with torch.no_grad():
+            run()
+    finally:
+        for h in handles:
+            h.remove()
+    return got
+
+
 def _unique(params: list[nn.Parameter]) -> list[nn.Parameter]:
     seen: set[int] = set()
     out = []

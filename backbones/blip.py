@@ -26,7 +26,7 @@ from torch import nn
 from bench.errors import UserError
 
 from . import hub
-from .base import Backbone, Spec, layer_names
+from .base import AttentionMaps, Backbone, Spec, capture_inputs, layer_names
 from .registry import Adapter, WeightFile
 
 _B16 = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12, patch_size=16)
@@ -113,9 +113,16 @@ class BLIPBackbone(Backbone):
         # the class token reads the last layer's patch tokens through its attention (see Backbone)
         return [self.blocks[-1].layer_norm1]
 
-    def attention_maps(self, x: torch.Tensor):
-        raise UserError("--method rollout: the transformers BLIP layers here return no attention weights; "
-                        "use --method gradcam (rollout: the timm ViTs deit, dino, dinov2, timm:vit_*)")
+    def attention_maps(self, x: torch.Tensor) -> AttentionMaps:
+        """The layers run without returning their weights: recomputed from each self-attention's
+        input as BlipAttention does, softmax(q k^T * scale) from its fused qkv projection."""
+        attns = [b.self_attn for b in self.blocks]
+        maps = []
+        for a, t in zip(attns, capture_inputs(attns, lambda: self(x))):
+            b, n, c = t.shape
+            qkv = a.qkv(t).reshape(b, n, 3, a.num_heads, c // a.num_heads).permute(2, 0, 3, 1, 4)
+            maps.append((qkv[0] @ qkv[1].transpose(-2, -1) * a.scale).softmax(-1))
+        return AttentionMaps(maps, slice(0, 1))
 
 
 # original BLIP (timm-style ViT) names -> transformers names, as transformers' conversion script does

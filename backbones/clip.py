@@ -24,7 +24,7 @@ from torch import nn
 from bench.errors import UserError, did_you_mean
 
 from . import hub
-from .base import Backbone, Spec, layer_names
+from .base import AttentionMaps, Backbone, Spec, capture_inputs, layer_names
 from .registry import Adapter, WeightFile
 
 DEFAULT = "ViT-B-16/laion2b_s34b_b88k"  # the paper's checkpoint
@@ -148,10 +148,22 @@ class CLIPBackbone(Backbone):
             h = h.transpose(0, 1)  # ln_1 inside a sequence-first block
         return super().feature_map(h)
 
-    def attention_maps(self, x: torch.Tensor):
-        raise UserError("--method rollout: open_clip's blocks call nn.MultiheadAttention without its weights "
-                        "(need_weights=False), so clip gives none; use --method gradcam (rollout: the timm ViTs "
-                        "deit, dino, dinov2, timm:vit_*)")
+    def attention_maps(self, x: torch.Tensor) -> AttentionMaps:
+        """open_clip calls nn.MultiheadAttention with need_weights=False: the weights are recomputed
+        from each block's attention input, softmax(q k^T / sqrt(d)) with its in-projection."""
+        attns = [getattr(b, "attn", None) for b in self.blocks]
+        if not all(isinstance(a, nn.MultiheadAttention) and a._qkv_same_embed_dim for a in attns):
+            raise UserError(f"--method rollout: clip variant {self.variant!r} has blocks without a plain "
+                            f"nn.MultiheadAttention; use --method gradcam")
+        maps = []
+        for a, t in zip(attns, capture_inputs(attns, lambda: self(x))):
+            t = t.transpose(0, 1) if self.lnd else t
+            b, n, c = t.shape
+            w, bias = a.in_proj_weight, a.in_proj_bias
+            q, k = (F.linear(t, w[i * c:(i + 1) * c], None if bias is None else bias[i * c:(i + 1) * c])
+                    .view(b, n, a.num_heads, c // a.num_heads).transpose(1, 2) for i in (0, 1))
+            maps.append((q @ k.transpose(-2, -1) * (c // a.num_heads) ** -0.5).softmax(-1))
+        return AttentionMaps(maps, slice(0, 1) if self.pool_type == "tok" else None)
 
 
 def _make_batch_first(blocks: nn.ModuleList) -> None:

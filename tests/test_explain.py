@@ -247,8 +247,11 @@ FAMILIES = {  # name: (variant, input size); CNNs of stride 32 at 64 px, a 2x2 l
     # the medical-domain adapters
     "biomedclip": ("tiny", 32), "rad-dino": ("tiny", 28), "medsam": ("tiny", 32), "retfound": ("tiny", 32),
     "uni": ("tiny", 32), "seem": ("tiny", 64), "simplecnn": ("scratch", 28),
+    "timm:vit_tiny_patch16_224": (None, 32),
 }
-ROLLOUT = {"deit", "dino", "dinov2", "biomedclip", "rad-dino", "retfound", "uni"}  # the timm ViTs
+# timm ViTs (weights captured before attn_drop) and CLIP/BLIP (recomputed from the attention input)
+ROLLOUT = {"deit", "dino", "dinov2", "biomedclip", "rad-dino", "retfound", "uni", "timm:vit_tiny_patch16_224",
+           "clip", "blip"}
 
 
 def _fake(name: str) -> Rebuilt:
@@ -287,3 +290,24 @@ def test_every_family_gives_heatmaps_filters_and_feature_maps(name):
     else:
         with pytest.raises(UserError, match="rollout"):
             heatmaps(rb, x, [0, 0], "rollout")
+
+
+def test_recomputed_attention_equals_the_libraries_own():
+    """CLIP and BLIP run attention without returning weights; what rollout recomputes from each
+    block's input must be what nn.MultiheadAttention / BlipAttention compute."""
+    from backbones.base import capture_inputs
+
+    x = torch.randn(2, 3, 32, 32)
+    clip = _fake("clip").backbone
+    attns = [b.attn for b in clip.blocks]
+    inputs = capture_inputs(attns, lambda: clip(x))
+    for a, t, mine in zip(attns, inputs, clip.attention_maps(x).maps):
+        theirs = a(t, t, t, need_weights=True, average_attn_weights=False)[1]
+        torch.testing.assert_close(mine, theirs, atol=1e-5, rtol=1e-4)
+    blip = _fake("blip").backbone
+    attns = [b.self_attn for b in blip.blocks]
+    inputs = capture_inputs(attns, lambda: blip(x))
+    for a, t, mine in zip(attns, inputs, blip.attention_maps(x).maps):
+        with torch.no_grad():
+            theirs = a(hidden_states=t)[1]
+        torch.testing.assert_close(mine, theirs, atol=1e-5, rtol=1e-4)
