@@ -20,6 +20,7 @@ Appends its figures to benchmarks/results.csv.
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from dataclasses import replace
@@ -41,10 +42,13 @@ from bench.runner import build_backbone, execute  # noqa: E402
 FRACTIONS = (0.01, 0.05, 0.1, 0.25, 0.5)
 
 
-def timed(fn) -> tuple[float, object]:
+def timed(fn, what: str = "") -> tuple[float, object]:
     t = time.perf_counter()
     out = fn()
-    return time.perf_counter() - t, out
+    dt = time.perf_counter() - t
+    if what:
+        print(f"  {what}: {dt:.1f} s", file=sys.stderr, flush=True)
+    return dt, out
 
 
 def main() -> None:
@@ -56,6 +60,7 @@ def main() -> None:
     p.add_argument("--backbone", default="deit")
     p.add_argument("--variant", default="small")
     p.add_argument("--input-size", type=int, default=0, help="side the backbone sees (default: its 224)")
+    p.add_argument("--only", choices=("layers", "labels"), help="run one of the two comparisons")
     p.add_argument("--out", type=Path, default=RESULTS)
     a = p.parse_args()
 
@@ -66,12 +71,30 @@ def main() -> None:
     ds = data.load(a.dataset, a.size, a.data_root, check_md5=False)
     model = build_backbone(cfg).eval().to(device)
     pre = Preprocess(cfg.input_size, cfg.resize, *model.normalization())
-    n_blocks = model.num_blocks
 
     extract(model, ds.splits["val"].images[:64], pre, device, 128, quiet=True)  # warm-up
+    rows: list[tuple[str, float]] = []
+
+    def opts(name: str) -> RunOptions:
+        return RunOptions(results_dir=tmp / name / "results", data_root=a.data_root, cache_dir=tmp / name / "cache",
+                          skip_md5=True, quiet=True, device=str(device))
+
+    if a.only != "labels":
+        rows += layers_rows(a, cfg, common, ds, model, pre, device, opts)
+    if a.only != "layers":
+        rows += labels_rows(a, cfg, common, opts)
+    n = {s: len(ds.splits[s]) for s in SPLITS}
+    context = (f"{a.backbone}/{a.variant}/random ({model.num_blocks} blocks) {a.dataset}_{a.size} -> "
+               f"{cfg.input_size}px, {sum(n.values())} images, {device}, {torch.get_num_threads()} threads")
+    record("layers", context, rows, a.out)
+
+
+def layers_rows(a, cfg, common, ds, model, pre, device, opts) -> list[tuple[str, float]]:
+    n_blocks = model.num_blocks
     t_extract, feats = 0.0, {}
     for s in SPLITS:
-        t, feats[s] = timed(lambda s=s: extract(model, ds.splits[s].images, pre, device, 128, quiet=True))
+        t, feats[s] = timed(lambda s=s: extract(model, ds.splits[s].images, pre, device, 128, quiet=True),
+                            f"extraction {s}")
         t_extract += t
     # 12 head grids: a ViT's layers all have its width, so each grid costs what one on the readout does
     t_grids = 0.0
@@ -80,31 +103,23 @@ def main() -> None:
             feats["train"], ds.splits["train"].labels, feats["val"], ds.splits["val"].labels, ds.task,
             ds.n_outputs, epochs=cfg.head_epochs, batch_size=cfg.head_batch_size, device=device, quiet=True))[0]
 
-    def opts(name: str) -> RunOptions:
-        return RunOptions(results_dir=tmp / name / "results", data_root=a.data_root, cache_dir=tmp / name / "cache",
-                          skip_md5=True, quiet=True, device=str(device))
-
     layers_cfg = resolve(a.backbone, a.dataset, layers="all", **common)
-    t_layers, _ = timed(lambda: execute(layers_cfg, opts("layers")))
+    t_layers, _ = timed(lambda: execute(layers_cfg, opts("layers")), "layers run")
+    return [("extraction_s", t_extract), (f"{n_blocks}_head_grids_s", t_grids),
+            ("layers_run_s", t_layers), ("layers_over_extraction_plus_grids", t_layers / (t_extract + t_grids)),
+            (f"{n_blocks}_separate_passes_projected_s", t_extract * (n_blocks + 1) / 2)]
 
-    t_probe, _ = timed(lambda: execute(cfg, opts("probe")))
+
+def labels_rows(a, cfg, common, opts) -> list[tuple[str, float]]:
+    t_probe, _ = timed(lambda: execute(cfg, opts("probe")), "probe")
     frac_cfgs = [resolve(a.backbone, a.dataset, train_fraction=f, **common) for f in FRACTIONS]
-    t_fractions, _ = timed(lambda: [execute(c, opts("fractions")) for c in frac_cfgs])
+    t_fractions, _ = timed(lambda: [execute(c, opts("fractions")) for c in frac_cfgs], "5 fractions")
     warm = opts("fractions")
-    t_warm, _ = timed(lambda: [execute(c, replace(warm, force=True)) for c in frac_cfgs])
+    t_warm, _ = timed(lambda: [execute(c, replace(warm, force=True)) for c in frac_cfgs], "5 fractions, warm")
 
-    rows = [
-        ("extraction_s", t_extract), (f"{n_blocks}_head_grids_s", t_grids),
-        ("layers_run_s", t_layers), ("layers_over_extraction_plus_grids", t_layers / (t_extract + t_grids)),
-        (f"{n_blocks}_separate_passes_projected_s", t_extract * (n_blocks + 1) / 2),
-        ("probe_s", t_probe), (f"{len(FRACTIONS)}_fractions_s", t_fractions),
-        ("fractions_over_probe", t_fractions / t_probe),
-        (f"{len(FRACTIONS)}_fractions_warm_cache_s", t_warm), ("fractions_warm_over_probe", t_warm / t_probe),
-    ]
-    n = {s: len(ds.splits[s]) for s in SPLITS}
-    context = (f"{a.backbone}/{a.variant}/random ({n_blocks} blocks) {a.dataset}_{a.size} -> {cfg.input_size}px, "
-               f"{sum(n.values())} images, {device}, {torch.get_num_threads()} threads")
-    record("layers", context, rows, a.out)
+    return [("probe_s", t_probe), (f"{len(FRACTIONS)}_fractions_s", t_fractions),
+            ("fractions_over_probe", t_fractions / t_probe),
+            (f"{len(FRACTIONS)}_fractions_warm_cache_s", t_warm), ("fractions_warm_over_probe", t_warm / t_probe)]
 
 
 if __name__ == "__main__":

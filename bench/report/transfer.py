@@ -64,7 +64,8 @@ def depth_table(a: Analysis, df: pd.DataFrame) -> Table:
                      "blocks": b.blocks, "best_test": b.test, "last_layer": int(last.layer), "last_test": last.test,
                      "seeds": int(b.seeds)})
         rows.append([Cell(model), Cell(dataset_label(dataset)), Cell(head), Cell(f"{int(b.layer)}{blocks}"),
-                     Cell(fmt(b.test)), Cell(fmt(last.test)), Cell(f"{b.test - last.test:+.3f}"), Cell(str(int(b.seeds)))])
+                     Cell(fmt(b.test)), Cell(fmt(last.test)), Cell(f"{b.test - last.test:+.3f}"),
+                     Cell(str(int(b.seeds)))])
     return Table("layers_best", "Best layer per backbone and dataset",
                  ["model", "dataset", "head", "best layer (val)", f"test {a.metric}", f"last layer {a.metric}",
                   "difference", "seeds"], rows,
@@ -95,9 +96,11 @@ def depth_figure(a: Analysis, df: pd.DataFrame) -> Figure:
             b = g[g.best]
             ax.plot(x[b.index], b.test, "*", ms=13, color=colors.get(model), markeredgecolor="black", zorder=5)
         ax.set_title(dataset_label(d))
-        ax.set_xlabel("depth (block / blocks)")
+        known = df.depth.notna().all()  # else (no block count recorded) the block number itself
+        ax.set_xlabel("depth (block / blocks)" if known else "block")
         ax.set_ylabel(f"test {a.metric.upper()}")
-        ax.set_xlim(0, 1.05)
+        if known:
+            ax.set_xlim(0, 1.05)
     for ax in list(axes.flat)[len(datasets):]:
         ax.axis("off")
     handles, labels = axes.flat[0].get_legend_handles_labels()
