@@ -1,8 +1,9 @@
 """Label efficiency: the train subset of ``--train-fraction F`` / ``--shots N``.
 
-Seeded by the run's seed, stratified per class (multi-label: per distinct label row), and nested:
-each class's train images are put in one seeded order, and a subset takes a prefix of it, so for one
-seed the 1% subset lies inside the 10% one, and 5 shots inside 10. Val and test are never touched.
+Seeded by the run's seed, stratified per class, and nested: each class's train images are put in
+one seeded order, and a subset takes a prefix of it, so for one seed the 1% subset lies inside the
+10% one, and 5 shots inside 10. Multi-label: one seeded order of all images; a fraction is its
+prefix plus each label's first positive, N shots each label's first N positives. Val and test are never touched.
 Only the train split's rows change; frozen features are computed on the whole split (one cached
 pass serves every fraction) and the subset's rows are taken from them.
 """
@@ -33,16 +34,22 @@ def check(cfg: "RunConfig") -> None:
                         f"subset; give one of them")
 
 
-def strata(labels: np.ndarray) -> np.ndarray:
-    """One stratum id per train row: the class index, or the distinct multi-label row."""
-    return np.unique(labels, axis=0, return_inverse=True)[1].reshape(-1)
+def is_multilabel(labels: np.ndarray) -> bool:
+    return labels.ndim == 2 and labels.shape[1] > 1
+
+
+def per_class(labels: np.ndarray) -> np.ndarray:
+    """Images per class (multi-label: positives per label; an unknown -1 is not a positive)."""
+    if is_multilabel(labels):
+        return (labels == 1).sum(0)
+    return np.bincount(labels.reshape(-1).astype(int))
 
 
 def class_orders(labels: np.ndarray, seed: int) -> list[np.ndarray]:
-    """Per stratum, its row indices in one seeded order (the same for every fraction)."""
+    """Per class, its row indices in one seeded order (the same for every fraction)."""
     rng = np.random.default_rng([seed, _STREAM])
-    ids = strata(labels)
-    return [rng.permutation(np.flatnonzero(ids == s)) for s in range(int(ids.max()) + 1)]
+    ids = labels.reshape(-1).astype(int)
+    return [rng.permutation(np.flatnonzero(ids == c)) for c in range(int(ids.max()) + 1)]
 
 
 def take(n_class: int, fraction: float = 1.0, shots: int = 0) -> int:
@@ -53,8 +60,27 @@ def take(n_class: int, fraction: float = 1.0, shots: int = 0) -> int:
     return min(n_class, max(1, round(fraction * n_class)))
 
 
+def _multilabel_indices(labels: np.ndarray, seed: int, fraction: float, shots: int) -> np.ndarray:
+    # Strata of distinct label rows would keep one image of each of hundreds of rare combinations
+    # (ChestMNIST: a 1% subset several times too big). Instead one seeded order over all rows:
+    # a fraction is its prefix plus each label's first positive in that order (so every label keeps
+    # one), N shots are each label's first N positives. Both grow monotonically: nested.
+    order = np.random.default_rng([seed, _STREAM]).permutation(len(labels))
+    positive = labels[order] == 1
+    if shots:
+        keep = np.zeros(len(order), bool)
+        for j in range(labels.shape[1]):
+            keep[np.flatnonzero(positive[:, j])[:shots]] = True
+        return order[keep]
+    n = min(len(order), max(1, round(fraction * len(order))))
+    firsts = [np.flatnonzero(positive[:, j])[:1] for j in range(labels.shape[1])]
+    return np.union1d(order[:n], order[np.concatenate(firsts).astype(int)])
+
+
 def indices(labels: np.ndarray, seed: int, fraction: float = 1.0, shots: int = 0) -> np.ndarray:
     """Sorted train row indices of the subset."""
+    if is_multilabel(labels):
+        return np.sort(_multilabel_indices(labels, seed, fraction, shots))
     parts = [order[:take(len(order), fraction, shots)] for order in class_orders(labels, seed)]
     return np.sort(np.concatenate(parts))
 
@@ -73,9 +99,9 @@ class TrainSubset:
 
     def record(self, cfg: "RunConfig", labels: np.ndarray) -> dict:
         """What a run's JSON keeps: how it was drawn, per-class counts and the indices themselves."""
-        kept = strata(labels)[self.index]
         return {"train_fraction": cfg.train_fraction, "shots": cfg.shots, "seed": cfg.seed, "n": int(len(self.index)),
-                "n_full": self.full, "per_stratum": np.bincount(kept).tolist(), "indices": self.index.tolist()}
+                "n_full": self.full, "per_class": per_class(labels[self.index]).tolist(),
+                "indices": self.index.tolist()}
 
 
 def apply(cfg: "RunConfig", ds: "Dataset") -> tuple["Dataset", TrainSubset | None]:

@@ -35,10 +35,25 @@ def test_nested_stratified_seeded():
     assert subsets.indices(y, 4, fraction=0.1).tolist() != subsets.indices(y, 3, fraction=0.1).tolist()
 
 
-def test_multilabel_strata_are_label_rows():
-    y = np.array([[0, 1], [0, 1], [1, 1], [1, 1], [0, 0], [0, 0], [0, 0], [0, 0]])
-    idx = subsets.indices(y, 0, shots=1)
-    assert sorted(map(tuple, y[idx])) == [(0, 0), (0, 1), (1, 1)]
+def test_multilabel_subsets_keep_their_size_and_every_label():
+    # 14 labels, rare ones included: hundreds of distinct label rows, which strata per row would
+    # each keep one image of (a 1% subset of 20,000 images would hold about 900)
+    rng = np.random.default_rng(0)
+    y = (rng.random((20000, 14)) < np.linspace(0.002, 0.3, 14)).astype(np.int64)
+    y[rng.random(y.shape) < 0.05] = -1  # U-Ignore unknowns are not positives
+    assert len(np.unique(y, axis=0)) > 500
+    fracs = [0.001, 0.01, 0.1, 0.5]
+    subs = [subsets.indices(y, 2, fraction=f) for f in fracs]
+    for f, idx in zip(fracs, subs):
+        assert round(f * len(y)) <= len(idx) <= round(f * len(y)) + 14  # the fraction, plus at most 1 per label
+        assert ((y[idx] == 1).sum(0) >= 1).all()  # every label keeps a positive
+    assert all(set(a) <= set(b) for a, b in zip(subs, subs[1:]))  # nested
+    shots = [subsets.indices(y, 2, shots=n) for n in (1, 5, 20)]
+    for n, idx in zip((1, 5, 20), shots):
+        assert ((y[idx] == 1).sum(0) >= np.minimum(n, (y == 1).sum(0))).all()
+        assert len(idx) <= 14 * n
+    assert all(set(a) <= set(b) for a, b in zip(shots, shots[1:]))
+    assert subsets.per_class(y[shots[0]]).tolist() == (y[shots[0]] == 1).sum(0).tolist()
 
 
 @pytest.fixture
@@ -71,7 +86,7 @@ def test_probe_fractions_reuse_cached_features_val_test_untouched(opts, tmp_path
     assert calls == [96, 32, 48]  # no new extraction for any fraction
     assert seen[0] <= seen[1] <= seen[2]
     knn = bench.run("dummy", "breastmnist", head="knn", shots=4, **opts)
-    assert _meta(tmp_path, knn)["train_subset"]["per_stratum"] == [4, 4]
+    assert _meta(tmp_path, knn)["train_subset"]["per_class"] == [4, 4]
     assert calls == [96, 32, 48]
     assert full.run_id == bench.run("dummy", "breastmnist", train_fraction=1.0, shots=0, **opts).run_id
 
@@ -143,3 +158,18 @@ def test_report_labels_section_with_seed_mean_intervals(opts, tmp_path):
     assert (row.ci_low, row.ci_high) == pytest.approx((lo, hi)) and lo < row["mean"] < hi
     seeds = pd.read_csv(next((out / "tables").glob("seeds_*.csv")))
     assert set(seeds.model) == {"dummy (random)"} and set(seeds.n) == {2}  # the subset runs are not seeds of it
+
+
+def test_report_labels_curve_from_subset_runs_alone(opts, tmp_path):
+    """A results folder holding only label-budget runs: each model is still one curve over its
+    budgets (not one single-point 'model' per fraction)."""
+    import pandas as pd
+
+    from bench.report import make_report
+
+    for f in (0.1, 0.5):
+        bench.run("dummy", "breastmnist", seed=0, train_fraction=f, **opts)
+    out = tmp_path / "report"
+    make_report(tmp_path / "results", out, formats=("md",), n_boot=50)
+    t = pd.read_csv(out / "tables" / "label_efficiency.csv")
+    assert len(t) == 2 and t.model.nunique() == 1 and sorted(t.amount) == [0.1, 0.5]

@@ -201,6 +201,12 @@ def test_report_depth_section(opts, tmp_path):
     assert best.best_test.iloc[0] > 0.9 > 0.6 > best.last_test.iloc[0]
     seeds = pd.read_csv(next((out / "tables").glob("seeds_*.csv")))
     assert set(seeds.model) == {"dummy (random)"}
+    # layers probed on 2 shots per class are a curve of their own, not averaged into the full one
+    bench.run(Marked(depth=5, wash=2), "breastmnist", layers="all", seed=0, shots=2, **opts)
+    make_report(tmp_path / "results", out, formats=("md",), n_boot=50)
+    both = pd.read_csv(out / "tables" / "layers_best.csv").set_index("model")
+    assert len(both) == 2 and both.loc[best.model.iloc[0]].last_test == pytest.approx(best.last_test.iloc[0])
+    assert both.seeds.tolist() == [2, 1] and "(2 shots)" in both.index[1]
 
 
 def test_sweep_groups_layers_and_fractions_on_one_extraction():

@@ -146,6 +146,11 @@ class LayerProbe(Protocol):
     def reads(self, cfg) -> tuple[str, ...]:
         return (PROBE if cfg.head == "linear" else KNN).options
 
+    def mismatch(self, cfg) -> str:
+        if not cfg.layers:  # not a layer-wise run: the head's own protocol says why
+            return (KNN if cfg.head == "knn" else PROBE).mismatch(cfg)
+        return f"--layers probes a frozen backbone: use it with --unfreeze none (not {cfg.unfreeze})"
+
     def validate(self, cfg) -> None:
         parse_layers(cfg.layers)
 

@@ -96,9 +96,13 @@ def load_results(results_dir: Path, filters: list[str] | tuple[str, ...] = ()) -
     alone = bool(study.all())  # nothing but study runs: they fill the ordinary sections, named by their keys
     plain = rows[rows.layer == ""]  # every run has these rows (a --layers run: its layer chosen on val)
     label = dict(zip(plain.run_id, model_labels(plain, meta, study_keys=alone)))
+    # the transfer sections (depth, label budget) name runs without the study keys: their axes are
+    # those keys, so every layer and every fraction of one model is one curve
+    curve = label if not alone else dict(zip(plain.run_id, model_labels(plain, meta)))
+    study_rows = rows.assign(model=rows.run_id.map(curve))
     rows = rows.assign(model=rows.run_id.map(label))
-    layer_rows = rows[rows.layer != ""].assign(layer=lambda d: d.layer.astype(int))
-    subset_rows = rows[(rows.layer == "") & study & ~rows.run_id.isin(layer_rows.run_id)]
+    layer_rows = study_rows[study_rows.layer != ""].assign(layer=lambda d: d.layer.astype(int))
+    subset_rows = study_rows[(study_rows.layer == "") & study & ~study_rows.run_id.isin(layer_rows.run_id)]
     rows = rows[(rows.layer == "") & (alone | ~study)].drop(columns="layer")
     runs = (rows.drop(columns=["split", "metric", "value"]).drop_duplicates("run_id")
             .set_index("run_id", drop=False))

@@ -39,6 +39,9 @@ def depth_data(a: Analysis) -> pd.DataFrame:
     wide = wide.reset_index()
     if "test" not in wide or "val" not in wide:
         return pd.DataFrame()
+    # layers of runs on different label budgets are separate curves, never averaged together
+    budget = wide.run_id.map(lambda r: _budget_label(a.rs.meta.get(r, {})))
+    wide["model"] = wide.model + budget
     g = wide.groupby(keys)
     out = g.agg(test=("test", "mean"), val=("val", "mean"), seeds=("seed", "nunique"),
                 run_id=("run_id", "first")).reset_index()
@@ -139,8 +142,18 @@ def _budget(meta: dict) -> tuple[str, float] | None:
     return ("fraction", float(f)) if f < 1.0 else ("all", 1.0)
 
 
+def _budget_label(meta: dict) -> str:
+    kind, amount = _budget(meta)
+    return {"all": "", "shots": f" ({amount:g} shots)", "fraction": f" ({amount * 100:g}% of train)"}[kind]
+
+
 def _per_class(meta: dict) -> float | None:
-    """Train labels per class the run learned from (subset size, or the whole split, / classes)."""
+    """Train labels per class the run learned from: the mean over classes of its images per class
+    (multi-label: positives per label), from the subset or the whole train split; runs written
+    before those counts were recorded: images / classes."""
+    counts = (meta.get("train_subset") or {}).get("per_class") or (meta.get("dataset") or {}).get("train_per_class")
+    if counts:
+        return float(np.mean(counts))
     n_classes = len(meta.get("labels") or {})
     n = (meta.get("train_subset") or {}).get("n") or ((meta.get("dataset") or {}).get("n") or {}).get("train")
     return n / n_classes if n and n_classes else None
