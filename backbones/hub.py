@@ -7,6 +7,7 @@ of a minute of library retries.
 """
 from __future__ import annotations
 
+import argparse
 import hashlib
 import os
 import socket
@@ -108,7 +109,10 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
             sd = load_file(str(path))
         else:
-            sd = torch.load(str(path), map_location="cpu", weights_only=True)
+            # training scripts (MAE's, RETFound's) save their argparse.Namespace beside the weights:
+            # a plain attribute bag, safe to allow; everything else stays weights_only
+            with torch.serialization.safe_globals([argparse.Namespace]):
+                sd = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:
         raise UserError(f"cannot read weights file {str(path)!r} (safetensors, or a torch state dict "
                         f"loadable with weights_only=True): {str(e).splitlines()[0][:200]}") from e

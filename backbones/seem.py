@@ -192,18 +192,16 @@ def seem_to_backbone(sd: dict[str, torch.Tensor], cfg: Config) -> dict[str, torc
     out: dict[str, torch.Tensor] = {}
     for k, v in sd.items():
         parts = k.split(".")
-        if parts[0] == "layers" and len(parts) > 3 and parts[2] == "blocks":
+        # a layers.* key outside SEEM's stages (or not numbered) is kept as is: load_into reports it
+        staged = len(parts) > 3 and parts[0] == "layers" and parts[1].isdigit() and int(parts[1]) < len(first)
+        if staged and parts[2] == "blocks" and parts[3].isdigit():
             s, b = int(parts[1]), int(parts[3])
             rest = ".".join(parts[4:])
             if rest in ("modulation.f.weight", "modulation.proj.weight") and v.ndim == 2:
                 v = v[:, :, None, None]
             out[f"blocks.{first[s] + b}.{rest}"] = v
-        elif parts[0] == "layers" and len(parts) > 2 and parts[2] == "downsample":
-            s = int(parts[1])
-            if s + 1 < len(first):
-                out[f"blocks.{first[s + 1]}.downsample." + ".".join(parts[3:])] = v
-            else:
-                out[k] = v  # a downsample after the last stage: not SEEM's layout, reported
+        elif staged and parts[2] == "downsample" and int(parts[1]) + 1 < len(first):
+            out[f"blocks.{first[int(parts[1]) + 1]}.downsample." + ".".join(parts[3:])] = v
         elif parts[0] == f"norm{last}":
             out["norm." + ".".join(parts[1:])] = v
         elif parts[0].startswith("norm") and parts[0][4:].isdigit():

@@ -17,6 +17,7 @@ from .registry import Adapter, WeightFile
 from .vit_common import READOUTS, TINY, TimmViT, vit_kwargs
 
 REPO, FILENAME = "MahmoodLab/UNI", "pytorch_model.bin"
+CARD_REPO = "MahmoodLab/uni"  # the model card's timm call spells it so; its download is cached under that name
 # variant -> (timm model, timm kwargs); layer scale as in MahmoodLab's create_model call
 VARIANTS: dict[str, tuple[str, dict]] = {
     "vitl16": ("vit_large_patch16_224", {"init_values": 1e-5}),
@@ -51,7 +52,8 @@ def build(variant: str, weights: str, *, readout: str | None = None,
 
     return hub.build_with_weights(
         new, lambda m, sd, source: timm_common.load_timm_state_dict(m, sd, name=name, source=source), weights,
-        lambda: (gated.hf_file(REPO, FILENAME, name=name), f"hf:{REPO}/{FILENAME}"),  # before building 300M
+        lambda: (hub.hf_cached(CARD_REPO, FILENAME) or gated.hf_file(REPO, FILENAME, name=name),
+                 f"hf:{REPO}/{FILENAME}"),  # located before building 300M parameters
         fixed_seed_id="uni-tiny-seed0" if variant == "tiny" else None)
 
 

@@ -9,6 +9,7 @@ repos, how to get access); and `bench run --limit 32` works with linear and kNN 
 """
 from __future__ import annotations
 
+import argparse
 import json
 import re
 from functools import partial
@@ -190,7 +191,8 @@ def retfound_state():
         sd["norm.weight"] = torch.randn(32)  # a trained-looking MAE norm (the cls readout uses it)
     sd |= {"mask_token": torch.zeros(1, 1, 16), "decoder_embed.weight": torch.zeros(16, 32),
            "decoder_blocks.0.norm1.weight": torch.ones(16), "decoder_pred.weight": torch.zeros(768, 16)}
-    return {"model": sd, "epoch": 799}, enc
+    # MAE's save_model keeps the training script's argparse.Namespace beside the weights
+    return {"model": sd, "epoch": 799, "args": argparse.Namespace(model="vit_large_patch16", lr=1e-3)}, enc
 
 
 def test_retfound_global_pool_as_models_vit(retfound_state, tmp_path):
@@ -391,6 +393,14 @@ def test_seem_wrong_files_unfreeze_and_real_config(tmp_path):
     torch.save(sam_tiny_state(), tmp_path / "sam.pt")
     with pytest.raises(UserError, match="do not fit backbone 'seem@tiny'"):
         backbones.build("seem", "tiny", str(tmp_path / "sam.pt"))
+    # keys of a stage SEEM lacks (or unnumbered blocks) are extras like any other (a few tolerated,
+    # many reported), never an IndexError out of the key mapping
+    extra = {"layers.4.blocks.0.gamma_1": torch.ones(8), "layers.0.blocks.x.gamma_1": torch.ones(8)}
+    torch.save({**sd, **extra}, tmp_path / "five.pt")
+    backbones.build("seem", "tiny", str(tmp_path / "five.pt"))
+    torch.save({**extra, **{f"layers.{5 + i}.blocks.0.w": torch.ones(1) for i in range(len(sd))}}, tmp_path / "x.pt")
+    with pytest.raises(UserError, match="do not fit backbone 'seem@tiny'.*unexpected keys"):
+        backbones.build("seem", "tiny", str(tmp_path / "x.pt"))
     check_unfreeze(backbones.build("seem", "tiny", "random"))
     # the paper's Focal-T: 12 blocks, 768-d readout, SEEM's key set exactly (every key mapped)
     real = backbones.build("seem", "focalt_v0", "random")
