@@ -373,3 +373,13 @@ def test_two_concurrent_sweeps_run_each_run_once(tmp_path, data_root, capsys, mo
     done = [int(o.split(" done,")[0].split()[-1]) for o in (out, ours)]
     assert sum(done) == len(ids) and done[0] > 0, (out, ours)
     assert_complete(tmp_path / "results", ids)
+
+
+def test_dry_run_costs_the_grid_in_image_passes(tmp_path, data_root, capsys):
+    """--dry-run prints what the grid costs: probes of one backbone x dataset x seed (random weights
+    are drawn per seed) share one frozen pass over the three (limited) splits, whatever the head."""
+    argv = base(tmp_path, data_root, "--backbone", "dummy", "--weights", "random", "--dataset", "breastmnist",
+                "retinamnist", "--head", "linear", "knn", "--seed", "0", "1")
+    assert plan(capsys, argv)["image_passes"] == {"dummy": 2 * 2 * 3 * 32}  # datasets x seeds x splits x 32
+    assert main(argv + ["--dry-run"]) == 0
+    assert "cost: 384 backbone image passes" in capsys.readouterr().out

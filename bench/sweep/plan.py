@@ -294,8 +294,20 @@ def summarize(plan: Plan, opts: RunOptions, retry_failed: bool) -> dict:
         "features_unknown": sum(g["cached"] is None for g in groups if g["kind"] == "features"),
         "prefix_groups": sum(g["kind"] == "prefix" for g in groups),
         "missing_data_files": missing, "data_root": str(root), "results_dir": str(opts.results_dir),
-        "groups": groups, "run_list": runs,
+        "image_passes": image_passes(plan.bundles), "groups": groups, "run_list": runs,
     }
+
+
+def _count(n: float) -> str:
+    return f"{n / 1e9:.2f}G" if n >= 1e9 else f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}k" if n >= 1e3 else f"{n:.0f}"
+
+
+def image_passes(bundles: list[list[RunConfig]]) -> dict[str, float]:
+    """The cost model's backbone image passes per backbone (each bundle's shared frozen work once)."""
+    out: dict[str, float] = {}
+    for b in bundles:
+        out[b[0].backbone] = out.get(b[0].backbone, 0.0) + cost(b)
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
 
 
 def print_summary(s: dict, list_runs: bool, extra: list[str]) -> None:
@@ -314,6 +326,11 @@ def print_summary(s: dict, list_runs: bool, extra: list[str]) -> None:
           f"{s['features_cached']} cached{unknown}")
     if s["prefix_groups"]:
         print(f"  trained runs on a cached frozen prefix: {s['prefix_groups']} groups")
+    passes = s.get("image_passes") or {}
+    if passes:
+        each = ", ".join(f"{k} {_count(v)}" for k, v in passes.items())
+        print(f"  cost: {_count(sum(passes.values()))} backbone image passes (frozen parts once, epochs at their "
+              f"maximum; hours: benchmarks/estimate_cost.py with a measured throughput): {each}")
     missing = s["missing_data_files"]
     if missing:
         names = ", ".join(missing[:6]) + (f", ... ({len(missing)} files)" if len(missing) > 6 else "")
