@@ -256,6 +256,36 @@ def test_uni_matches_timm_and_gated_offline(tmp_path):
         backbones.build("uni", None, "default")
 
 
+def test_uni_denied_access_and_card_spelling_in_cache(tmp_path, monkeypatch):
+    """Online without access: the error is the access steps, not 'run it on a connected machine';
+    a file downloaded through the model card's `hf-hub:MahmoodLab/uni` is found in the cache."""
+    import types
+
+    import huggingface_hub
+    from huggingface_hub.errors import GatedRepoError
+
+    from backbones import hub, uni
+
+    def denied(repo, filename, **_):  # what the hub raises (its response: status, headers, request)
+        response = types.SimpleNamespace(status_code=401, headers={}, request=None)
+        raise GatedRepoError("401 Client Error: Cannot access gated repo", response=response)
+
+    monkeypatch.setattr(hub, "hf_offline", lambda: False)  # the tests run offline; here the hub answers
+    monkeypatch.setattr(hub, "host_reachable", lambda host: True)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", denied)
+    with pytest.raises(UserError) as err:
+        backbones.build("uni", None, "default")
+    msg = str(err.value)
+    assert "refused MahmoodLab/UNI/pytorch_model.bin" in msg and "request access" in msg
+    assert "connected machine" not in msg and len(msg.splitlines()) == 1
+    seen = []
+    monkeypatch.setattr(hub, "hf_cached", lambda repo, f: seen.append(repo) or (None if repo != uni.CARD_REPO else
+                                                                               str(tmp_path / "nothing.bin")))
+    with pytest.raises(UserError, match="does not exist|cannot read"):  # the card's cached path is the one read
+        backbones.build("uni", None, "default")
+    assert seen[0] == "MahmoodLab/uni"
+
+
 # ---------------------------------------------------------------------------------------------- SEEM
 # The reference below is written from SEEM's modeling/vision/backbone/focal_dw.py
 # (UX-Decoder/Segment-Everything-Everywhere-All-At-Once@7b2e76d: PatchEmbed.forward,
@@ -460,6 +490,7 @@ def test_listed_with_source_and_license(capsys):
         spec = backbones.get(name).spec
         line = next(line for line in out.splitlines() if line.startswith(name + " "))
         assert spec.license.split()[0] in line and spec.default_variant in line
+        assert spec.weights_source.split(" (")[0] in line  # where --weights default comes from
 
 
 @pytest.mark.parametrize("name", sorted(MEDICAL))
