@@ -86,6 +86,42 @@ def test_last_layer_equals_readout_exactly(name, variant):
     assert all(o.ndim == 2 and o.shape[0] == 3 for o in outs)
 
 
+# every built-in family on a tiny random model: (variant, input size)
+TINY_MODELS = {
+    "resnet18": ("tv_in1k", 64), "resnet50": ("tv_in1k", 64), "deit": ("tiny_distilled", 32), "dino": ("tiny", 32),
+    "dinov2": ("tiny_reg", 28), "clip": ("tiny", 32), "sam": ("tiny", 32), "blip": ("tiny", 32),
+    "biomedclip": ("tiny", 32), "rad-dino": ("tiny", 28), "medsam": ("tiny", 32), "retfound": ("tiny", 32),
+    "uni": ("tiny", 32), "seem": ("tiny", 64), "simplecnn": ("scratch", 28), "timm:convnext_atto": (None, 64),
+    "timm:vit_tiny_patch16_224": (None, 32),
+}
+
+
+def _readouts(name: str) -> list[str | None]:
+    import backbones
+
+    return [None] if name.startswith("timm:") else list(backbones.get(name).spec.readouts) or [None]
+
+
+@pytest.mark.parametrize("name,readout", [(n, r) for n in TINY_MODELS for r in _readouts(n)])
+def test_last_layer_equals_readout_of_every_family(name, readout):
+    """The layer-wise feature after the last block is each adapter's readout, for every readout it
+    offers (CLS, mean, CLIP's projection, SAM's neck, SEEM's norm3...)."""
+    import backbones
+
+    variant, size = TINY_MODELS[name]
+    torch.manual_seed(0)
+    model = backbones.build(name, variant, "random", readout=readout, input_size=size).eval()
+    x = torch.randn(2, 3, size, size)
+    with torch.inference_mode():
+        outs = after_blocks(model, [1, model.num_blocks])(x)
+        ref = model(x)
+    assert torch.allclose(outs[-1], ref, atol=1e-6, rtol=1e-5)
+    # layer 1 is another feature, not the readout returned for every layer (CNNs: a narrower stage;
+    # exact inequality, since random layer scale 1e-5 leaves DINOv2's and UNI's tokens nearly as they were)
+    assert outs[0].ndim == 2 and outs[0].shape[0] == 2
+    assert outs[0].shape != ref.shape or not torch.equal(outs[0], ref)
+
+
 @pytest.fixture
 def opts(data_root, tmp_path):
     return dict(data_root=str(data_root), skip_md5=True, results_dir=str(tmp_path / "results"),
