@@ -106,17 +106,21 @@ def depth_figure(a: Analysis, df: pd.DataFrame) -> Figure:
             ax.set_xlim(0, 1.05)
     for ax in list(axes.flat)[len(datasets):]:
         ax.axis("off")
-    handles, labels = axes.flat[0].get_legend_handles_labels()
-    seen = dict(zip(labels, handles))
-    for ax in list(axes.flat)[1:len(datasets)]:
-        seen.update(dict(zip(*ax.get_legend_handles_labels()[::-1])))
-    fig.legend(list(seen.values()), list(seen), loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(4, len(seen)),
-               frameon=False)
-    fig.tight_layout()
+    _legend_below(fig, list(axes.flat)[:len(datasets)])
     return _figure("metric_vs_depth", "Metric against depth", fig,
                    f"Test {a.metric.upper()} of a probe on the pooled readout after each block (seed means), "
                    f"depth as a fraction of the backbone's blocks; the star marks the layer with the best "
                    f"seed-mean val {a.metric.upper()} (the one a layer-wise probe selects).")
+
+
+def _legend_below(fig, axes: list) -> None:
+    """One legend under the panels for every model any of them draws (each label once)."""
+    seen: dict = {}
+    for ax in axes:
+        seen.update(dict(zip(*ax.get_legend_handles_labels()[::-1])))
+    fig.legend(list(seen.values()), list(seen), loc="upper center", bbox_to_anchor=(0.5, 0.0),
+               ncol=min(4, max(1, len(seen))), frameon=False)
+    fig.tight_layout()
 
 
 def depth_section(a: Analysis, figures: bool) -> Section | None:
@@ -246,12 +250,7 @@ def labels_figure(a: Analysis, df: pd.DataFrame) -> Figure:
             ax.set_title(f"{dataset_label(d)} · {p}")
             ax.set_xlabel("train labels per class (log)")
             ax.set_ylabel(f"test {a.metric.upper()}")
-    seen: dict = {}
-    for ax in axes.flat:
-        seen.update(dict(zip(*ax.get_legend_handles_labels()[::-1])))
-    fig.legend(list(seen.values()), list(seen), loc="upper center", bbox_to_anchor=(0.5, 0.0),
-               ncol=min(4, len(seen)), frameon=False)
-    fig.tight_layout()
+    _legend_below(fig, list(axes.flat))
     return _figure("metric_vs_labels", "Metric against labels per class", fig,
                    f"Seed means of test {a.metric.upper()} against train labels per class (squares: N shots per "
                    f"class, circles: a fraction of the train split, diamond: all labels), with 95% bootstrap "
