@@ -151,8 +151,16 @@ class FeatureCache:
         ``read``). Concurrent workers asking for the same entries compute them once."""
         paths = [self.path(self.key(p)) for p in parts_list]
 
-        def usable(i: int) -> bool:
-            return self.read(parts_list[i], rows) is not None
+        def usable(i: int) -> bool:  # checked where it lies (memory-mapped), not copied into RAM
+            if not paths[i].exists():
+                return False
+            try:
+                self._read(paths[i], rows)
+                return True
+            except CorruptEntry as e:
+                print(f"bench: cache entry {paths[i].name} is unusable ({e}); rebuilding it", file=sys.stderr,
+                      flush=True)
+                return False
 
         if all(usable(i) for i in range(len(paths))):
             return [True] * len(paths)
