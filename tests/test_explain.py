@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -18,6 +19,7 @@ from bench.cli import main
 from bench.config import make_run_options
 from bench.errors import UserError
 from bench.explain import heatmaps, stage_outputs
+from bench.explain.cams import layer_names
 from bench.explain.model import Net, Rebuilt, rebuild
 from bench.explain.select import KINDS, choose, parse_classes
 from bench.heads import ProbeHead
@@ -153,6 +155,10 @@ def test_choose_picks_per_class_and_is_seeded():
     multi = choose(scores, np.array([[1, 0], [1, 1], [0, 1], [0, 1], [1, 0], [0, 0]]), [0, 1], None, seed=0,
                    multilabel=True)
     assert [(p.kind, p.label, p.index, p.correct) for p in multi][:2] == [(KINDS[0], 0, 4, True), (KINDS[0], 1, 2, True)]
+    # what is explained: the prediction; multi-label: the label the image was picked for, and its score
+    assert all(p.target == p.prediction and p.target_score == p.score for p in picks)
+    wrong = next(p for p in multi if p.kind == KINDS[1])
+    assert wrong.target == wrong.label != wrong.prediction and wrong.target_score == scores[wrong.index, wrong.label]
     assert parse_classes(["1"], ["a", "b"]) == [1] and parse_classes(["b,a"], ["a", "b"]) == [1, 0]
     with pytest.raises(UserError, match="did you mean: benign"):
         parse_classes(["benig"], ["malignant", "benign"])
@@ -254,10 +260,10 @@ ROLLOUT = {"deit", "dino", "dinov2", "biomedclip", "rad-dino", "retfound", "uni"
            "clip", "blip"}
 
 
-def _fake(name: str) -> Rebuilt:
+def _fake(name: str, readout: str | None = None) -> Rebuilt:
     variant, size = FAMILIES[name]
     torch.manual_seed(0)
-    bb = backbones.build(name, variant, "random", input_size=size).eval()
+    bb = backbones.build(name, variant, "random", input_size=size, readout=readout).eval()
     head = ProbeHead(bb.embed_dim, 3)
     head.weight.normal_()
     head.std.fill_(1.0)
@@ -311,3 +317,174 @@ def test_recomputed_attention_equals_the_libraries_own():
         with torch.no_grad():
             theirs = a(hidden_states=t)[1]
         torch.testing.assert_close(mine, theirs, atol=1e-5, rtol=1e-4)
+
+
+# -- what a heatmap explains: the class its caption names, in the run's precision ----------------------------
+
+def test_heatmaps_are_for_the_saved_prediction_the_caption_names(env, capsys, monkeypatch):
+    """Captions name the run's saved prediction; a rebuilt model that decides otherwise (here: saved
+    scores with their classes swapped) must not get its own argmax explained under that caption."""
+    import bench.explain as ex
+
+    run_id = _run(env, "--backbone", "dummy", "--head-epochs", "5", "--seed", "3")
+    store = ResultStore(env.results)
+    path = store.path("scores", run_id)
+    with np.load(path) as z:
+        arrays = dict(z)
+    arrays["y_score"] = arrays["y_score"][:, ::-1].copy()
+    np.savez(path, **arrays)
+    explained = []
+    real = ex.heatmaps
+
+    def spy(rb, x, targets, method):
+        explained.extend(targets)
+        return real(rb, x, targets, method)
+
+    monkeypatch.setattr(ex, "heatmaps", spy)
+    code, _, err = _explain(env, capsys, run_id, "--images", "4")
+    assert code == 0, err
+    rec = json.loads((env.results / "explain" / run_id / "gradcam-test.json").read_text())
+    idx = rec["indices"]
+    saved_pred = arrays["y_score"][idx].argmax(1).tolist()
+    assert explained == saved_pred
+    assert rec["targets"] == [p["target"] for p in rec["picks"]] == saved_pred
+    rebuilt_pred = rebuild(store, run_id, _opts(env)).scores("test", np.array(idx)).argmax(1).tolist()
+    assert all(a != b for a, b in zip(saved_pred, rebuilt_pred))  # the swap made them differ...
+    assert rec["score_check"]["max_abs_diff"] > 0.01  # ...and the check says the rebuilt model is not the run's
+
+
+def test_rebuilt_model_computes_in_the_runs_precision(monkeypatch):
+    """A run recorded in bf16 (a GPU run) is rebuilt under bf16 autocast, scores and heatmaps alike;
+    CPU autocast stands in for the GPU's here (bench run keeps CPU runs fp32)."""
+    import bench.features as features
+
+    rb = _fake("deit")
+    x = torch.randn(2, 3, 32, 32)
+    fp32 = heatmaps(rb, x, [0, 1], "gradcam")
+    rb.meta = {"preprocess": {"precision": "bf16"}}
+    monkeypatch.setattr(features, "precision", lambda device, requested="auto": requested)
+    assert rb.precision == "bf16"
+    seen: list[torch.dtype] = []
+    hook = rb.backbone.blocks[0].attn.qkv.register_forward_hook(lambda _m, _i, out: seen.append(out.dtype))
+    for method in ("gradcam", "eigencam", "rollout"):
+        seen.clear()
+        maps = heatmaps(rb, x, [0, 1], method)
+        assert maps.shape == (2, 32, 32) and np.isfinite(maps).all() and maps.max() > maps.min(), method
+        assert seen and set(seen) == {torch.bfloat16}, (method, seen)
+    hook.remove()
+    assert np.abs(heatmaps(rb, x, [0, 1], "gradcam") - fp32).max() > 0  # computed in bf16, not fp32
+
+
+# -- which runs can be explained ---------------------------------------------------------------------------
+
+def test_lora_run_saved_with_save_model_is_explained(env, capsys):
+    from safetensors.torch import load_file
+
+    from bench.config import RunConfig
+    from bench.runner import build_backbone
+
+    run_id = _run(env, "--backbone", "dummy", "--unfreeze", "last1", "--adapt", "lora", "--epochs", "2",
+                  "--lr", "1e-2", "--save-model")
+    store = ResultStore(env.results)
+    assert store.model_path(run_id, "adapter").is_file()
+    merged = load_file(str(store.model_path(run_id, "backbone")))
+    start = build_backbone(RunConfig.from_dict(store.read_meta(run_id)["config"])).state_dict()
+    assert any(k in start and not torch.equal(v, start[k]) for k, v in merged.items())  # LoRA moved them
+    code, _, err = _explain(env, capsys, run_id, "--images", "2")
+    assert code == 0, err
+    rec = json.loads((env.results / "explain" / run_id / "gradcam-test.json").read_text())
+    assert rec["score_check"]["checked"] == 2 and rec["score_check"]["max_abs_diff"] < 1e-5
+
+
+def test_layerwise_run_says_what_to_explain_instead(env, probe_id, capsys):
+    run_id = _run(env, "--backbone", "dummy", "--head-epochs", "30", "--layers", "all")
+    err = _one_line_error(env, capsys, run_id)
+    assert "layer-wise probe (--layers all)" in err and "none is saved" in err
+    argv = shlex.split(err.split("cached features): ", 1)[1].strip())[1:]
+    assert argv[:1] == ["run"] and "--layers" not in argv
+    store = ResultStore(env.results)
+    before = set(store.run_ids())
+    assert main(argv + env.common[2:]) == 0
+    assert set(store.run_ids()) == before and probe_id in before  # the suggestion is the ordinary probe
+
+
+# -- target layers, token grids, rollout through a DeiT head ---------------------------------------------------
+
+def test_vit_target_layer_follows_what_the_readout_pools():
+    """Class-token readouts: the last block's input norm; mean readouts: the block's output, which
+    they pool. With the last block's attention silenced, a mean readout still depends on every patch
+    token (residual + MLP): its Grad-CAM must show it, which the input norm (attention only) cannot."""
+    for readout, want in (("cls", ["{L}.norm1"]), ("mean", ["{L}"]), ("cls+mean", ["{L}.norm1", "{L}"])):
+        rb = _fake("deit", readout)
+        rb.backbone.blocks[-1].attn.proj.weight.zero_()
+        rb.backbone.blocks[-1].attn.proj.bias.zero_()
+        maps = heatmaps(rb, torch.randn(2, 3, 32, 32), [0, 1], "gradcam")
+        assert np.isfinite(maps).all()
+        if readout == "mean":
+            assert maps.max() > maps.min()
+        if readout == "cls":  # the class token no longer reads the last block's patches: nothing to show
+            assert maps.max() == maps.min()
+        last = f"blocks.{rb.backbone.num_blocks - 1}"
+        assert layer_names(rb) == [w.format(L=last) for w in want], readout
+
+
+def test_a_token_grid_that_is_not_square_is_a_one_line_error():
+    bb = _fake("deit").backbone
+    with pytest.raises(UserError) as e:
+        bb.feature_map(torch.zeros(1, bb.num_prefix_tokens + 12, 8))
+    msg = str(e.value)
+    assert "\n" not in msg and "deit" in msg and "12 patch tokens" in msg and "not a square grid" in msg
+
+
+def test_rollout_of_a_deit_head_run_goes_through_the_heads_blocks(env, deit_head_id, monkeypatch):
+    from pytorch_grad_cam.utils.image import scale_cam_image
+
+    from bench.explain import cams
+
+    rb = rebuild(ResultStore(env.results), deit_head_id, _opts(env))
+    x = rb.inputs("test", np.arange(4))
+    assert cams.head_blocks(rb) == len(rb.head.blocks) > 0
+    heads = cams.head_attention(rb, x)
+    assert len(heads) == len(rb.head.blocks)
+    # a head whose class token attends to one backbone token only: the map is that token's rollout
+    bb, prefix = rb.backbone, rb.backbone.num_prefix_tokens
+    offset = 0 if rb.head.token_choice == "all" else prefix
+    k = prefix + 3
+    onehot = torch.eye(heads[0].shape[-1]).expand_as(heads[0]).clone()
+    onehot[:, :, 0] = 0
+    onehot[:, :, 0, 1 + k - offset] = 1
+    monkeypatch.setattr(cams, "head_attention", lambda _rb, _x: [onehot])
+    got = cams.rollout(rb, x)
+    joint = cams._chain(bb.attention_maps(x).maps)[:, k, prefix:]
+    grid = bb.feature_map(torch.cat([joint.new_zeros(len(x), prefix), joint], 1).unsqueeze(-1))[:, 0]
+    np.testing.assert_allclose(got, scale_cam_image(grid.numpy(), (x.shape[-1], x.shape[-2])), atol=1e-5)
+    monkeypatch.undo()
+    # and the head's real attention changes the map
+    before = heatmaps(rb, x, [0] * 4, "rollout")
+    gen = torch.Generator().manual_seed(1)
+    for b in rb.head.blocks:
+        b.attn.qkv.weight.copy_(torch.randn(b.attn.qkv.weight.shape, generator=gen))
+    assert np.abs(heatmaps(rb, x, [0] * 4, "rollout") - before).max() > 0.05
+
+
+# -- the report leaves out sheets of a model that was rerun ------------------------------------------------
+
+def test_report_leaves_out_a_sheet_made_before_a_rerun(env, capsys):
+    from bench.report.explain import explanations_section
+
+    args = ("--backbone", "dummy", "--head-epochs", "5", "--seed", "4")
+    run_id = _run(env, *args)
+    name = f"explain-{run_id}-gradcam-test"
+
+    def shown() -> tuple[list[str], str]:
+        sec = explanations_section(env.results, {run_id})
+        return ([f.name for f in sec.figures], sec.intro) if sec else ([], "")
+
+    assert _explain(env, capsys, run_id, "--images", "2")[0] == 0
+    assert name in shown()[0]
+    time.sleep(1.1)  # records are timed to the second
+    _run(env, *args, "--force")  # the same run id, a new model
+    figures, intro = shown()
+    assert name not in figures and "Left out: 1 sheet(s) made before a run they show was rerun" in intro
+    assert _explain(env, capsys, run_id, "--images", "2")[0] == 0
+    assert name in shown()[0]

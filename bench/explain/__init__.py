@@ -24,7 +24,7 @@ from ..errors import UserError, did_you_mean
 from ..fsio import atomic_write_bytes, atomic_write_text
 from ..results import ResultStore, now
 from . import draw
-from .cams import CAM_METHODS, METHODS, check_method, heatmaps, layer_names
+from .cams import CAM_METHODS, METHODS, check_method, head_blocks, heatmaps, layer_names
 from .model import Rebuilt, rebuild, resolve_run_id
 from .select import Pick, choose, parse_classes
 
@@ -78,7 +78,7 @@ def explain(req: Request, opts: RunOptions) -> list[Path]:
         if req.feature_maps:
             req.written.append(_feature_maps(rb, picks[:FEATURE_IMAGES], req.split, out / run_id))
         if len(ids) > 1:  # every run on the first run's picks
-            compare.append(got if first is None else _explain_picks(rb, first[1], req))
+            compare.append(got if first is None else _explain_other(rb, store, first[1], req))
         if first is None:
             first = (rb, picks)
         else:
@@ -97,11 +97,17 @@ def _same_images(a: Rebuilt, b: Rebuilt) -> None:
                         f"needs runs on one dataset, size and --limit")
 
 
+def _saved_scores(rb: Rebuilt, store: ResultStore, split: str) -> np.ndarray | None:
+    """The scores the run saved for ``split`` (its test split only), if they fit the data."""
+    saved = store.read_scores(rb.run_id) if split == "test" else None
+    return saved[1] if saved is not None and len(saved[1]) == len(rb.dataset.splits[split]) else None
+
+
 def _picks(rb: Rebuilt, store: ResultStore, req: Request, opts: RunOptions) -> list[Pick]:
     split = rb.dataset.splits[req.split]
-    saved = store.read_scores(rb.run_id) if req.split == "test" else None
-    if saved is not None and len(saved[1]) == len(split):
-        scores = saved[1]  # the run's own test scores: no pass over the split
+    saved = _saved_scores(rb, store, req.split)
+    if saved is not None:
+        scores = saved  # the run's own test scores: no pass over the split
         rb.picked_from_saved = True
     else:
         log(f"{rb.run_id}: scoring {len(split)} {req.split} images to choose from", opts.quiet)
@@ -114,26 +120,45 @@ def _picks(rb: Rebuilt, store: ResultStore, req: Request, opts: RunOptions) -> l
     return picks
 
 
-def _explain_picks(rb: Rebuilt, picks: list[Pick], req: Request) -> dict:
-    """Heatmaps of ``picks`` for the class this run predicts, and how far the rebuilt model's
-    scores are from the scores the run saved (test split)."""
+def _explain_picks(rb: Rebuilt, picks: list[Pick], req: Request, targets: list[int]) -> dict:
+    """Heatmaps of ``picks``, each for its class in ``targets`` (the class its caption names), and
+    the rebuilt model's scores of them (checked against the run's saved scores)."""
     idx = np.array([p.index for p in picks])
     now_scores = rb.scores(req.split, idx)
-    pred = now_scores.argmax(1)
     maps, pixels = [], []
     for i in range(0, len(idx), BATCH):
         x = rb.inputs(req.split, idx[i:i + BATCH])
-        maps.append(heatmaps(rb, x, pred[i:i + BATCH].tolist(), req.method))
+        maps.append(heatmaps(rb, x, targets[i:i + BATCH], req.method))
         pixels.append(rb.pixels(x))
     pixels_all = np.concatenate(pixels)
     if all(float(np.ptp(m)) == 0.0 for batch in maps for m in batch):
         log(f"{rb.run_id}: every {req.method} heatmap is uniform; at input size {rb.cfg.input_size or rb.dataset.size} "
             f"the target layer's map may be a single value (a run at a larger --input-size gives a finer map)")
     overlays = [draw.overlay(p, m) for p, m in zip(pixels_all, np.concatenate(maps))]
-    names = rb.label_names
-    captions = [f"{names[c][:20]} {s[c]:.2f}" for c, s in zip(pred, now_scores)]
     return {"run_id": rb.run_id, "title": f"{rb.describe()}\n{rb.run_id}", "overlays": overlays,
-            "captions": captions, "heatmaps": np.concatenate(maps), "scores": now_scores, "prediction": pred}
+            "heatmaps": np.concatenate(maps), "scores": now_scores, "targets": list(targets)}
+
+
+def _explain_own(rb: Rebuilt, picks: list[Pick], req: Request) -> dict:
+    """The run's own sheet: each heatmap for the class its pick names (the saved prediction)."""
+    got = _explain_picks(rb, picks, req, [p.target for p in picks])
+    got["captions"] = [f"{draw._short(rb.label_names[p.target], 20)} {p.target_score:.2f}" for p in picks]
+    got["prediction"] = [p.prediction for p in picks]
+    return got
+
+
+def _explain_other(rb: Rebuilt, store: ResultStore, picks: list[Pick], req: Request) -> dict:
+    """Another run on the first run's picks: heatmaps for this run's own prediction (multi-label:
+    the label each image was picked for), prediction and score from its saved scores where it
+    saved them for the split, else from the rebuilt model."""
+    idx = np.array([p.index for p in picks])
+    saved = _saved_scores(rb, store, req.split)
+    scores = saved[idx] if saved is not None else rb.scores(req.split, idx)
+    targets = [p.label for p in picks] if rb.dataset.multilabel else scores.argmax(1).tolist()
+    got = _explain_picks(rb, picks, req, targets)
+    got["captions"] = [f"{draw._short(rb.label_names[t], 20)} {s[t]:.2f}" for t, s in zip(targets, scores)]
+    got["prediction"] = scores.argmax(1)
+    return got
 
 
 def _score_check(rb: Rebuilt, picks: list[Pick], scores_now: np.ndarray, from_saved: bool) -> dict:
@@ -143,7 +168,8 @@ def _score_check(rb: Rebuilt, picks: list[Pick], scores_now: np.ndarray, from_sa
     saved = np.array([p.score for p in picks])
     now_pred = scores_now[np.arange(len(picks)), [p.prediction for p in picks]]
     diff = float(np.abs(saved - now_pred).max()) if len(picks) else 0.0
-    return {"checked": len(picks), "max_abs_diff": diff, "precision": rb.meta.get("preprocess", {}).get("precision")}
+    return {"checked": len(picks), "max_abs_diff": diff, "precision": rb.run_precision,
+            "rebuilt_precision": rb.precision}
 
 
 def _originals(rb: Rebuilt, split: str, picks: list[Pick]) -> list[np.ndarray]:
@@ -151,10 +177,20 @@ def _originals(rb: Rebuilt, split: str, picks: list[Pick]) -> list[np.ndarray]:
 
 
 def _caption(rb: Rebuilt, p: Pick) -> str:
+    """What the pick is; it names the class its heatmap explains (``Pick.target``) with its score."""
     names = rb.label_names
+    if rb.dataset.multilabel:  # the label it was picked for, its score, and the top label where another
+        top = "" if p.prediction == p.target else f" · top {draw._short(names[p.prediction], 10)}"
+        return (f"#{p.index} {p.kind}\nlabel: {draw._short(names[p.target], 18)}\n"
+                f"score {p.target_score:.2f}{top}")
     mark = "" if p.correct else " ✗"
     return (f"#{p.index} {p.kind}\ntrue: {draw._short(names[p.label], 18)}\n"
-            f"pred: {draw._short(names[p.prediction], 14)} {p.score:.2f}{mark}")
+            f"pred: {draw._short(names[p.target], 14)} {p.target_score:.2f}{mark}")
+
+
+def _explained(rb: Rebuilt) -> str:
+    """Which class each heatmap is for, in words."""
+    return "the label each image was picked for" if rb.dataset.multilabel else "the predicted class"
 
 
 def _write(folder: Path, stem: str, png: bytes, record: dict) -> Path:
@@ -166,14 +202,15 @@ def _write(folder: Path, stem: str, png: bytes, record: dict) -> Path:
 
 
 def _cam_sheet(rb: Rebuilt, picks: list[Pick], req: Request, folder: Path) -> tuple[Path, dict]:
-    got = _explain_picks(rb, picks, req)
+    got = _explain_own(rb, picks, req)
     check = _score_check(rb, picks, got["scores"], rb.picked_from_saved)
-    if check.get("max_abs_diff", 0.0) > SCORE_TOLERANCE and check.get("precision") == "fp32":
+    if check.get("max_abs_diff", 0.0) > SCORE_TOLERANCE and check["rebuilt_precision"] == check["precision"] == "fp32":
         log(f"{rb.run_id}: the rebuilt model's scores differ from the run's by up to {check['max_abs_diff']:.2g}")
-    layers = layer_names(rb) if req.method in CAM_METHODS else ["attention of every block"]
+    layers = layer_names(rb) if req.method in CAM_METHODS else \
+        ["attention of every block" + (" and of the head's blocks" if head_blocks(rb) else "")]
     title = (f"{TITLES[req.method]} · {rb.describe()} · {rb.cfg.dataset} {req.split} · {rb.run_id}\n"
              + ("left: image · right: heatmap on the model input (class-agnostic)" if req.method in CLASS_AGNOSTIC else
-                f"left: image · right: heatmap of the predicted class on the model input (layer {', '.join(layers)})"))
+                f"left: image · right: heatmap of {_explained(rb)} on the model input (layer {', '.join(layers)})"))
     png = draw.run_sheet(title, _originals(rb, req.split, picks), got["overlays"], [_caption(rb, p) for p in picks])
     caption = (f"{TITLES[req.method]} of {rb.describe()} on {len(picks)} {rb.cfg.dataset} {req.split} images: per class "
                f"the most confident correct, most confident wrong and least confident prediction (seed {req.seed}); "
@@ -181,7 +218,8 @@ def _cam_sheet(rb: Rebuilt, picks: list[Pick], req: Request, folder: Path) -> tu
     path = _write(folder, f"{req.method}-{req.split}", png, {
         "kind": "cam", "runs": [rb.run_id], "method": req.method, "split": req.split, "seed": req.seed,
         "classes": req.classes, "images": req.images, "target_layers": layers, "title": title, "caption": caption,
-        "indices": [p.index for p in picks], "picks": [p.record() for p in picks], "score_check": check})
+        "indices": [p.index for p in picks], "picks": [p.record() for p in picks], "targets": got["targets"],
+        "score_check": check})
     return path, got
 
 
@@ -191,7 +229,9 @@ def _compare_sheet(rb0: Rebuilt, picks: list[Pick], runs: list[dict], req: Reque
     rows = [f"#{p.index} true: {draw._short(names[p.label], 16)}\n({p.kind})" for p in picks]
     title = (f"{TITLES[req.method]} · {rb0.cfg.dataset} {req.split} · the same images for {len(runs)} runs "
              f"(chosen by the first run's predictions) · "
-             + ("class-agnostic heatmaps" if req.method in CLASS_AGNOSTIC else "each heatmap for that run's predicted class"))
+             + ("class-agnostic heatmaps" if req.method in CLASS_AGNOSTIC else
+                "each heatmap for " + ("the label each image was picked for" if rb0.dataset.multilabel
+                                       else "that run's predicted class")))
     png = draw.compare_sheet(title, _originals(rb0, req.split, picks), rows, [r["title"] for r in runs],
                              [r["overlays"] for r in runs], [r["captions"] for r in runs])
     digest = hashlib.sha256(" ".join(ids).encode()).hexdigest()[:8]
@@ -200,7 +240,8 @@ def _compare_sheet(rb0: Rebuilt, picks: list[Pick], runs: list[dict], req: Reque
     return _write(folder, f"{req.method}-{req.split}-{digest}", png, {
         "kind": "compare", "runs": ids, "method": req.method, "split": req.split, "seed": req.seed,
         "title": title, "caption": caption, "indices": [p.index for p in picks],
-        "predictions": {r["run_id"]: r["prediction"].tolist() for r in runs}})
+        "predictions": {r["run_id"]: [int(t) for t in r["prediction"]] for r in runs},
+        "targets": {r["run_id"]: [int(t) for t in r["targets"]] for r in runs}})
 
 
 def _filters(rb: Rebuilt, folder: Path) -> Path:

@@ -43,8 +43,12 @@ def heatmaps(rebuilt: Rebuilt, x: torch.Tensor, targets: list[int], method: str)
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     cls = _cam_class(method)
-    with cls(model=rebuilt.net, target_layers=rebuilt.backbone.cam_layers(),
-             reshape_transform=rebuilt.backbone.feature_map) as cam:
+
+    def as_map(h: torch.Tensor) -> torch.Tensor:  # fp32: pytorch-grad-cam reads maps through numpy (no bf16)
+        return rebuilt.backbone.feature_map(h).float()
+
+    with cls(model=rebuilt.net, target_layers=rebuilt.backbone.cam_layers(), reshape_transform=as_map) as cam, \
+            rebuilt.autocast():  # the run's precision, as its scores were computed
         cam.batch_size = SCORECAM_BATCH  # read by ScoreCAM only
         out = cam(input_tensor=x, targets=[ClassifierOutputTarget(int(t)) for t in targets])
     if out is None:  # pytorch-grad-cam's __exit__ swallows an IndexError and returns nothing
@@ -55,24 +59,80 @@ def heatmaps(rebuilt: Rebuilt, x: torch.Tensor, targets: list[int], method: str)
 def rollout(rebuilt: Rebuilt, x: torch.Tensor) -> np.ndarray:
     """Attention rollout: per block the head-mean attention plus the residual (0.5 A + 0.5 I,
     rows renormalised), multiplied from the first block to the last; the rows the readout reads
-    (the class token, or every patch token for mean readouts and token heads) over the patches.
-    Class-agnostic: the same map whatever class is predicted."""
+    (the class token, or every patch token for mean readouts) over the patches. A DeiT head's own
+    blocks are chained on: its class token's row through the head, over the backbone tokens the
+    head was given. Class-agnostic: the same map whatever class is predicted."""
     from pytorch_grad_cam.utils.image import scale_cam_image
 
     backbone = rebuilt.backbone
-    got = backbone.attention_maps(x)
+    with rebuilt.autocast():
+        got = backbone.attention_maps(x)
+        head_maps = head_attention(rebuilt, x)
     if len(got.maps) != backbone.num_blocks:
         raise UserError(f"--method rollout: captured {len(got.maps)} attention maps for {backbone.num_blocks} "
                         f"blocks of {rebuilt.cfg.backbone}; use --method gradcam")
-    n = got.maps[0].shape[-1]
-    eye = torch.eye(n, device=got.maps[0].device)
-    joint = eye.expand(x.shape[0], n, n)
-    for a in got.maps:
-        a = 0.5 * a.float().mean(1) + 0.5 * eye
-        joint = (a / a.sum(-1, keepdim=True)) @ joint
+    joint = _chain(got.maps)
     prefix = backbone.num_prefix_tokens
-    rows = None if rebuilt.reads_tokens else got.query_rows
-    per_patch = joint[:, prefix:, prefix:].mean(1) if rows is None else joint[:, rows, prefix:].mean(1)
+    if head_maps:
+        per_token = _through_head(rebuilt, joint, _chain(head_maps))
+    elif rebuilt.reads_tokens or got.query_rows is None:  # every patch token is read
+        per_token = joint[:, prefix:].mean(1)
+    else:
+        per_token = joint[:, got.query_rows].mean(1)
+    per_patch = per_token[:, prefix:]
     grid = backbone.feature_map(torch.cat([per_patch.new_zeros(per_patch.shape[0], prefix), per_patch], 1)
                                 .unsqueeze(-1))[:, 0]
     return np.asarray(scale_cam_image(grid.cpu().numpy(), (x.shape[-1], x.shape[-2])), dtype=np.float32)
+
+
+def _chain(maps: list[torch.Tensor]) -> torch.Tensor:
+    """(B, N, N): how much each token after the last block draws on each token before the first."""
+    n = maps[0].shape[-1]
+    eye = torch.eye(n, device=maps[0].device)
+    joint = eye.expand(maps[0].shape[0], n, n)
+    for a in maps:
+        a = 0.5 * a.float().mean(1) + 0.5 * eye
+        joint = (a / a.sum(-1, keepdim=True)) @ joint
+    return joint
+
+
+def _through_head(rebuilt: Rebuilt, joint: torch.Tensor, head_joint: torch.Tensor) -> torch.Tensor:
+    """(B, N) over the backbone's input tokens: the head's class token (row 0 of its rollout) over
+    its other tokens, each the backbone token it was given (projected token by token, so nothing
+    mixes in between), through the backbone's rollout. The head's class token is a learned
+    constant: what it draws on itself carries nothing from the image and is left out."""
+    offset = 0 if getattr(rebuilt.head, "token_choice", "all") == "all" else rebuilt.backbone.num_prefix_tokens
+    given = joint.shape[-1] - offset
+    if head_joint.shape[-1] != 1 + given:
+        raise UserError(f"--method rollout: the head of run {rebuilt.run_id} reads {head_joint.shape[-1] - 1} tokens, "
+                        f"the backbone gives {given}; use --method gradcam")
+    return head_joint[:, 0, 1:].unsqueeze(1).bmm(joint[:, offset:]).squeeze(1)
+
+
+def head_blocks(rebuilt: Rebuilt) -> int:
+    """How many attention blocks of its own the run's head has (a DeiT head's; else 0)."""
+    return len(getattr(rebuilt.head, "blocks", ())) if rebuilt.reads_tokens else 0
+
+
+def head_attention(rebuilt: Rebuilt, x: torch.Tensor) -> list[torch.Tensor]:
+    """The token head's own attention weights per block (the DeiT head's timm blocks: softmax taken
+    before ``attn_drop`` in an unfused pass, as for the timm ViTs); [] for heads without blocks."""
+    if not head_blocks(rebuilt):
+        return []
+    attns = [getattr(b, "attn", None) for b in rebuilt.head.blocks]
+    if not all(a is not None and hasattr(a, "fused_attn") and hasattr(a, "attn_drop") for a in attns):
+        raise UserError(f"--method rollout: the head blocks of run {rebuilt.run_id} are not timm Attention blocks; "
+                        f"use --method gradcam")
+    maps: list[torch.Tensor] = []
+    fused = [a.fused_attn for a in attns]
+    hooks = [a.attn_drop.register_forward_hook(lambda _m, _i, out: maps.append(out.detach())) for a in attns]
+    try:
+        for a in attns:
+            a.fused_attn = False
+        with torch.no_grad():
+            rebuilt.net(x)
+    finally:
+        for a, f, h in zip(attns, fused, hooks):
+            a.fused_attn = f
+            h.remove()
+    return maps

@@ -1,9 +1,11 @@
 """A finished run's model rebuilt from what the run saved: its config (meta/<run_id>.json) through
 the runner's own builders, its head (models/<run_id>/head.safetensors, saved with every run that
 trains one) and, for runs that trained the backbone, models/<run_id>/backbone.safetensors
-(--save-model). Nothing is retrained; the test scores the run saved check the rebuild."""
+(--save-model). Nothing is retrained; it computes in the run's recorded precision, and the test
+scores the run saved check the rebuild."""
 from __future__ import annotations
 
+import contextlib
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,14 +110,36 @@ class Rebuilt:
         std = torch.tensor(self.pre.std, device=x.device).view(1, 3, 1, 1)
         return (x * std + mean).clamp(0, 1).permute(0, 2, 3, 1).detach().cpu().numpy().astype(np.float32)
 
+    @property
+    def run_precision(self) -> str:
+        """What the run computed in (its record; fp32 for runs before precision was recorded)."""
+        return str((self.meta.get("preprocess") or {}).get("precision") or "fp32")
+
+    @property
+    def precision(self) -> str:
+        """What the rebuilt model computes in here: the run's precision where this device has it
+        (as ``bench run``: CPU stays fp32)."""
+        from ..features import precision
+
+        return precision(self.device, self.run_precision)
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """The run's autocast, so rebuilt scores and heatmaps are computed as the run's were."""
+        from ..features import autocast
+
+        return autocast(self.device, self.run_precision)
+
     @torch.no_grad()
     def scores(self, split: str, idx: np.ndarray | None = None, batch_size: int = 64) -> np.ndarray:
         """Class probabilities (label scores for multi-label) of the rebuilt model."""
         from ..heads import scores_from_logits
 
         idx = np.arange(len(self.dataset.splits[split])) if idx is None else np.asarray(idx)
-        out = [scores_from_logits(self.task, self.net(self.inputs(split, idx[i:i + batch_size])).float()).cpu().numpy()
-               for i in range(0, len(idx), batch_size)]
+        out = []
+        for i in range(0, len(idx), batch_size):
+            with self.autocast():
+                logits = self.net(self.inputs(split, idx[i:i + batch_size]))
+            out.append(scores_from_logits(self.task, logits.float()).cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, self.dataset.n_outputs), np.float32)
 
     def describe(self) -> str:
@@ -157,6 +181,34 @@ def rebuild(store: ResultStore, run_id: str, opts: RunOptions) -> Rebuilt:
     if "config" not in meta:
         raise UserError(f"run {run_id} has no provenance ({store.path('meta', run_id)}); it cannot be rebuilt")
     cfg = RunConfig.from_dict(meta["config"])
+    _check_explainable(run_id, cfg)
+    head_file, backbone_file = store.model_path(run_id, "head"), store.model_path(run_id, "backbone")
+    trained = backbone_trained(cfg, meta)
+    _check_saved(run_id, cfg, meta, trained, head_file, backbone_file)
+    device = pick_device(opts.device)
+    ds = datasets.load(cfg.dataset, cfg.size, load_options(cfg, opts)).validate()
+    if cfg.data_fingerprint and cfg.data_fingerprint != ds.fingerprint:
+        raise UserError(f"run {run_id}: {cfg.dataset} is not the data it ran on (fingerprint {ds.fingerprint[:12]}, "
+                        f"the run's {cfg.data_fingerprint[:12]}); point --data-root at that data")
+    backbone = build_backbone(cfg, weights=str(backbone_file) if trained else None)
+    head = _load_head(cfg, backbone, ds.n_outputs, head_file)
+    backbone.eval().to(device)
+    head.eval().to(device)
+    for p in list(backbone.parameters()) + list(head.parameters()):
+        p.requires_grad_(False)
+    mean, std = normalization(cfg, backbone, ds, opts)
+    pre = Preprocess(cfg.input_size, cfg.resize, mean, std, cfg.gray, crop_from=cfg.crop_from)
+    return Rebuilt(run_id, cfg, meta, backbone, head, Net(backbone, head).eval().to(device), ds, pre, device)
+
+
+def _check_explainable(run_id: str, cfg: RunConfig) -> None:
+    """Runs whose decision no saved head explains: one line saying why and what to run instead."""
+    if getattr(cfg, "layers", ""):
+        # checked before kNN: the suggestion must drop --layers whatever the head
+        plain = cfg.replace(layers="", head="linear", knn_k=None, knn_metric=None, knn_vote=None)
+        raise UserError(f"run {run_id} is a layer-wise probe (--layers {cfg.layers}): its heads read inner blocks' "
+                        f"features, not the model's output, so none is saved; explain the ordinary linear probe "
+                        f"(the last layer, from the same cached features): {rerun_command(plain)}")
     if cfg.head == "knn":
         raise UserError(f"run {run_id} is a kNN probe: its decision is a vote of train images, with no head to take "
                         f"gradients through; explain a --head linear run of the same backbone: "
@@ -164,8 +216,11 @@ def rebuild(store: ResultStore, run_id: str, opts: RunOptions) -> Rebuilt:
     if cfg.weights == "instance":
         raise UserError(f"run {run_id} ran a model instance passed to bench.api.run; its weights are not on disk, "
                         f"so explain cannot rebuild it (run it with --weights FILE, or --save-model)")
-    head_file, backbone_file = store.model_path(run_id, "head"), store.model_path(run_id, "backbone")
-    trained = backbone_trained(cfg, meta)
+
+
+def _check_saved(run_id: str, cfg: RunConfig, meta: dict, trained: bool, head_file: Path,
+                 backbone_file: Path) -> None:
+    """The files a rebuild reads are there, and the starting weights are the run's."""
     if trained and not backbone_file.exists():
         why = f"--unfreeze {cfg.unfreeze}" if cfg.unfreeze != "none" else f"--frozen-mode {cfg.frozen_mode}"
         raise UserError(f"run {run_id} trained its backbone ({why}) and did not save it; rerun it with --save-model: "
@@ -182,20 +237,6 @@ def rebuild(store: ResultStore, run_id: str, opts: RunOptions) -> Rebuilt:
         if not Path(cfg.weights).is_file() or file_fingerprint(cfg.weights) != cfg.weights_fingerprint:
             raise UserError(f"run {run_id} started from {cfg.weights}, which is gone or has changed since; "
                             f"put that file back to explain the run")
-    device = pick_device(opts.device)
-    ds = datasets.load(cfg.dataset, cfg.size, load_options(cfg, opts)).validate()
-    if cfg.data_fingerprint and cfg.data_fingerprint != ds.fingerprint:
-        raise UserError(f"run {run_id}: {cfg.dataset} is not the data it ran on (fingerprint {ds.fingerprint[:12]}, "
-                        f"the run's {cfg.data_fingerprint[:12]}); point --data-root at that data")
-    backbone = build_backbone(cfg, weights=str(backbone_file) if trained else None)
-    head = _load_head(cfg, backbone, ds.n_outputs, head_file)
-    backbone.eval().to(device)
-    head.eval().to(device)
-    for p in list(backbone.parameters()) + list(head.parameters()):
-        p.requires_grad_(False)
-    mean, std = normalization(cfg, backbone, ds, opts)
-    pre = Preprocess(cfg.input_size, cfg.resize, mean, std, cfg.gray, crop_from=cfg.crop_from)
-    return Rebuilt(run_id, cfg, meta, backbone, head, Net(backbone, head).eval().to(device), ds, pre, device)
 
 
 def _load_head(cfg: RunConfig, backbone: Backbone, n_out: int, path: Path) -> nn.Module:

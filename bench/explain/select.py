@@ -16,9 +16,12 @@ class Pick:
     index: int          # row in the split
     kind: str           # one of KINDS, or "random"
     label: int          # the class it was picked for (its true class; multi-label: a positive label)
-    prediction: int     # argmax of the scores: what the model decided, and the class explained
+    prediction: int     # argmax of the scores: what the model decided
     score: float        # the score of that prediction
     correct: bool
+    target: int         # the class its heatmap explains and its caption names: the prediction;
+                        # multi-label: ``label`` (labels are decided one by one, not by the argmax)
+    target_score: float  # the score of ``target``
 
     def record(self) -> dict:
         return asdict(self)
@@ -59,7 +62,9 @@ def choose(scores: np.ndarray, labels: np.ndarray, classes: list[int], n_images:
 
     def take(i: int, kind: str, c: int) -> None:
         taken.add(int(i))
-        picks.append(Pick(int(i), kind, int(c), int(pred[i]), float(conf[i]), bool(correct[i])))
+        target = c if multilabel else int(pred[i])
+        picks.append(Pick(int(i), kind, int(c), int(pred[i]), float(conf[i]), bool(correct[i]), int(target),
+                          float(scores[i, target])))
 
     for kind in KINDS:
         for c in classes:
