@@ -107,14 +107,20 @@ class Backbone(nn.Module):
         """A block's (or cam layer's) output as a (B, C, H, W) map: feature maps as they are;
         tokens (B, N, C) without the ``num_prefix_tokens``, on their square grid. Also the
         reshape transform of pytorch-grad-cam."""
+        from bench.errors import UserError  # a one-line error from bench explain, not a traceback
+
         if h.ndim == 4:
             return h
         if h.ndim != 3:
-            raise ValueError(f"{self.spec.name}: cannot show a block output of shape {tuple(h.shape)}")
+            raise UserError(f"{self.spec.name}: cannot show a block output of shape {tuple(h.shape)} as a map "
+                            f"(expected (B, C, H, W) maps or (B, N, C) tokens)")
         t = h[:, self.num_prefix_tokens:]
         side = math.isqrt(t.shape[1])
         if side * side != t.shape[1]:
-            raise ValueError(f"{self.spec.name}: {t.shape[1]} patch tokens are not a square grid")
+            raise UserError(f"{self.spec.name}: its {t.shape[1]} patch tokens (after {self.num_prefix_tokens} prefix "
+                            f"tokens) are not a square grid ({side}x{side} is {side * side}), so bench explain cannot "
+                            f"lay them out as a map (that needs a square model input and the adapter's "
+                            f"num_prefix_tokens counting every class/register token)")
         return t.transpose(1, 2).reshape(t.shape[0], t.shape[2], side, side)
 
     def first_conv(self) -> nn.Conv2d | None:

@@ -154,9 +154,17 @@ class TimmViT(TimmMethods, Backbone):
         return self.fc_norm(self.norm(h))
 
     def cam_layers(self) -> list[nn.Module]:
-        # the class token sees the last block's patch tokens only through that block's attention:
-        # its input norm is where they still carry gradient (pytorch-grad-cam's ViT recipe)
-        return [getattr(self.blocks[-1], "norm1", self.blocks[-1])]
+        # a readout of the class token sees the last block's patch tokens only through that block's
+        # attention: its input norm is where they still carry gradient (pytorch-grad-cam's ViT
+        # recipe). A mean readout pools those patch tokens themselves: the block's output, as a
+        # CNN's last map (its input norm would see only the attention branch, not the residual and
+        # MLP). cls+mean: both (pytorch-grad-cam averages the two maps)
+        last = self.blocks[-1]
+        pooled = self.readout_name.split("+")  # default/proj readouts pool as the model's global_pool says
+        reads_cls = "cls" in pooled or ("mean" not in pooled and getattr(self, "global_pool", "") == "token")
+        if not (reads_cls and self.num_cls_tokens and hasattr(last, "norm1")):
+            return [last]
+        return [last.norm1, last] if "mean" in pooled else [last.norm1]
 
     def attention_maps(self, x: torch.Tensor) -> AttentionMaps:
         """timm's Attention computes softmax(q k^T) before ``attn_drop`` when not fused: run once
