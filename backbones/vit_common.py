@@ -14,7 +14,7 @@ from __future__ import annotations
 import inspect
 import types
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 from torch import nn
@@ -153,6 +153,13 @@ class TimmViT(TimmMethods, Backbone):
         """All tokens after the final norm; the first ``num_prefix_tokens`` are class/dist/register."""
         return self.fc_norm(self.norm(h))
 
+    def reads_class_token(self) -> bool:
+        """Does the readout pool the class token(s)? (default/proj readouts pool as the model's
+        global_pool says)"""
+        pooled = self.readout_name.split("+")
+        return bool(self.num_cls_tokens) and (
+            "cls" in pooled or ("mean" not in pooled and getattr(self, "global_pool", "") == "token"))
+
     def cam_layers(self) -> list[nn.Module]:
         # a readout of the class token sees the last block's patch tokens only through that block's
         # attention: its input norm is where they still carry gradient (pytorch-grad-cam's ViT
@@ -160,35 +167,13 @@ class TimmViT(TimmMethods, Backbone):
         # CNN's last map (its input norm would see only the attention branch, not the residual and
         # MLP). cls+mean: both (pytorch-grad-cam averages the two maps)
         last = self.blocks[-1]
-        pooled = self.readout_name.split("+")  # default/proj readouts pool as the model's global_pool says
-        reads_cls = "cls" in pooled or ("mean" not in pooled and getattr(self, "global_pool", "") == "token")
-        if not (reads_cls and self.num_cls_tokens and hasattr(last, "norm1")):
+        if not (self.reads_class_token() and hasattr(last, "norm1")):
             return [last]
-        return [last.norm1, last] if "mean" in pooled else [last.norm1]
+        return [last.norm1, last] if "mean" in self.readout_name.split("+") else [last.norm1]
 
     def attention_maps(self, x: torch.Tensor) -> AttentionMaps:
-        """timm's Attention computes softmax(q k^T) before ``attn_drop`` when not fused: run once
-        unfused and take that input (identity in eval) from every block."""
-        attns = [getattr(b, "attn", None) for b in self.blocks]
-        if not all(a is not None and hasattr(a, "fused_attn") and hasattr(a, "attn_drop") for a in attns):
-            raise UserError(f"--method rollout: the blocks of {self.spec.name} are not timm Attention blocks; "
-                            f"use --method gradcam")
-        maps: list[torch.Tensor] = []
-        fused = [a.fused_attn for a in attns]
-        hooks = [a.attn_drop.register_forward_hook(lambda _m, _i, out: maps.append(out.detach())) for a in attns]
-        try:
-            for a in attns:
-                a.fused_attn = False
-            with torch.no_grad():
-                self(x)
-        finally:
-            for a, f, h in zip(attns, fused, hooks):
-                a.fused_attn = f
-                h.remove()
-        pools_cls = self.readout_name in ("cls", "cls+mean") or \
-            (self.readout_name == "default" and getattr(self, "global_pool", "") == "token")
-        cls = pools_cls and self.num_cls_tokens
-        return AttentionMaps(maps, slice(0, self.num_cls_tokens) if cls else None)
+        maps = timm_attention_weights(self.blocks, lambda: self(x), what=f"the blocks of {self.spec.name}")
+        return AttentionMaps(maps, slice(0, self.num_cls_tokens) if self.reads_class_token() else None)
 
     def lora_targets(self) -> tuple[str, ...]:
         return layer_names(self.blocks, "attn")  # qkv and proj: LoRA's attention projections
@@ -196,6 +181,27 @@ class TimmViT(TimmMethods, Backbone):
     def readout_modules(self) -> list[nn.Module]:
         mods = [self.norm, self.fc_norm, getattr(self, "attn_pool", None)]
         return [m for m in mods if m is not None and any(True for _ in m.parameters())]
+
+
+def timm_attention_weights(blocks, forward: Callable[[], object], what: str) -> list[torch.Tensor]:
+    """Each timm Attention block's softmax(q k^T), from one unfused ``forward()``: timm computes it
+    before ``attn_drop`` only when not fused, so that module's input (identity in eval) is taken."""
+    attns = [getattr(b, "attn", None) for b in blocks]
+    if not all(a is not None and hasattr(a, "fused_attn") and hasattr(a, "attn_drop") for a in attns):
+        raise UserError(f"--method rollout: {what} are not timm Attention blocks; use --method gradcam")
+    maps: list[torch.Tensor] = []
+    fused = [a.fused_attn for a in attns]
+    hooks = [a.attn_drop.register_forward_hook(lambda _m, _i, out: maps.append(out.detach())) for a in attns]
+    try:
+        for a in attns:
+            a.fused_attn = False
+        with torch.no_grad():
+            forward()
+    finally:
+        for a, f, h in zip(attns, fused, hooks):
+            a.fused_attn = f
+            h.remove()
+    return maps
 
 
 @dataclass(frozen=True)

@@ -488,3 +488,17 @@ def test_report_leaves_out_a_sheet_made_before_a_rerun(env, capsys):
     assert name not in figures and "Left out: 1 sheet(s) made before a run they show was rerun" in intro
     assert _explain(env, capsys, run_id, "--images", "2")[0] == 0
     assert name in shown()[0]
+
+
+@pytest.mark.parametrize("name,readout,reads_cls", [
+    ("biomedclip", "proj", True), ("biomedclip", "cls", True), ("deit", "mean", False), ("deit", "cls+mean", True),
+])
+def test_rollout_and_cam_layers_agree_on_what_the_readout_pools(name, readout, reads_cls):
+    """Rollout starts from the class token's row exactly when the readout pools it (BiomedCLIP's
+    projection of its class token included), the Grad-CAM target layers follow the same rule."""
+    variant, size = FAMILIES[name]
+    torch.manual_seed(0)
+    b = backbones.build(name, variant, "random", readout=readout, input_size=size).eval()
+    maps = b.attention_maps(torch.randn(1, 3, size, size))
+    assert (maps.query_rows is not None) == reads_cls and len(maps.maps) == b.num_blocks
+    assert (b.blocks[-1].norm1 in b.cam_layers()) == reads_cls

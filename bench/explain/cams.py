@@ -119,20 +119,7 @@ def head_attention(rebuilt: Rebuilt, x: torch.Tensor) -> list[torch.Tensor]:
     before ``attn_drop`` in an unfused pass, as for the timm ViTs); [] for heads without blocks."""
     if not head_blocks(rebuilt):
         return []
-    attns = [getattr(b, "attn", None) for b in rebuilt.head.blocks]
-    if not all(a is not None and hasattr(a, "fused_attn") and hasattr(a, "attn_drop") for a in attns):
-        raise UserError(f"--method rollout: the head blocks of run {rebuilt.run_id} are not timm Attention blocks; "
-                        f"use --method gradcam")
-    maps: list[torch.Tensor] = []
-    fused = [a.fused_attn for a in attns]
-    hooks = [a.attn_drop.register_forward_hook(lambda _m, _i, out: maps.append(out.detach())) for a in attns]
-    try:
-        for a in attns:
-            a.fused_attn = False
-        with torch.no_grad():
-            rebuilt.net(x)
-    finally:
-        for a, f, h in zip(attns, fused, hooks):
-            a.fused_attn = f
-            h.remove()
-    return maps
+    from backbones.vit_common import timm_attention_weights
+
+    return timm_attention_weights(rebuilt.head.blocks, lambda: rebuilt.net(x),
+                                  what=f"the head blocks of run {rebuilt.run_id}")
