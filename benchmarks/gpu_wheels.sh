@@ -1,18 +1,20 @@
 #!/usr/bin/env bash
 # Wheels for the GPU check (benchmarks/gpu_check.sh --wheels DIR), made on a connected machine.
 #
-#   1. on the GPU machine:   python -m pip list --format=freeze > gpu-pip-list.txt
-#   2. here (connected):     benchmarks/gpu_wheels.sh DIR --have gpu-pip-list.txt \
-#                                [--python-version 3.11 --platform manylinux2014_x86_64]
-#   3. copy DIR and this checkout there; run benchmarks/gpu_check.sh --wheels DIR
+#   bash benchmarks/gpu_wheels.sh DIR [--have LIST] [--python-version 3.12] [--platform TAG ...]
 #
-# DIR gets only what the GPU machine lacks: the project's wheel and each requirement (with the
-# test extras) that its pip list does not satisfy, followed through their own requirements; never
-# torch, torchvision, triton or nvidia-* (the check uses the CUDA build installed there). Give
-# --python-version/--platform when the GPU machine's Python or platform differ from this one's
-# (then only binary wheels are taken). Without --have, everything but the torch family is fetched.
+# DIR gets only what the GPU machine lacks: each requirement of the project (with its test extras)
+# that LIST does not satisfy, followed through their own requirements (every specifier met at
+# once), one version of each; never torch, torchvision, torchaudio, triton or nvidia-* (the check
+# uses the CUDA build installed there). LIST: names, name==version or `pip list` output of the GPU
+# machine (default benchmarks/gpu_machine_packages.txt, the lent H200's image; no machine needs to
+# start to learn it). Target: CPython 3.12 on manylinux x86_64 unless told otherwise
+# (--python-version native: this interpreter's). DIR/SOURCE.txt records the checkout's revision.
+# Then: carry DIR to the GPU machine with the checkout; run benchmarks/gpu_check.sh --wheels DIR.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PY="${PYTHON:-python3}"
-[ $# -ge 1 ] || { sed -n '2,14p' "$0"; exit 2; }
+case "${1:-}" in
+  ""|-h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d' | cut -c3-; [ $# -ge 1 ] && exit 0; exit 2 ;;
+esac
 exec "$PY" "$ROOT/benchmarks/gpu_wheels.py" "$@"
