@@ -1,6 +1,7 @@
 """What only a GPU can show (marked ``cuda``, skipped without one; benchmarks/gpu_check.sh runs
 them): autocast bf16/fp16, the fp16 grad scaler, the pinned-memory reader and its stream sync, the
-prefix cache, checkpoint resume, and the local executor with two workers on one GPU."""
+prefix cache, checkpoint resume, the local executor with two workers on one GPU, and channels-last
+and compiled features against eager ones."""
 from __future__ import annotations
 
 import json
@@ -14,6 +15,7 @@ import torch
 import backbones
 from bench import datapath
 from bench.cli import main
+from bench.execution import Frozen, prepare
 from bench.features import extract
 from bench.preprocess import Preprocess
 
@@ -75,6 +77,29 @@ def test_autocast_features_are_close_to_fp32(mapped, prec):
     scale = np.abs(ref).max()
     assert np.abs(fp32 - ref).max() < 1e-2 * scale  # TF32 may be on for convolutions
     assert np.abs(half - ref).max() < 5e-2 * scale and not np.array_equal(half, fp32)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "deit@tiny"])
+def test_channels_last_and_compiled_features_match_eager(mapped, name):
+    backbone, _, variant = name.partition("@")
+    mapped = mapped[:64]  # whole batches only: one compilation, no recompile for a shorter last batch
+    torch.manual_seed(0)
+    model = backbones.build(backbone, variant or None, "random", input_size=32).eval().to(CUDA)
+    pre = Preprocess(32, "resize", *model.normalization())
+    ref = extract(Frozen(model), mapped, pre, CUDA, 16, quiet=True, requested_precision="fp32")
+    ref_bf16 = extract(Frozen(model), mapped, pre, CUDA, 16, quiet=True, requested_precision="bf16")
+    compiled = Frozen(model, compile=True)
+    comp = extract(compiled, mapped, pre, CUDA, 16, quiet=True, requested_precision="fp32")
+    assert compiled.status == "on", compiled.status  # compiled, not the eager fallback
+    prepare(model, True)
+    cl = extract(Frozen(model, True), mapped, pre, CUDA, 16, quiet=True, requested_precision="fp32")
+    cl_bf16 = extract(Frozen(model, True), mapped, pre, CUDA, 16, quiet=True, requested_precision="bf16")
+    scale = np.abs(ref).max()
+    # other kernels round differently: TF32 may be on for convolutions and matmuls, bf16 keeps 8 bits
+    for other in (comp, cl):
+        assert other.shape == ref.shape and np.abs(other - ref).max() < 1e-2 * scale
+    assert np.abs(cl_bf16 - ref_bf16).max() < 5e-2 * scale
+    assert np.abs(cl_bf16 - ref).max() < 5e-2 * scale
 
 
 def test_fp16_fine_tune_uses_the_grad_scaler(data_root, tmp_path, monkeypatch, capsys):
@@ -145,6 +170,7 @@ def test_local_executor_runs_two_workers_on_one_gpu(data_root, tmp_path, capsys)
             "--head-epochs", "2", "--device", "cuda", "--executor", "local", "--workers", "2"]
     assert main(argv) == 0
     out = capsys.readouterr()
-    assert "2 local workers on GPUs" in out.err  # both pinned to the one visible GPU and "4 done, 0 already done, 0 failed" in out.out
+    assert "2 local workers on GPUs" in out.err  # both pinned to the one visible GPU
+    assert "4 done, 0 already done, 0 failed" in out.out, out.out
     metas = [json.loads(p.read_text()) for p in (results / "meta").glob("*.json")]
     assert len(metas) == 4 and all(m["device"].startswith("cuda") for m in metas)
