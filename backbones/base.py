@@ -38,6 +38,19 @@ class Spec:
     # per-variant facts shown by `bench ls` (params, embed dim, blocks); filled by adapters
     facts: dict = field(default_factory=dict, compare=False, hash=False)
 
+    def check(self, variant: str, readout: str | None) -> tuple[str, str]:
+        """(the name errors and `bench weights fetch` use: ``name`` or ``name@variant``, the
+        readout to build: the first listed when none is asked); a one-line UserError for a variant
+        or readout this backbone lacks."""
+        from bench.errors import UserError, did_you_mean
+
+        if variant not in self.variants:
+            raise UserError(f"backbone {self.name!r} has no variant {variant!r}; {did_you_mean(variant, self.variants)}")
+        readout = readout or self.readouts[0]
+        if readout not in self.readouts:
+            raise UserError(f"backbone {self.name!r} has no readout {readout!r}; {did_you_mean(readout, self.readouts)}")
+        return (self.name if variant == self.default_variant else f"{self.name}@{variant}"), readout
+
 
 class Backbone(nn.Module):
     """A backbone split into stem, blocks and readout.

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from bench.errors import UserError, did_you_mean
+from bench.errors import UserError
 
 from . import hub, timm_common
 from .base import Backbone, Spec
@@ -89,14 +89,9 @@ def _load(backbone: BiomedCLIPBackbone, sd: dict[str, torch.Tensor], *, name: st
 
 def build(variant: str, weights: str, *, readout: str | None = None,
           input_size: int | None = None) -> Backbone:
-    readout = readout or SPEC.readouts[0]
-    if readout not in SPEC.readouts:
-        raise UserError(f"biomedclip has no readout {readout!r}; {did_you_mean(readout, SPEC.readouts)}")
-    if variant not in VARIANTS:
-        raise UserError(f"biomedclip has no variant {variant!r}; choose from {', '.join(VARIANTS)}")
+    name, readout = SPEC.check(variant, readout)
     overrides, proj_dim = VARIANTS[variant]
     size = input_size or SPEC.input_size
-    name = "biomedclip" if variant == SPEC.default_variant else f"biomedclip@{variant}"
 
     def new() -> BiomedCLIPBackbone:
         trunk, _ = timm_common.create(TRUNK, "random", name=name, **vit_kwargs(size, 16), **overrides)

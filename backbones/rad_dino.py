@@ -18,7 +18,6 @@ import re
 
 import torch
 
-from bench.errors import UserError
 
 from . import hub, timm_common
 from .base import Backbone, Spec
@@ -96,14 +95,9 @@ def timm_state(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def build(variant: str, weights: str, *, readout: str | None = None,
           input_size: int | None = None) -> Backbone:
-    if variant not in VARIANTS:
-        raise UserError(f"rad-dino has no variant {variant!r}; choose from {', '.join(VARIANTS)}")
-    readout = readout or SPEC.readouts[0]
-    if readout not in SPEC.readouts:
-        raise UserError(f"rad-dino has no readout {readout!r}; choose from {', '.join(SPEC.readouts)}")
+    name, readout = SPEC.check(variant, readout)
     model_name, overrides = VARIANTS[variant]
     size = input_size or SPEC.input_size
-    name = "rad-dino" if variant == SPEC.default_variant else f"rad-dino@{variant}"
 
     def new() -> TimmViT:
         model, _ = timm_common.create(model_name, "random", name=name, **vit_kwargs(size, 14), **overrides)

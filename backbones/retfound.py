@@ -63,13 +63,8 @@ def encoder_state(sd: dict[str, torch.Tensor], readout: str) -> dict[str, torch.
 
 def build(variant: str, weights: str, *, readout: str | None = None,
           input_size: int | None = None) -> Backbone:
-    if variant not in VARIANTS:
-        raise UserError(f"retfound has no variant {variant!r}; choose from {', '.join(VARIANTS)}")
-    readout = readout or READOUTS[0]
-    if readout not in READOUTS:
-        raise UserError(f"retfound has no readout {readout!r}; choose from {', '.join(READOUTS)}")
+    name, readout = SPEC.check(variant, readout)
     size = input_size or SPEC.input_size
-    name = "retfound" if variant == SPEC.default_variant else f"retfound@{variant}"
     pool = dict(global_pool="avg", fc_norm=True) if readout == "mean" else dict(global_pool="token")
     kwargs = {**vit_kwargs(size, 16), **pool, **(TINY if variant == "tiny" else {})}
 

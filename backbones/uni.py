@@ -9,7 +9,6 @@ page, then log in; offline, or without access, the error says so.
 """
 from __future__ import annotations
 
-from bench.errors import UserError
 
 from . import gated, hub, timm_common
 from .base import Backbone, Spec
@@ -37,14 +36,9 @@ SPEC = Spec(
 
 def build(variant: str, weights: str, *, readout: str | None = None,
           input_size: int | None = None) -> Backbone:
-    if variant not in VARIANTS:
-        raise UserError(f"uni has no variant {variant!r}; choose from {', '.join(VARIANTS)}")
-    readout = readout or SPEC.readouts[0]
-    if readout not in SPEC.readouts:
-        raise UserError(f"uni has no readout {readout!r}; choose from {', '.join(SPEC.readouts)}")
+    name, readout = SPEC.check(variant, readout)
     model_name, overrides = VARIANTS[variant]
     size = input_size or SPEC.input_size
-    name = "uni" if variant == SPEC.default_variant else f"uni@{variant}"
 
     def new() -> TimmViT:
         model, _ = timm_common.create(model_name, "random", name=name, **vit_kwargs(size, 16), **overrides)

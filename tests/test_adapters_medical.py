@@ -568,3 +568,9 @@ def test_readme_backbone_table_is_generated():
     for name in MEDICAL:
         spec = backbones.get(name).spec
         assert f"| `{name}` | {spec.family} | `{spec.default_variant}` | {spec.training_data} |" in table
+
+
+@pytest.mark.parametrize("name", ["biomedclip", "rad-dino", "retfound", "uni"])
+def test_unknown_readout_is_one_line_with_suggestion(name):
+    with pytest.raises(UserError, match=rf"backbone '{name}' has no readout 'clss'; did you mean: cls"):
+        backbones.build(name, "tiny", "random", readout="clss")
