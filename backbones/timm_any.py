@@ -1,6 +1,8 @@
 """``timm:NAME[.TAG]``: any timm model as ``stem -> blocks -> readout``.
 
-ViTs (timm ``VisionTransformer``, incl. DeiT and hybrids) use :class:`TimmViT`. Other models are
+ViTs (timm ``VisionTransformer``, incl. DeiT and hybrids) use :class:`TimmViT`; timm ``Eva`` (rotary
+embeddings passed to each block) and ``VisionTransformerSAM`` (resampled position grid, conv neck)
+have their own classes in :mod:`backbones.timm_special`. Other models are
 split generically: the children of their stage container(s) (``stages``, ``layer1..N`` /
 ``s1..N``, ``blocks`` or ``layers``) are the blocks (a ``downsample + blocks`` stage is split into
 its blocks, the downsample joining the first); the children ``forward_features`` calls before
@@ -18,7 +20,7 @@ from torch import nn
 
 from bench.errors import UserError, did_you_mean
 
-from . import timm_common
+from . import timm_common, timm_special
 from .base import IMAGENET_MEAN, IMAGENET_STD, Backbone, Spec, count_params
 from .registry import Adapter, WeightFile
 from .vit_common import READOUTS, TimmMethods, TimmViT, create_model, mirror, vit_kwargs
@@ -45,6 +47,7 @@ def adapter_for(name: str) -> Adapter:
     variant = tag or cfg.get("tag") or "none"
     model_name = arch if variant == "none" else f"{arch}.{variant}"
     vit = timm.models.is_model_in_modules(arch, VIT_MODULES)
+    eva = timm.models.is_model_in_modules(arch, timm_special.EVA_MODULES)  # token ViTs with the same readouts
     meta = _meta_model(model_name)
     patch = getattr(getattr(meta, "patch_embed", None), "patch_size", (1,))[0]
     mean, std = cfg.get("mean", IMAGENET_MEAN), cfg.get("std", IMAGENET_STD)
@@ -56,7 +59,7 @@ def adapter_for(name: str) -> Adapter:
         weights_source=(f"HF hub {cfg['hf_hub_id']}" if cfg.get("hf_hub_id")
                         else cfg.get("url") or "none (random init only)"),
         license=cfg.get("license") or "see the timm model card",
-        readouts=("default", *READOUTS) if vit else ("default",),
+        readouts=("default", *READOUTS) if vit or eva else ("default",),
         description=f"timm {model_name}",
         facts=({"params": _fmt(count_params(meta)), "embed_dim": meta.num_features} if meta is not None else {}),
     )
@@ -68,13 +71,15 @@ def adapter_for(name: str) -> Adapter:
             raise UserError(f"backbone {spec.name!r} has no readout {readout!r}; "
                             f"choose from {', '.join(spec.readouts)}")
         size = input_size or spec.input_size
-        kwargs = vit_kwargs(size, patch) if vit else {}
+        # SAM ViTs stay at their native grid: its relative-position tables are what the weights fit
+        kwargs = vit_kwargs(size, patch) if vit or eva else {}
         model, fingerprint = create_model(model_name, weights, name=spec.name, **kwargs)
         from timm.models.vision_transformer import VisionTransformer
 
         if isinstance(model, VisionTransformer):
             return TimmViT(model, spec, variant, fingerprint, readout=readout, input_size=size)
-        return decompose(model, spec, variant, fingerprint, size)
+        special = timm_special.wrap(model, spec, variant, fingerprint, readout=readout, input_size=size)
+        return special if special is not None else decompose(model, spec, variant, fingerprint, size)
 
     def files(variant: str) -> list[WeightFile]:
         loc = timm_common.hub_location(model_name) if variant != "none" else None
@@ -244,4 +249,4 @@ def _check_balance(backbone: TimmGeneric, spec: Spec) -> None:
 
 def _refuse(spec: Spec, why: str) -> UserError:
     return UserError(f"{spec.name!r} cannot be split into stem -> blocks -> readout: {why}; "
-                     f"timm ViTs, ConvNeXt, ResNet-like, RegNet and EfficientNet-like models work")
+                     f"timm ViTs (incl. EVA and SAM), ConvNeXt, ResNet-like, RegNet and EfficientNet-like models work")

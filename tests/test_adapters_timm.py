@@ -16,7 +16,9 @@ from safetensors.torch import save_file
 
 import backbones
 from backbones import deit, dino, dinov2
+from bench.config import parse_unfreeze
 from bench.errors import UserError
+from test_adapters_foundation import check_unfreeze
 
 
 def _tiny(module, variant: str, size: int = 224, **override) -> torch.nn.Module:
@@ -230,6 +232,8 @@ def test_unfreeze_sets(case):
     ("dino", "vits8", "timm/vit_small_patch8_224.dino"),
     ("dinov2", "vitg14_reg", "timm/vit_giant_patch14_reg4_dinov2.lvd142m"),
     ("timm:convnext_atto.d2_in1k", None, "timm/convnext_atto.d2_in1k"),
+    ("timm:eva02_base_patch16_clip_224.merged2b", None, "timm/eva02_base_patch16_clip_224.merged2b"),
+    ("timm:samvit_base_patch16.sa1b", None, "timm/samvit_base_patch16.sa1b"),
 ])
 def test_default_weights_fail_fast_offline(name, variant, repo, tmp_path, monkeypatch):
     from huggingface_hub import constants
@@ -283,3 +287,141 @@ def test_mean_readout_skips_register_tokens(tmp_path):
     with torch.no_grad():
         want = ref.forward_features(x)[:, 1:].mean(1)  # one register token, no class token
         torch.testing.assert_close(bb(x), want, atol=1e-5, rtol=1e-5)
+
+
+# -- timm classes with their own split (backbones.timm_special), as configs/medmnistplus.yaml uses them --------
+# case -> (backbone name, timm model, kwargs of a tiny random config of the same class and forward): EVA-02 CLIP
+# passes a rotary embedding to each block; SAM's global block (1) interpolates its native-grid relative-position
+# table, its small windows (4) need padding at 112 px, and its conv neck (16 channels here) feeds the pooled head
+SPECIAL = {
+    "eva02": ("timm:eva02_base_patch16_clip_224.merged2b", "eva02_base_patch16_clip_224",
+              dict(depth=3, embed_dim=32, num_heads=2)),
+    "samvit": ("timm:samvit_base_patch16.sa1b", "samvit_base_patch16",
+               dict(depth=3, embed_dim=32, num_heads=2, global_attn_indexes=(1,), window_size=4, neck_chans=16)),
+}
+
+
+@pytest.fixture
+def tiny_special(monkeypatch):
+    """backbones.build("timm:NAME") builds NAME's tiny config (through the adapter's own build path)."""
+    from backbones import timm_any
+
+    real = timm_any.create_model
+    tiny = {model: kw for _, model, kw in SPECIAL.values()}
+
+    def create(model_name: str, weights: str, *, name: str, **kwargs):
+        return real(model_name, weights, name=name, **kwargs, **tiny[model_name.partition(".")[0]])
+
+    monkeypatch.setattr(timm_any, "create_model", create)
+
+
+def _special_source(case: str, seed: int = 3) -> torch.nn.Module:
+    """The tiny model at timm's defaults, every parameter random (SAM zero-inits pos_embed and
+    the rel-pos tables, which would hide their resampling)."""
+    torch.manual_seed(seed)
+    _, model, kw = SPECIAL[case]
+    m = timm.create_model(model, num_classes=0, **kw)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    return m.eval()
+
+
+def _special_reference(case: str, sd: dict, size: int) -> torch.nn.Module:
+    """timm's own model for ``size`` px with ``sd`` loaded as timm loads pretrained weights (its
+    checkpoint filter resamples EVA's position grid; SAM stays at its native grid)."""
+    import sys
+
+    _, model, kw = SPECIAL[case]
+    extra = {"img_size": size} if case == "eva02" and size != 224 else {}
+    ref = timm.create_model(model, num_classes=0, **kw, **extra).eval()
+    ref.load_state_dict(sys.modules[type(ref).__module__].checkpoint_filter_fn(sd, ref))
+    return ref
+
+
+@pytest.mark.parametrize("size", [224, 112])
+@pytest.mark.parametrize("case", list(SPECIAL))
+def test_special_split_reproduces_timm(case, size, tiny_special, tmp_path):
+    name = SPECIAL[case][0]
+    src = _special_source(case)
+    path = _save(src.state_dict(), tmp_path / "w.safetensors")
+    bb = backbones.build(name, weights=path, input_size=size).eval()
+    ref = _special_reference(case, src.state_dict(), size)
+    assert type(bb).__name__ == {"eva02": "TimmEva", "samvit": "TimmSamViT"}[case] and bb.num_blocks == 3
+    assert set(bb.state_dict()) == set(ref.state_dict())  # timm's keys: a saved backbone is a timm checkpoint
+    x = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        want = _pooled(ref, x)
+        got = bb.readout(bb.run_blocks(bb.run_blocks(bb.stem(x), 0, 1), 1))
+        random = backbones.build(name, weights="random", input_size=size).eval()(x)
+    assert got.shape == (2, bb.embed_dim) == want.shape
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(random, want, atol=1e-3)  # the file really was loaded
+    if case == "samvit":
+        assert bb.embed_dim == 16  # the neck's channels, pooled
+    with torch.no_grad():  # the per-patch features the DeiT head reads, and the maps bench explain shows
+        h = bb.run_blocks(bb.stem(x))
+        tokens, fmap = bb.tokens(h), bb.feature_map(h)
+    grid = size // 16
+    assert tokens.shape[:2] == (2, bb.num_prefix_tokens + grid * grid) and fmap.shape[-2:] == (grid, grid)
+    if case == "eva02":
+        torch.testing.assert_close(tokens, ref.forward_features(x), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("case", list(SPECIAL))
+def test_special_sizes_off_the_patch_grid_are_padded(case, tiny_special):
+    bb = backbones.build(SPECIAL[case][0], weights="random", input_size=28).eval()
+    with torch.no_grad():
+        h = bb.run_blocks(bb.stem(torch.randn(1, 3, 28, 28)))
+        assert bb.feature_map(h).shape[-2:] == (2, 2) and bb.readout(h).shape == (1, bb.embed_dim)
+
+
+def test_eva_blocks_run_on_a_prefix_of_another_size(tiny_special):
+    """Blocks on a prefix cached from an earlier stem call still get its grid's rotary embedding."""
+    bb = backbones.build(SPECIAL["eva02"][0], weights="random", input_size=224).eval()
+    x, small = torch.randn(1, 3, 224, 224), torch.randn(1, 3, 112, 112)
+    with torch.no_grad():
+        want = bb(x)
+        h = bb.run_blocks(bb.stem(x), 0, 1)
+        bb.stem(small)  # the latest stem call saw another grid
+        torch.testing.assert_close(bb.readout(bb.run_blocks(h, 1)), want, atol=1e-5, rtol=1e-5)
+        with pytest.raises(UserError, match="not a square grid"):
+            bb.run_blocks(torch.randn(1, 1 + 14 * 13, 32), 1)
+    with torch.inference_mode():  # how bench.train caches a frozen prefix; the last blocks then train on it
+        cached = bb.run_blocks(bb.stem(x), 0, 1)
+    out = bb.readout(bb.run_blocks(cached.clone(), 1))
+    (out * torch.randn_like(out)).sum().backward()  # not out.sum(): a LayerNorm's output sums to a constant
+    torch.testing.assert_close(out.detach(), want, atol=1e-5, rtol=1e-5)
+    assert bb.blocks[1].attn.q_proj.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("case", list(SPECIAL))
+def test_special_unfreeze_and_readout_parts(case, tiny_special):
+    bb = backbones.build(SPECIAL[case][0], weights="random", input_size=224)
+    check_unfreeze(bb)
+    names = {id(p): n for n, p in bb.named_parameters()}
+    last1 = {names[id(p)] for p in bb.trainable_parameters(parse_unfreeze("last1", bb.num_blocks))}
+    readout = {n for n in last1 if not n.startswith("blocks.")}
+    assert {n.split(".")[1] for n in last1 - readout} == {"2"}  # the last block, nothing before it
+    if case == "eva02":  # class-token readout: the final norm (no fc_norm); tokens and rope stay in the stem
+        assert readout == {"norm.weight", "norm.bias"}
+        stem = set(names.values()) - {names[id(p)] for p in bb.trainable_parameters(bb.num_blocks - 1)}
+        assert {"cls_token", "pos_embed", "patch_embed.proj.weight"} <= stem
+    else:  # the conv neck trains with the last block
+        assert readout and all(n.startswith("neck.") for n in readout)
+    assert bb.lora_targets() and all(t.startswith("attn.") for t in bb.lora_targets())
+
+
+def test_special_bench_run(tiny_special, capsys, data_root, tmp_path):
+    """bench run --limit 32 (linear head, and the last block fine-tuned) on breastmnist at 224 px."""
+    from bench.cli import main
+
+    results = tmp_path / "r"
+    common = ["--dataset", "breastmnist", "--data-root", str(data_root), "--skip-md5", "--limit", "32",
+              "--results-dir", str(results), "--cache-dir", str(tmp_path / "c"), "--weights", "random",
+              "--input-size", "224", "--head-epochs", "3", "-q"]
+    for name, *_ in SPECIAL.values():
+        for extra in (["--head", "linear"], ["--unfreeze", "last1", "--epochs", "1", "--warmup", "0"]):
+            code = main(["run", "--backbone", name, *extra, *common])
+            assert code == 0, capsys.readouterr().err
+    assert len(list((results / "runs").glob("*.csv"))) == 4
