@@ -25,7 +25,7 @@ from torch import nn
 from bench.errors import UserError
 
 from .base import Backbone, Spec, layer_names
-from .vit_common import READOUTS, TimmMethods, TimmViT, mirror
+from .vit_common import TimmMethods, TimmViT, mirror
 
 EVA_MODULES = ("eva",)
 SAM_MODULES = ("vision_transformer_sam",)
@@ -113,15 +113,7 @@ class TimmEva(TimmViT):
         self.num_cls_tokens = 1 if model.cls_token is not None else 0  # the class token comes first
         self._rope = RopeSource(model.rope, model.num_prefix_tokens, bool(getattr(model, "rope_mixed", False)))
         self.blocks = nn.ModuleList(RopeBlock(b, self._rope, i) for i, b in enumerate(model.blocks))
-        if readout not in READOUTS + ("default",):
-            raise UserError(f"unknown readout {readout!r} for {spec.name!r}; choose from {', '.join(spec.readouts)}")
-        if "cls" in readout.split("+") and not self.num_cls_tokens:
-            raise UserError(f"{spec.name!r} has no class token; use --readout mean or default")
-        self.readout_name = readout
-        dim = model.num_features
-        self.embed_dim = 2 * dim if readout == "cls+mean" else dim
-        self.spec, self.variant, self.weights_id = spec, variant, weights_id
-        self.input_size = input_size or spec.input_size
+        self._identify(model, spec, variant, weights_id, readout, input_size)
 
     def stem(self, x: torch.Tensor) -> torch.Tensor:
         x = self.patch_embed(x)  # (B, H, W, C): built with dynamic_img_size (timm_any)

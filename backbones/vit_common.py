@@ -123,6 +123,12 @@ class TimmViT(TimmMethods, Backbone):
         self.num_prefix_tokens = model.num_prefix_tokens  # the contract declares it, so mirror skips it
         # leading class-like tokens: class (+ distillation); register tokens follow them
         self.num_cls_tokens = model.num_prefix_tokens - model.num_reg_tokens if model.has_class_token else 0
+        self._identify(model, spec, variant, weights_id, readout, input_size)
+
+    def _identify(self, model: nn.Module, spec: Spec, variant: str, weights_id: str, readout: str,
+                  input_size: int | None) -> None:
+        """Readout (checked against the tokens the model has), width and identity; shared with
+        the other timm token models (backbones.timm_special)."""
         if readout not in READOUTS + ("default",):
             raise UserError(f"unknown readout {readout!r} for {spec.name!r}; choose from {', '.join(spec.readouts)}")
         if "cls" in readout.split("+") and not self.num_cls_tokens:
