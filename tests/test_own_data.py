@@ -348,6 +348,10 @@ def test_shipped_medmnist_files_are_the_fallback(tmp_path, capsys, monkeypatch):
     assert "using the copy shipped with medfm-bench" in capsys.readouterr().err
     assert datasets.source_for("breastmnist").missing("breastmnist", 28, LoadOptions(root=tmp_path)) == []
     assert datasets.all_names() == datasets.source_for("breastmnist").names()  # own data is never `all`
+    assert main(["ls", "datasets", "--data-root", str(tmp_path / "empty")]) == 0
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.strip()}
+    assert "28 (shipped)" in rows["breastmnist"] and "28 (shipped)" in rows["retinamnist"]
+    assert "(shipped)" not in rows["pneumoniamnist"]
 
 
 

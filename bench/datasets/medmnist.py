@@ -96,6 +96,12 @@ def _joined(name: str, md5: str) -> Path | None:
     return out
 
 
+def ships(flag: str, size: int) -> bool:
+    """Is a copy of the file shipped with the package (whole or in parts)? Not checked: see shipped."""
+    name = file_name(flag, size)
+    return (SAMPLES / name).is_file() or any(SAMPLES.glob(name + ".part*of*"))
+
+
 def shipped(flag: str, size: int) -> Path | None:
     """The shipped copy of a file, when there is one and its MD5 is the published one."""
     name, md5 = file_name(flag, size), expected_md5(flag, size)
@@ -306,6 +312,7 @@ class MedMNISTSource(DatasetSource):
             i = info(flag)
             n = i["n_samples"]
             local = [str(s) for s in SIZES if (root / file_name(flag, s)).exists()]
+            local += [f"{s} (shipped)" for s in SIZES if str(s) not in local and ships(flag, s)]
             rows.append([flag, i["task"], str(len(i["label"])), str(i["n_channels"]), str(n["train"]),
                          str(n["val"]), str(n["test"]), ",".join(local) or "-", f"medmnist ({root})"])
         return rows
