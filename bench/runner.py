@@ -158,7 +158,7 @@ def _execute(cfg: RunConfig, opts: RunOptions, store: ResultStore, model: Backbo
         "labels": ds.label_names,
         "dataset": {"source": ds.source, "path": str(ds.path) if ds.path else None, "fingerprint": ds.fingerprint,
                     "modality": ds.modality, "n": {s: len(v) for s, v in ds.splits.items()},
-                    "train_per_class": subsets.per_class(ds.splits["train"].labels).tolist(), **ds.extra},
+                    "train_per_class": subsets.per_class(ds.splits["train"].labels, ds.multilabel, ds.n_outputs).tolist(), **ds.extra},
         "backbone": {"weights_id": model.weights_id, "embed_dim": model.embed_dim,
                      "blocks": model.num_blocks, "input_size": cfg.input_size},
         "selected": out.selected, "seeds": {"seed": cfg.seed, "torch_initial_seed": torch.initial_seed()},
@@ -171,7 +171,7 @@ def _execute(cfg: RunConfig, opts: RunOptions, store: ResultStore, model: Backbo
     if "trainable_parameters" not in meta:  # protocols that train no backbone: counted here
         meta["trainable_parameters"] = trainable_count(cfg, model, ds.n_outputs, brief=True)
     if subset is not None:
-        meta["train_subset"] = subset.record(cfg, ds.splits["train"].labels)
+        meta["train_subset"] = subset.record(cfg, ds)
     store.write_run(cfg, by_split, meta, (y_test, out.test_scores), out.curves, layers=layers,
                     model_files=out.files)
     protocol.finished(cfg, opts)  # e.g. drop a resume checkpoint: only now, after the results are written

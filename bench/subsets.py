@@ -34,15 +34,12 @@ def check(cfg: "RunConfig") -> None:
                         f"subset; give one of them")
 
 
-def is_multilabel(labels: np.ndarray) -> bool:
-    return labels.ndim == 2 and labels.shape[1] > 1
-
-
-def per_class(labels: np.ndarray) -> np.ndarray:
-    """Images per class (multi-label: positives per label; an unknown -1 is not a positive)."""
-    if is_multilabel(labels):
+def per_class(labels: np.ndarray, multilabel: bool, n_classes: int) -> np.ndarray:
+    """Images per class, every class counted (0 where the split has none); multi-label: positives
+    per label (an unknown -1 is not a positive)."""
+    if multilabel:
         return (labels == 1).sum(0)
-    return np.bincount(labels.reshape(-1).astype(int))
+    return np.bincount(labels.reshape(-1).astype(int), minlength=n_classes)
 
 
 def class_orders(labels: np.ndarray, seed: int) -> list[np.ndarray]:
@@ -77,9 +74,13 @@ def _multilabel_indices(labels: np.ndarray, seed: int, fraction: float, shots: i
     return np.union1d(order[:n], order[np.concatenate(firsts).astype(int)])
 
 
-def indices(labels: np.ndarray, seed: int, fraction: float = 1.0, shots: int = 0) -> np.ndarray:
-    """Sorted train row indices of the subset."""
-    if is_multilabel(labels):
+def indices(labels: np.ndarray, seed: int, fraction: float = 1.0, shots: int = 0,
+            multilabel: bool | None = None) -> np.ndarray:
+    """Sorted train row indices of the subset (``multilabel``: the task's; None: more than one
+    label column)."""
+    if multilabel is None:
+        multilabel = labels.ndim == 2 and labels.shape[1] > 1
+    if multilabel:
         return np.sort(_multilabel_indices(labels, seed, fraction, shots))
     parts = [order[:take(len(order), fraction, shots)] for order in class_orders(labels, seed)]
     return np.sort(np.concatenate(parts))
@@ -97,10 +98,11 @@ class TrainSubset:
     index: np.ndarray     # rows of the full train split, sorted
     full: int             # rows of the full train split
 
-    def record(self, cfg: "RunConfig", labels: np.ndarray) -> dict:
+    def record(self, cfg: "RunConfig", ds: "Dataset") -> dict:
         """What a run's JSON keeps: how it was drawn, per-class counts and the indices themselves."""
+        labels = ds.splits["train"].labels[self.index]
         return {"train_fraction": cfg.train_fraction, "shots": cfg.shots, "seed": cfg.seed, "n": int(len(self.index)),
-                "n_full": self.full, "per_class": per_class(labels[self.index]).tolist(),
+                "n_full": self.full, "per_class": per_class(labels, ds.multilabel, ds.n_outputs).tolist(),
                 "indices": self.index.tolist()}
 
 
@@ -112,6 +114,6 @@ def apply(cfg: "RunConfig", ds: "Dataset") -> tuple["Dataset", TrainSubset | Non
     from .datasets.base import Split
 
     train = ds.splits["train"]
-    idx = indices(train.labels, cfg.seed, cfg.train_fraction or 1.0, cfg.shots or 0)
+    idx = indices(train.labels, cfg.seed, cfg.train_fraction or 1.0, cfg.shots or 0, multilabel=ds.multilabel)
     cut = Split(np.asarray(train.images[idx]), train.labels[idx])
     return replace(ds, splits={**ds.splits, "train": cut}), TrainSubset(idx, len(train))

@@ -53,7 +53,15 @@ def test_multilabel_subsets_keep_their_size_and_every_label():
         assert ((y[idx] == 1).sum(0) >= np.minimum(n, (y == 1).sum(0))).all()
         assert len(idx) <= 14 * n
     assert all(set(a) <= set(b) for a, b in zip(shots, shots[1:]))
-    assert subsets.per_class(y[shots[0]]).tolist() == (y[shots[0]] == 1).sum(0).tolist()
+    assert subsets.per_class(y[shots[0]], True, 14).tolist() == (y[shots[0]] == 1).sum(0).tolist()
+    # one label column of a multi-label task (unknowns included) is still multi-label, by the task
+    one = y[:, 13:]
+    idx = subsets.indices(one, 2, fraction=0.01, multilabel=True)
+    assert len(idx) in (200, 201) and (one[idx] == 1).any()
+    assert subsets.per_class(one[idx], True, 1).tolist() == [int((one[idx] == 1).sum())]
+    # a class that train lacks is counted as 0, wherever it is
+    assert subsets.per_class(np.array([[0], [0], [2]]), False, 3).tolist() == [2, 0, 1]
+    assert subsets.per_class(np.array([[0], [0], [1]]), False, 3).tolist() == [2, 1, 0]
 
 
 @pytest.fixture
