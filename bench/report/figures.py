@@ -41,10 +41,12 @@ def _figure(name: str, title: str, fig: plt.Figure, caption: str) -> Figure:
     return Figure(name, title, png, caption, svg)
 
 
-def model_colors(a: Analysis) -> dict[str, tuple]:
+def model_colors(a: Analysis, extra=()) -> dict[str, tuple]:
     """One colour per model label of the whole report (sorted labels, colour-blind palette; more
-    than ten models continue with husl colours)."""
+    than ten models continue with husl colours). ``extra``: names only some figures draw (a curve
+    per label budget, runs of the transfer sections), coloured after the report's own."""
     models = sorted(set(a.rs.rows.model))
+    models += sorted(set(extra) - set(models))
     base = sns.color_palette("colorblind", 10)
     extra = sns.color_palette("husl", max(len(models) - 10, 0)) if len(models) > 10 else []
     return dict(zip(models, list(base) + list(extra)))

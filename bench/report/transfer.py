@@ -83,7 +83,7 @@ def depth_figure(a: Analysis, df: pd.DataFrame) -> Figure:
     from .figures import _figure, _theme, model_colors
 
     _theme()
-    colors = model_colors(a)
+    colors = model_colors(a, extra=df.model)
     datasets = dataset_order(df.dataset)
     heads = sorted(set(df["head"]))
     ncol = min(3, len(datasets))
@@ -226,7 +226,7 @@ def labels_figure(a: Analysis, df: pd.DataFrame) -> Figure:
     from .figures import _figure, _theme, model_colors
 
     _theme()
-    colors = model_colors(a)
+    colors = model_colors(a, extra=df.model)
     df = df.assign(protocol=[protocol_label(h, u) for h, u in zip(df["head"], df.unfreeze)])
     datasets, protocols = dataset_order(df.dataset), sorted(set(df.protocol))
     fig, axes = plt.subplots(len(protocols), len(datasets), figsize=(4.4 * len(datasets), 3.3 * len(protocols)),
