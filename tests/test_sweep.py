@@ -382,4 +382,5 @@ def test_dry_run_costs_the_grid_in_image_passes(tmp_path, data_root, capsys):
                 "retinamnist", "--head", "linear", "knn", "--seed", "0", "1")
     assert plan(capsys, argv)["image_passes"] == {"dummy": 2 * 2 * 3 * 32}  # datasets x seeds x splits x 32
     assert main(argv + ["--dry-run"]) == 0
-    assert "cost: 384 backbone image passes" in capsys.readouterr().out
+    assert "cost of the whole grid (done runs and cached features included): 384 backbone image passes" in \
+        capsys.readouterr().out

@@ -329,8 +329,9 @@ def print_summary(s: dict, list_runs: bool, extra: list[str]) -> None:
     passes = s.get("image_passes") or {}
     if passes:
         each = ", ".join(f"{k} {_count(v)}" for k, v in passes.items())
-        print(f"  cost: {_count(sum(passes.values()))} backbone image passes (frozen parts once, epochs at their "
-              f"maximum; hours: benchmarks/estimate_cost.py with a measured throughput): {each}")
+        print(f"  cost of the whole grid (done runs and cached features included): {_count(sum(passes.values()))} "
+              f"backbone image passes (frozen parts once, epochs at their maximum; hours: "
+              f"benchmarks/estimate_cost.py with a measured throughput): {each}")
     missing = s["missing_data_files"]
     if missing:
         names = ", ".join(missing[:6]) + (f", ... ({len(missing)} files)" if len(missing) > 6 else "")
