@@ -155,6 +155,11 @@ def test_choose_picks_per_class_and_is_seeded():
     multi = choose(scores, np.array([[1, 0], [1, 1], [0, 1], [0, 1], [1, 0], [0, 0]]), [0, 1], None, seed=0,
                    multilabel=True)
     assert [(p.kind, p.label, p.index, p.correct) for p in multi][:2] == [(KINDS[0], 0, 4, True), (KINDS[0], 1, 2, True)]
+    # an unknown label (-1, --uncertain ignore) is not a positive: image 4 is no longer label 0's pick
+    unknown = choose(scores, np.array([[1, 0], [1, 1], [0, 1], [0, 1], [-1, 0], [0, 0]]), [0, 1], None, seed=0,
+                     multilabel=True)
+    assert (unknown[0].kind, unknown[0].label) == (KINDS[0], 0) and unknown[0].index != 4
+    assert not any(p.index == 4 and p.label == 0 and p.correct for p in unknown)
     # what is explained: the prediction; multi-label: the label the image was picked for, and its score
     assert all(p.target == p.prediction and p.target_score == p.score for p in picks)
     wrong = next(p for p in multi if p.kind == KINDS[1])
@@ -353,26 +358,38 @@ def test_heatmaps_are_for_the_saved_prediction_the_caption_names(env, capsys, mo
     assert rec["score_check"]["max_abs_diff"] > 0.01  # ...and the check says the rebuilt model is not the run's
 
 
-def test_rebuilt_model_computes_in_the_runs_precision(monkeypatch):
-    """A run recorded in bf16 (a GPU run) is rebuilt under bf16 autocast, scores and heatmaps alike;
-    CPU autocast stands in for the GPU's here (bench run keeps CPU runs fp32)."""
+def test_rebuilt_scores_in_the_runs_precision_heatmaps_in_fp32(monkeypatch, capsys):
+    """A run recorded in bf16 (a GPU run) has its scores recomputed under bf16 autocast, as it
+    computed them; heatmaps are fp32 whatever the run used (fp16 gradients without loss scaling
+    underflow). CPU autocast stands in for the GPU's here (bench run keeps CPU runs fp32). A device
+    without the run's precision falls back to fp32 with one line."""
     import bench.features as features
+    from bench.errors import UserError
 
     rb = _fake("deit")
     x = torch.randn(2, 3, 32, 32)
-    fp32 = heatmaps(rb, x, [0, 1], "gradcam")
+    fp32 = {m: heatmaps(rb, x, [0, 1], m) for m in ("gradcam", "rollout")}
     rb.meta = {"preprocess": {"precision": "bf16"}}
     monkeypatch.setattr(features, "precision", lambda device, requested="auto": requested)
     assert rb.precision == "bf16"
     seen: list[torch.dtype] = []
     hook = rb.backbone.blocks[0].attn.qkv.register_forward_hook(lambda _m, _i, out: seen.append(out.dtype))
-    for method in ("gradcam", "eigencam", "rollout"):
+    with torch.no_grad(), rb.autocast():  # what Rebuilt.scores runs the model under
+        rb.net(x)
+    assert seen and set(seen) == {torch.bfloat16}
+    for method in ("gradcam", "rollout"):
         seen.clear()
         maps = heatmaps(rb, x, [0, 1], method)
-        assert maps.shape == (2, 32, 32) and np.isfinite(maps).all() and maps.max() > maps.min(), method
-        assert seen and set(seen) == {torch.bfloat16}, (method, seen)
+        assert set(seen) == {torch.float32} and np.array_equal(maps, fp32[method]), method
     hook.remove()
-    assert np.abs(heatmaps(rb, x, [0, 1], "gradcam") - fp32).max() > 0  # computed in bf16, not fp32
+
+    def lacks(device, requested="auto"):
+        raise UserError("--precision bf16: this GPU has no bf16; use fp16, fp32 or auto")
+
+    monkeypatch.setattr(features, "precision", lacks)
+    assert rb.precision == "fp32" and rb.precision == "fp32"
+    told = capsys.readouterr().err
+    assert told.count("its scores are recomputed in fp32") == 1
 
 
 # -- which runs can be explained ---------------------------------------------------------------------------

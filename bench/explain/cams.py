@@ -47,8 +47,9 @@ def heatmaps(rebuilt: Rebuilt, x: torch.Tensor, targets: list[int], method: str)
     def as_map(h: torch.Tensor) -> torch.Tensor:  # fp32: pytorch-grad-cam reads maps through numpy (no bf16)
         return rebuilt.backbone.feature_map(h).float()
 
-    with cls(model=rebuilt.net, target_layers=rebuilt.backbone.cam_layers(), reshape_transform=as_map) as cam, \
-            rebuilt.autocast():  # the run's precision, as its scores were computed
+    # fp32 whatever the run's precision: fp16 gradients without loss scaling underflow (flat maps);
+    # the class each map explains is the run's saved prediction, so precision does not pick it
+    with cls(model=rebuilt.net, target_layers=rebuilt.backbone.cam_layers(), reshape_transform=as_map) as cam:
         cam.batch_size = SCORECAM_BATCH  # read by ScoreCAM only
         out = cam(input_tensor=x, targets=[ClassifierOutputTarget(int(t)) for t in targets])
     if out is None:  # pytorch-grad-cam's __exit__ swallows an IndexError and returns nothing
@@ -65,9 +66,8 @@ def rollout(rebuilt: Rebuilt, x: torch.Tensor) -> np.ndarray:
     from pytorch_grad_cam.utils.image import scale_cam_image
 
     backbone = rebuilt.backbone
-    with rebuilt.autocast():
-        got = backbone.attention_maps(x)
-        head_maps = head_attention(rebuilt, x)
+    got = backbone.attention_maps(x)  # fp32, as the Grad-CAM maps
+    head_maps = head_attention(rebuilt, x)
     if len(got.maps) != backbone.num_blocks:
         raise UserError(f"--method rollout: captured {len(got.maps)} attention maps for {backbone.num_blocks} "
                         f"blocks of {rebuilt.cfg.backbone}; use --method gradcam")

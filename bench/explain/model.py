@@ -17,6 +17,7 @@ from torch import nn
 from backbones.base import Backbone
 
 from ..config import RunConfig, RunOptions
+from ..context import log
 from ..datasets import Dataset
 from ..errors import UserError, did_you_mean
 from ..preprocess import Preprocess
@@ -70,6 +71,9 @@ def rerun_command(cfg: RunConfig, *extra: str) -> str:
     return shlex.join(parts + list(extra))
 
 
+_TOLD_FP32: set[str] = set()  # runs whose precision this device lacks, told once
+
+
 @dataclass
 class Rebuilt:
     """A run's model (images -> logits), data and preprocessing, as the run had them."""
@@ -117,17 +121,24 @@ class Rebuilt:
 
     @property
     def precision(self) -> str:
-        """What the rebuilt model computes in here: the run's precision where this device has it
-        (as ``bench run``: CPU stays fp32)."""
+        """What the rebuilt model's scores are computed in here: the run's precision where this
+        device has it (as ``bench run``: CPU stays fp32; a bf16 run on a GPU without bf16: fp32)."""
         from ..features import precision
 
-        return precision(self.device, self.run_precision)
+        try:
+            return precision(self.device, self.run_precision)
+        except UserError:
+            if self.run_id not in _TOLD_FP32:
+                _TOLD_FP32.add(self.run_id)
+                log(f"bench explain: {self.run_id} ran in {self.run_precision}, which {self.device} lacks; "
+                    f"its scores are recomputed in fp32")
+            return "fp32"
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        """The run's autocast, so rebuilt scores and heatmaps are computed as the run's were."""
+        """The run's autocast, so the rebuilt scores are computed as the run's were."""
         from ..features import autocast
 
-        return autocast(self.device, self.run_precision)
+        return autocast(self.device, self.precision)
 
     @torch.no_grad()
     def scores(self, split: str, idx: np.ndarray | None = None, batch_size: int = 64) -> np.ndarray:

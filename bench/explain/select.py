@@ -55,7 +55,8 @@ def choose(scores: np.ndarray, labels: np.ndarray, classes: list[int], n_images:
     tie = rng.random(len(scores))
     pred = scores.argmax(1)
     conf = scores[np.arange(len(scores)), pred]
-    positive = labels.astype(bool) if multilabel else np.eye(scores.shape[1], dtype=bool)[labels[:, 0]]
+    # multi-label: 1 is positive; 0 and an unknown -1 (--uncertain ignore) are not
+    positive = (labels == 1) if multilabel else np.eye(scores.shape[1], dtype=bool)[labels[:, 0]]
     correct = positive[np.arange(len(scores)), pred]
     taken: set[int] = set()
     picks: list[Pick] = []
