@@ -8,6 +8,7 @@ of a minute of library retries.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import os
 import socket
@@ -111,7 +112,8 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         else:
             # training scripts (MAE's, RETFound's) save their argparse.Namespace beside the weights:
             # a plain attribute bag, safe to allow; everything else stays weights_only
-            with torch.serialization.safe_globals([argparse.Namespace]):
+            allow = getattr(torch.serialization, "safe_globals", None)  # torch >= 2.5
+            with allow([argparse.Namespace]) if allow else contextlib.nullcontext():
                 sd = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:
         raise UserError(f"cannot read weights file {str(path)!r} (safetensors, or a torch state dict "

@@ -52,7 +52,10 @@ def build(variant: str, weights: str, *, readout: str | None = None,
 
 
 def weight_files(variant: str) -> list[WeightFile]:
-    return [] if variant == "tiny" else [WeightFile("hf", REPO, FILENAME)]
+    if variant == "tiny":
+        return []
+    # the file build reads: the model card's cached download where there is one
+    return [WeightFile("hf", CARD_REPO if hub.hf_cached(CARD_REPO, FILENAME) else REPO, FILENAME)]
 
 
 UNI = Adapter(SPEC, build, weight_files)

@@ -235,15 +235,10 @@ def vit_adapter(spec: Spec, variants: dict[str, Variant]) -> Adapter:
 
     def build(variant: str, weights: str, *, readout: str | None = None,
               input_size: int | None = None) -> Backbone:
+        name, readout = spec.check(variant, readout)  # name: what errors and `bench weights fetch` use
         v = variants[variant]
-        readout = readout or spec.readouts[0]
-        if readout not in spec.readouts:
-            raise UserError(f"backbone {spec.name!r} has no readout {readout!r}; "
-                            f"choose from {', '.join(spec.readouts)}")
         size = input_size or spec.input_size
         kwargs = {**vit_kwargs(size, v.patch), **(v.tiny or {})}
-        # the name errors show; "name@variant" is also what `bench weights fetch` takes
-        name = spec.name if variant == spec.default_variant else f"{spec.name}@{variant}"
         if v.tiny is not None and weights == "default":
             # no published weights: "default" is a fixed-seed init so features (and caches) are stable
             with torch.random.fork_rng():

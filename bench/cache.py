@@ -134,10 +134,15 @@ class FeatureCache:
         """The entry (memory-mapped above ``memory_budget`` bytes), or None when it is missing or
         unusable (reported in one line)."""
         path = self.path(self.key(parts))
+        arr = self._checked(path, rows)
+        return None if arr is None else self._fit(arr, path, memory_budget)
+
+    def _checked(self, path: Path, rows: int | None) -> np.ndarray | None:
+        """The entry memory-mapped and checked, or None when it is missing or unusable (said in one line)."""
         if not path.exists():
             return None
         try:
-            return self._fit(self._read(path, rows), path, memory_budget)
+            return self._read(path, rows)
         except CorruptEntry as e:
             print(f"bench: cache entry {path.name} is unusable ({e}); rebuilding it", file=sys.stderr, flush=True)
             return None
@@ -152,15 +157,7 @@ class FeatureCache:
         paths = [self.path(self.key(p)) for p in parts_list]
 
         def usable(i: int) -> bool:  # checked where it lies (memory-mapped), not copied into RAM
-            if not paths[i].exists():
-                return False
-            try:
-                self._read(paths[i], rows)
-                return True
-            except CorruptEntry as e:
-                print(f"bench: cache entry {paths[i].name} is unusable ({e}); rebuilding it", file=sys.stderr,
-                      flush=True)
-                return False
+            return self._checked(paths[i], rows) is not None
 
         if all(usable(i) for i in range(len(paths))):
             return [True] * len(paths)

@@ -284,6 +284,7 @@ def test_uni_denied_access_and_card_spelling_in_cache(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="does not exist|cannot read"):  # the card's cached path is the one read
         backbones.build("uni", None, "default")
     assert seen[0] == "MahmoodLab/uni"
+    assert uni.weight_files("vitl16")[0].location == "MahmoodLab/uni"  # `bench weights` reports the same file
 
 
 # ---------------------------------------------------------------------------------------------- SEEM
