@@ -265,3 +265,14 @@ def test_sweep_groups_layers_and_fractions_on_one_extraction():
     assert len(ft.bundles) == 1 and len({group_key(c) for c in ft.runs}) == 1
     sizes = sorted((split_sizes(c) for c in ft.runs), key=lambda s: s.train)
     assert [s.train for s in sizes] == [55, 273, 546] and {s.total for s in sizes} == {546 + 78 + 156}
+
+
+def test_layer_heads_are_counted_at_each_layers_width(opts, tmp_path):
+    """A CNN's early stages are narrower: each layer's head is counted at its own width, and the
+    run records the selected layer's head as its trainable parameters."""
+    res = bench.run("resnet18_28", "breastmnist", weights="random", layers="1,8", limit=32, **opts)
+    meta = json.loads((tmp_path / "results" / "meta" / f"{res.run_id}.json").read_text())
+    per = {k: v["head_parameters"] for k, v in meta["layers"].items()}
+    assert per == {"1": 64 * 2 + 2, "8": 512 * 2 + 2}  # ResNet-18: 64 channels after block 1, 512 at the end
+    best = str(meta["selected"]["layer"])
+    assert meta["trainable_parameters"] == {"backbone": 0, "head": per[best], "total": per[best], "adapt": "none"}

@@ -164,7 +164,8 @@ class LayerProbe(Protocol):
         return {"head": cfg.head, "layers": cfg.layers}
 
     def head_parameters(self, cfg, model, n_outputs: int) -> int:
-        return PROBE.head_parameters(cfg, model, n_outputs) if cfg.head == "linear" else 0  # per layer, final width
+        # before the run (--dry-run): at the readout's width; the run records each layer's own
+        return PROBE.head_parameters(cfg, model, n_outputs) if cfg.head == "linear" else 0
 
     def run(self, ctx: RunContext) -> ProtocolOutput:
         cfg, ds = ctx.cfg, ctx.dataset
@@ -182,9 +183,19 @@ class LayerProbe(Protocol):
         best = max(layers, key=lambda k: (values[k], -k))  # ties: the earlier layer
         curves = [{"layer": k, **row} for k in layers for row in (outs[k].curves or [])] or None
         selected = {**outs[best].selected, "layer": best, "layers": layers, f"layer_val_{cfg.select}": values[best]}
-        per_layer = {str(k): {"selected": outs[k].selected, f"val_{cfg.select}": values[k]} for k in layers}
+        per_layer = {str(k): {"selected": outs[k].selected, f"val_{cfg.select}": values[k],
+                              "head_parameters": _head_parameters(outs[k])} for k in layers}
+        # the selected layer's head, at that layer's width (a CNN's early stages are narrower)
+        head = per_layer[str(best)]["head_parameters"]
+        trainable = {"backbone": 0, "head": head, "total": head, "adapt": "none"}
         return ProtocolOutput(outs[best].val_scores, outs[best].test_scores, selected, curves,
-                              extra={"layers": per_layer}, layers=outs)
+                              extra={"layers": per_layer, "trainable_parameters": trainable}, layers=outs)
+
+
+def _head_parameters(out: ProtocolOutput) -> int:
+    """Trainable parameters of the head a layer's run trained: its weight and bias (0 for kNN)."""
+    state = (out.files.get("head") or ({},))[0] if out.files else {}
+    return sum(int(state[k].numel()) for k in ("weight", "bias") if k in state)
 
 
 LAYERS = LayerProbe()
