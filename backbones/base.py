@@ -32,7 +32,7 @@ class Spec:
     readouts: tuple[str, ...] = ("default",)
     description: str = ""
     # what the default weights were trained on, and what the paper (Huix et al.) used of it: the
-    # README's backbone table (python -m backbones.catalog)
+    # backbone table of docs/backbones.md (python -m backbones.catalog)
     training_data: str = ""
     paper_use: str = ""
     # per-variant facts shown by `bench ls` (params, embed dim, blocks); filled by adapters

@@ -1,6 +1,7 @@
-"""The README's backbone table, generated from the built-in Specs: ``python -m backbones.catalog``.
+"""The backbone table of docs/backbones.md, generated from the built-in Specs:
+``python -m backbones.catalog``.
 
-tests/test_adapters_medical.py checks that README.md holds exactly this table.
+tests/test_adapters_medical.py checks that docs/backbones.md holds exactly this table.
 """
 from __future__ import annotations
 

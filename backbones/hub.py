@@ -163,7 +163,7 @@ def file_digest(path: str | os.PathLike, algorithm: str) -> str:
 
 @lru_cache(maxsize=65536)
 def _digest(path: str, mtime_ns: int, size: int, algorithm: str) -> str:
-    from bench.cache import default_cache_dir
+    from bench.env import default_cache_dir
 
     memo = default_cache_dir() / "digests" / hashlib.sha1(f"{path}|{mtime_ns}|{size}|{algorithm}".encode()).hexdigest()
     try:

@@ -10,6 +10,7 @@ from importlib import metadata
 from typing import Callable, Protocol
 
 from bench.errors import UserError, did_you_mean
+from bench import registry as _common
 from bench.registry import load_target
 
 from .base import Backbone, Spec
@@ -71,15 +72,22 @@ PREFIXES: dict[str, str] = {
 }
 
 _registered: dict[str, Adapter] = {}
+_plugins: dict[str, tuple[Adapter | UserError, int]] = {}  # plugin name -> (adapter or error, generation)
 
 
 def register(name: str, spec: Spec, build: Builder) -> None:
     """Register a backbone at run time (tests, notebooks). Plugins use the entry-point group."""
     _registered[name] = Adapter(spec, build)
+    _common.changed()
+
+
+def refresh() -> None:
+    """Read the installed plugins again (shared with bench.registry: one scan for every group)."""
+    _common.refresh()
 
 
 def _entry_points() -> dict[str, metadata.EntryPoint]:
-    return {ep.name: ep for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)}
+    return _common.entry_points(ENTRY_POINT_GROUP)  # read once per process
 
 
 def names() -> list[str]:
@@ -97,11 +105,20 @@ def get(name: str) -> Adapter:
         return _as_adapter(load_target(PREFIXES[prefix])(rest), name)
     eps = _entry_points()
     if name in eps:
+        known = _plugins.get(name)
+        if known is not None and known[1] == _common.generation():  # imported (or failed) once
+            if isinstance(known[0], UserError):
+                raise known[0]
+            return known[0]
         try:
             obj = eps[name].load()
         except Exception as e:  # a broken plugin should not look like a typo
-            raise UserError(f"backbone plugin {name!r} ({eps[name].value}) failed to import: {e}") from e
-        return _as_adapter(obj, name)
+            err = UserError(f"backbone plugin {name!r} ({eps[name].value}) failed to import: {e}")
+            _plugins[name] = (err, _common.generation())
+            raise err from e
+        adapter = _as_adapter(obj, name)
+        _plugins[name] = (adapter, _common.generation())
+        return adapter
     raise UserError(f"unknown backbone {name!r}; {did_you_mean(name, names() + ['timm:NAME'])}")
 
 
@@ -122,11 +139,6 @@ def build(name: str, variant: str | None = None, weights: str = "default", **kwa
     if spec.variants and variant not in spec.variants:
         raise UserError(f"backbone {name!r} has no variant {variant!r}; "
                         f"{did_you_mean(variant, spec.variants)}")
-    if weights not in ("default", "random"):
-        from bench import adapt
-
-        if adapt.is_adapter_file(weights):  # a LoRA adapter saved by --save-model: on its base, merged
-            return adapt.load_adapter(weights, name, variant, lambda v, w, **kw: build(name, v, w, **kw), **kwargs)
     if weights not in ("default", "random") and is_bench_checkpoint(weights):
         # a model saved by `bench run --save-model`: same module layout, any family
         backbone = adapter.build(variant, "random", **kwargs)

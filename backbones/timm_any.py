@@ -48,8 +48,6 @@ def adapter_for(name: str) -> Adapter:
     model_name = arch if variant == "none" else f"{arch}.{variant}"
     vit = timm.models.is_model_in_modules(arch, VIT_MODULES)
     eva = timm.models.is_model_in_modules(arch, timm_special.EVA_MODULES)  # token ViTs with the same readouts
-    meta = _meta_model(model_name)
-    patch = getattr(getattr(meta, "patch_embed", None), "patch_size", (1,))[0]
     mean, std = cfg.get("mean", IMAGENET_MEAN), cfg.get("std", IMAGENET_STD)
     spec = Spec(
         name=f"timm:{name}", family="timm", variants=(variant,), default_variant=variant,
@@ -61,7 +59,7 @@ def adapter_for(name: str) -> Adapter:
         license=cfg.get("license") or "see the timm model card",
         readouts=("default", *READOUTS) if vit or eva else ("default",),
         description=f"timm {model_name}",
-        facts=({"params": _fmt(count_params(meta)), "embed_dim": meta.num_features} if meta is not None else {}),
+        facts=MetaFacts(model_name),
     )
 
     def build(variant: str, weights: str, *, readout: str | None = None,
@@ -72,7 +70,7 @@ def adapter_for(name: str) -> Adapter:
                             f"choose from {', '.join(spec.readouts)}")
         size = input_size or spec.input_size
         # SAM ViTs stay at their native grid: its relative-position tables are what the weights fit
-        kwargs = vit_kwargs(size, patch) if vit or eva else {}
+        kwargs = vit_kwargs(size, _patch_size(model_name)) if vit or eva else {}
         model, fingerprint = create_model(model_name, weights, name=spec.name, **kwargs)
         from timm.models.vision_transformer import VisionTransformer
 
@@ -88,6 +86,71 @@ def adapter_for(name: str) -> Adapter:
     return Adapter(spec, build, files)
 
 
+class MetaFacts(dict):
+    """The facts `bench ls backbones` shows (params, embed dim), read off the model built on the
+    meta device when one is first looked at: planning a sweep never needs them, and building the
+    graphs of medmnistplus.yaml's 9 timm models cost a second of every dry run. Other keys
+    ("blocks") are never filled in, so asking for them builds nothing."""
+
+    KEYS = ("params", "embed_dim")
+
+    def __init__(self, model_name: str) -> None:
+        super().__init__()
+        self.model_name, self.filled = model_name, False
+
+    def _fill(self) -> "MetaFacts":
+        if not self.filled:
+            self.filled = True
+            meta = _meta_model(self.model_name)
+            if meta is not None:
+                dict.update(self, params=_fmt(count_params(meta)), embed_dim=meta.num_features)
+        return self
+
+    def get(self, key, default=None):
+        return dict.get(self._fill(), key, default) if key in self.KEYS else default
+
+    def __getitem__(self, key):
+        return dict.__getitem__(self._fill(), key)
+
+    def __contains__(self, key) -> bool:
+        return key in self.KEYS and dict.__contains__(self._fill(), key)
+
+    def __iter__(self):
+        return dict.__iter__(self._fill())
+
+    def __len__(self) -> int:
+        return dict.__len__(self._fill())
+
+    def __eq__(self, other) -> bool:
+        return dict.__eq__(self._fill(), other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def keys(self):
+        return dict.keys(self._fill())
+
+    def items(self):
+        return dict.items(self._fill())
+
+    def values(self):
+        return dict.values(self._fill())
+
+    def copy(self) -> dict:
+        return dict(self.items())
+
+    def __repr__(self) -> str:
+        return dict.__repr__(self._fill())
+
+    def __reduce__(self):
+        return (MetaFacts, (self.model_name,))
+
+
+def _patch_size(model_name: str) -> int:
+    meta = _meta_model(model_name)
+    return getattr(getattr(meta, "patch_embed", None), "patch_size", (1,))[0]
+
+
+@lru_cache(maxsize=32)
 def _meta_model(model_name: str) -> nn.Module | None:
     """The model on the meta device: shapes and sizes for the Spec, no memory, no init cost."""
     import timm

@@ -23,6 +23,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
+from .config import parse_unfreeze
 from .errors import UserError
 
 if TYPE_CHECKING:
@@ -268,3 +269,33 @@ def load_adapter(path: str, name: str, variant: str, build: Callable[..., "Backb
 __all__ = ["check", "trains_stem", "backbone_parameters", "parameter_counts", "finish", "inject_lora", "lora_parameters",
            "bitfit_parameters", "is_norm", "unload", "is_adapter_file", "load_adapter", "ADAPTER_FORMAT",
            "LORA_OPTIONS"]
+
+
+def trainable_count(cfg: "RunConfig", model: "Backbone", n_outputs: int, brief: bool = False) -> dict:
+    """Trainable parameters of a run (``--adapt`` counted by bench.adapt; ``model`` is not changed);
+    ``brief``: backbone, head, total and adapt only (what the run's JSON records)."""
+    from backbones.base import count_params
+
+    n_unfrozen = parse_unfreeze(cfg.unfreeze, model.num_blocks)
+    choices = ["none"] + [f"last{n}" for n in (1, 2, 4) if n < model.num_blocks] + ["all"]
+    wanted = [cfg.unfreeze] if brief else list(dict.fromkeys(choices + [cfg.unfreeze]))
+    counted = parameter_counts(cfg, model, {c: parse_unfreeze(c, model.num_blocks) for c in wanted})
+    backbone_params = counted[cfg.unfreeze]
+    head_params = cfg.protocol.head_parameters(cfg, model, n_outputs)
+    out = {"backbone": backbone_params, "head": head_params, "total": backbone_params + head_params,
+           "adapt": cfg.adapt or "none"}
+    if brief:
+        return out
+    return {**out, "backbone_total": count_params(model), "blocks": model.num_blocks, "unfrozen_blocks": n_unfrozen,
+            "backbone_by_unfreeze": {c: counted[c] for c in choices}}
+
+
+def build(name: str, variant: str | None = None, weights: str = "default", **kwargs) -> "Backbone":
+    """backbones.build, plus ``--weights adapter.safetensors``: a LoRA adapter saved by --save-model,
+    merged onto the base model it was trained on (the adapter format is ours, so it is read here)."""
+    import backbones
+
+    if weights not in ("default", "random") and is_adapter_file(weights):
+        return load_adapter(weights, name, variant or backbones.get(name).spec.default_variant,
+                            lambda v, w, **kw: backbones.build(name, v, w, **kw), **kwargs)
+    return backbones.build(name, variant, weights, **kwargs)

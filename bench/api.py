@@ -96,17 +96,21 @@ def run(backbone: "str | Backbone", dataset: str, *, cache: "FeatureCache | None
 def sweep(config_file: str | Path | None = None, *, dry_run: bool = False, **kw: Any) -> int:
     """`bench sweep`: a grid file and/or options (lists make axes). Returns the exit code
     (0: every run done, 1: some failed)."""
-    from .cli import build_parser
+    import argparse
 
-    argv = ["sweep"] + ([str(config_file)] if config_file else []) + (["--dry-run"] if dry_run else [])
+    from .sweep import add_sweep_arguments, main
+
+    parser = argparse.ArgumentParser(prog="bench sweep", allow_abbrev=False)
+    add_sweep_arguments(parser)
+    argv: list[str] = []
     for k, v in kw.items():
         flag = "--" + k.replace("_", "-")
         if isinstance(v, bool):
             argv.append(flag if v else "--no-" + k.replace("_", "-"))
         elif v is not None:
             argv += [flag, *map(str, v if isinstance(v, (list, tuple)) else [v])]
-    args = build_parser().parse_args(argv)
-    return args.fn(args)
+    argv = ([str(config_file)] if config_file else []) + (["--dry-run"] if dry_run else []) + argv
+    return main(parser.parse_args(argv))
 
 
 def load_results(results_dir: str | Path = "results") -> "pd.DataFrame":

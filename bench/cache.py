@@ -27,10 +27,6 @@ FULL_CHECKSUM_BYTES = 256 << 20
 SAMPLE_BLOCKS, BLOCK = 64, 1 << 20
 
 
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("BENCH_CACHE_DIR") or Path.home() / ".cache" / "medfm-bench")
-
-
 def checksum(path: Path) -> str:
     size = path.stat().st_size
     h = hashlib.sha256()

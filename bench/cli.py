@@ -55,7 +55,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _dry_run(cfg, opts) -> int:
     from . import datasets
-    from .runner import build_backbone, trainable_count
+    from .assemble import build_backbone
+    from .adapt import trainable_count
 
     model = build_backbone(cfg, weights="random")  # counting parameters needs no download
     n_out = datasets.source_for(cfg.dataset).n_classes(cfg.dataset)

@@ -9,16 +9,22 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import asdict, field, fields, make_dataclass, replace
+from dataclasses import field, fields, make_dataclass, replace
+from functools import cached_property
 from typing import Any
 
 from . import options
 from .errors import UserError
+from .protocol import protocol_for
 
 
 class _RunConfigMethods:
     def to_dict(self) -> dict:
-        return asdict(self)
+        # every field is a str, number, Path or None: a shallow copy is what asdict's deep one gives
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def __getstate__(self) -> dict:
+        return self.to_dict()  # pickled without the memos below (run id, protocol)
 
     def id_dict(self) -> dict:
         """What the run id hashes: every field, except options added later while at their default
@@ -29,7 +35,7 @@ class _RunConfigMethods:
             d["weights"] = "file"
         return d
 
-    @property
+    @cached_property  # a frozen config's id never changes; planning asks for it many times
     def run_id(self) -> str:
         canon = json.dumps(self.id_dict(), sort_keys=True, separators=(",", ":"))
         digest = hashlib.sha256(canon.encode()).hexdigest()[:10]
@@ -40,10 +46,15 @@ class _RunConfigMethods:
 
     @property
     def protocol(self):
-        """The protocol that runs this config (bench.protocols)."""
-        from .protocols import protocol_for
+        """The protocol that runs this config (bench.protocol's registry); remembered per config
+        until a registry changes (a protocol registered or removed, plugins read again)."""
+        from .registry import generation
 
-        return protocol_for(self)
+        memo = self.__dict__.get("_protocol")
+        if memo is None or memo[0] != generation():
+            memo = (generation(), protocol_for(self))
+            self.__dict__["_protocol"] = memo  # a frozen dataclass: its __dict__ takes memos
+        return memo[1]
 
     @property
     def is_probe(self) -> bool:

@@ -3,7 +3,6 @@ feature-cache key: runs, frozen prefixes and the sweep planner all build it here
 """
 from __future__ import annotations
 
-import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -19,12 +18,13 @@ if TYPE_CHECKING:  # the planner imports this module without torch
     from .datasets import Dataset
     from .cache import FeatureCache
     from .preprocess import Preprocess
+    from .protocol import ProtocolOutput
     from .subsets import TrainSubset
 
-
-def log(msg: str, quiet: bool = False) -> None:
-    if not quiet:
-        print(f"bench: {msg}", file=sys.stderr, flush=True)
+from .env import git_revision, library_versions, now, versions
+from .progress import log
+from .recipes import provenance
+from .subsets import per_class
 
 
 def weights_key(cfg: "RunConfig", weights_id: str) -> str:
@@ -48,8 +48,6 @@ def feature_parts(cfg: "RunConfig", weights: str, data_fingerprint: str, split: 
     "readout" or "prefix:<k>"; ``precision`` what autocast computes in; ``execution`` the kernels'
     options that are on (bench.execution.cache_parts); library versions are in it because an
     upgrade can change an architecture's code or its random init."""
-    from .results import library_versions
-
     # later knobs enter the key only when set, so features cached before them stay valid
     later = {k: getattr(cfg, k) for k, default in (("normalize", "backbone"), ("crop_from", 0))
              if getattr(cfg, k) != default}
@@ -104,6 +102,38 @@ class RunContext:
         if fn not in self.frozen_fns:
             self.frozen_fns[fn] = Frozen(fn, self.opts.channels_last, self.opts.compile)
         return self.frozen_fns[fn]
+
+    def record(self, out: "ProtocolOutput") -> dict:
+        """What the run's JSON records beside its rows: config, data, weights, selection, seeds,
+        versions, timings, preprocessing, the recipe's provenance and the protocol's own record."""
+        import torch
+
+        from .adapt import trainable_count
+        from .features import precision
+
+        cfg, model, pre = self.cfg, self.model, self.pre
+        ds = self.source or self.dataset  # the whole dataset, also when a train subset was trained on
+        meta = {
+            "run_id": cfg.run_id, "config": cfg.to_dict(), "protocol": cfg.protocol.name, "task": ds.task,
+            "labels": ds.label_names,
+            "dataset": {"source": ds.source, "path": str(ds.path) if ds.path else None, "fingerprint": ds.fingerprint,
+                        "modality": ds.modality, "n": {s: len(v) for s, v in ds.splits.items()},
+                        "train_per_class": per_class(ds.splits["train"].labels, ds.multilabel, ds.n_outputs).tolist(),
+                        **ds.extra},
+            "backbone": {"weights_id": model.weights_id, "embed_dim": model.embed_dim,
+                         "blocks": model.num_blocks, "input_size": cfg.input_size},
+            "selected": out.selected, "seeds": {"seed": cfg.seed, "torch_initial_seed": torch.initial_seed()},
+            "versions": versions(), "git": git_revision(), "device": str(self.device),
+            "timings": self.timings.as_dict(), "created": now(),
+            "preprocess": {"resize": cfg.resize, "crop_from": cfg.crop_from, "normalize": cfg.normalize,
+                           "mean": list(pre.mean), "std": list(pre.std), "precision": precision(self.device, cfg.precision)},
+            "recipe": provenance(cfg), "execution": self.execution(), **out.extra,
+        }
+        if "trainable_parameters" not in meta:  # protocols that train no backbone: counted here
+            meta["trainable_parameters"] = trainable_count(cfg, model, ds.n_outputs, brief=True)
+        if self.train_subset is not None:
+            meta["train_subset"] = self.train_subset.record(cfg, ds)
+        return meta
 
     def execution(self) -> dict:
         """What the run's meta records of how it executed."""

@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 import torch
 
-from .context import log
+from .progress import log
 
 
 def prepare(model: torch.nn.Module, channels_last: bool) -> torch.nn.Module:

@@ -53,12 +53,12 @@ def list_protocols() -> str:
 
 
 def list_recipes() -> str:
-    from .recipes import listing
+    from .docgen import recipe_listing
 
-    return listing()
+    return recipe_listing()
 
 
 def list_options() -> str:
-    from .options import markdown_table
+    from .docgen import option_table
 
-    return markdown_table()
+    return option_table()

@@ -3,8 +3,8 @@
 One :class:`Option` per knob: its name, type, default, choices, range, help text, group and
 scope. Everything else is derived from this table: the argparse flags of `bench run` and
 `bench sweep`, the type checks of sweep YAML values, the fields and defaults of
-:class:`bench.config.RunConfig` and :class:`bench.config.RunOptions`, and the README's option
-table (``python -m bench.options``).
+:class:`bench.config.RunConfig` and :class:`bench.config.RunOptions`, and the option
+table of docs/cli.md (``python -m bench.options``).
 
 Scopes:
   ``run``       changes the numbers: a RunConfig field, part of the run id. ``per_protocol``
@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UserError, did_you_mean
+from .protocol import heads
 from .recipes import RECIPE_NAMES
 
 WHAT, PROBE, TRAINED, DATA, WHERE = ("what to run", "probe heads",
@@ -247,6 +248,14 @@ OPTIONS: tuple[Option, ...] = (
     O("force", bool, False, group=WHERE, scope="exec", sweepable=False, help="rerun even if the result exists"),
     O("extract_batch_size", int, 128, group=WHERE, scope="exec", low=1, help="batch of the frozen pass"),
     O("save_model", bool, False, group=WHERE, scope="exec", help="save trained blocks and head (safetensors)"),
+    O("checkpoint_every", float, 300.0, group=WHERE, scope="exec", low=0, metavar="SECONDS",
+      help="fine-tuning: save the training state (resumed after a kill) at the end of the first epoch that ends "
+           "this long after the last save, and when training ends; the best epoch's weights stay in memory "
+           "(0: no checkpoints)"),
+    O("decode_workers", int, 0, group=WHERE, scope="exec", low=0, metavar="N",
+      help="processes that decode and fingerprint images of your own data (folder:, csv:, DICOM), once per "
+           "dataset (0: the cores this run may use: all, or in a sweep with --workers W, cores / W); at most "
+           "that share"),
     O("quiet", bool, False, group=WHERE, scope="exec", short="-q", help="no progress output"),
 )
 del O
@@ -282,8 +291,6 @@ def _dynamic_help(name: str) -> str:
     """Choices that live in a registry (the heads every registered protocol serves)."""
     if name != "head":
         return ""
-    from .protocols import heads
-
     return f"; {' | '.join(heads(plugins=False))}, or a plugin's (bench ls protocols)"
 
 
@@ -310,25 +317,3 @@ def add_arguments(parser: argparse.ArgumentParser, *, many: bool = False, only: 
         else:  # no argparse default: "not given" must stay visible, so recipes and YAML can fill it
             g.add_argument(*flags, dest=o.name, type=o.type, default=None,
                            required=o.required and not many, metavar=o.metavar, help=text)
-
-
-def markdown_table() -> str:
-    """The README's option table, generated from OPTIONS (and the protocols that read them)."""
-    from . import protocols
-
-    used: dict[str, list[str]] = {}
-    for p in protocols.all_protocols():
-        for name in p.options:
-            used.setdefault(name, []).append(p.name)
-    lines = ["| option | default | choices / range | used by | what |", "|---|---|---|---|---|"]
-    for o in OPTIONS:
-        default = "" if o.default in (None, "", 0) and o.type is not bool else ("off" if o.type is bool else o.default)
-        rng = " \\| ".join(o.choices) if o.choices else (o.range_text().replace("must be a finite number", "")
-                                                          .strip() if o.type in (int, float) else "")
-        who = ", ".join(used.get(o.name, [])) if o.per_protocol else ("all" if o.scope == "run" else "execution")
-        lines.append(f"| `{o.flag}` | {default} | {rng} | {who} | {o.help} |")
-    return "\n".join(lines)
-
-
-if __name__ == "__main__":
-    print(markdown_table())

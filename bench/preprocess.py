@@ -9,13 +9,22 @@ order of MedMNIST+'s transforms).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .datapath import host_to_device
+from .datasets.stats import train_stats
 from .options import choices
+
+if TYPE_CHECKING:
+    from backbones.base import Backbone
+
+    from .config import RunConfig
+    from .datasets import Dataset
 
 RESIZE_POLICIES = choices("resize")
 GRAY_POLICIES = choices("gray")
@@ -91,3 +100,19 @@ def _pad(x: torch.Tensor, size: int) -> torch.Tensor:
     h, w = x.shape[-2:]
     top, left = (size - h) // 2, (size - w) // 2
     return F.pad(x, (left, size - w - left, top, size - h - top), value=0.0)
+
+
+def normalization(cfg: "RunConfig", model: "Backbone", ds: "Dataset", cache_dir: Path, limit: int | None = None
+                  ) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+    """(mean, std) of ``--normalize``: the backbone's, the train split's, or MedMNIST v2's 0.5/0.5."""
+    if cfg.normalize == "half":
+        return (0.5,) * 3, (0.5,) * 3
+    if cfg.normalize == "dataset":
+        return train_stats(ds, cache_dir, limit)
+    return model.normalization()
+
+
+def for_run(cfg: "RunConfig", model: "Backbone", ds: "Dataset", cache_dir: Path) -> Preprocess:
+    """The preprocessing a run's config asks for, with its --normalize statistics."""
+    mean, std = normalization(cfg, model, ds, cache_dir, cfg.limit)
+    return Preprocess(cfg.input_size, cfg.resize, mean, std, cfg.gray, crop_from=cfg.crop_from)

@@ -12,6 +12,12 @@ from .env import env_number
 T = TypeVar("T")
 
 
+def log(msg: str, quiet: bool = False) -> None:
+    """One line on stderr, prefixed ``bench:`` (nothing when quiet)."""
+    if not quiet:
+        print(f"bench: {msg}", file=sys.stderr, flush=True)
+
+
 class Progress:
     def __init__(self, total: int, desc: str, unit: str = "it", quiet: bool = False) -> None:
         self.total, self.desc, self.unit, self.quiet = total, desc, unit, quiet

@@ -4,16 +4,19 @@ A recipe maps run options (bench.options) to :class:`Setting` s: the value, the 
 publication's code it was read from, and a note where we deliberately or necessarily differ.
 ``--recipe NAME`` fills every option the user did not give from its recipe (explicit option >
 recipe > option default; bench.resolve). Rows in ``notes`` are settings no option expresses:
-quirks of the released code and what we do instead. The README's fidelity tables and
-`bench ls recipes` are rendered from this module, never written by hand.
+quirks of the released code and what we do instead. The fidelity tables of docs/recipes.md
+and `bench ls recipes` are rendered from this module, never written by hand.
 
 Citations are ``repo@commit:path:line`` of the code as read (full commits in ``Recipe.code``).
-This module imports nothing from bench: bench.options takes the recipe names from here.
+This module imports only bench.errors: bench.options takes the recipe names from here, and the
+fidelity tables that need the option flags are rendered by bench.docgen.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
+
+from .errors import UserError, did_you_mean
 
 FM = "joanaapa/Foundation-Medical@a7aa194"                            # Huix et al., WACV 2024
 MP = "sdoerrich97/rethinking-model-prototyping-MedMNISTPlus@b67b772"  # Doerrich et al. 2024/25
@@ -209,8 +212,6 @@ del S, N
 
 
 def get(name: str) -> Recipe:
-    from .errors import UserError, did_you_mean
-
     try:
         return RECIPES[name]
     except KeyError:
@@ -238,61 +239,3 @@ def provenance(cfg: Any) -> dict[str, Any]:
         else:
             replaced[k] = [v, used]
     return {"name": recipe.name, "set": taken, "overridden": replaced, "not_used": unused}
-
-
-def _check() -> None:
-    """Every recipe value passes its option's declaration (tests call this)."""
-    from . import options
-
-    for r in RECIPES.values():
-        for k, s in r.sets.items():
-            o = options.get(k)
-            assert not o.required and o.scope == "run" and o.name != "recipe", (r.name, k)
-            o.check(o.coerce(s.value))
-
-
-def _cell(x: Any) -> str:
-    return str(x).replace("|", "\\|").replace("\n", " ")
-
-
-def markdown(name: str) -> str:
-    """One recipe's fidelity table: each setting, its value, its source and where we differ."""
-    from . import options
-
-    r = get(name)
-    lines = [f"**`{r.name}`**: {r.title}. Code read: {r.code}.", ""]
-    if not r.sets:
-        return "\n".join(lines[:1])
-    lines += ["| setting | value | source | where we differ, and why |", "|---|---|---|---|"]
-    for k, s in r.sets.items():
-        default = options.get(k).default
-        ours = "" if s.value == default else f" (ours: {default})"
-        lines.append(f"| `{options.get(k).flag}` | {_cell(s.value)}{_cell(ours)} | {_cell(s.source)} | {_cell(s.note)} |")
-    for n in r.notes:
-        lines.append(f"| {_cell(n.setting)} | theirs: {_cell(n.theirs)} | {_cell(n.source)} | ours: {_cell(n.ours)} |")
-    return "\n".join(lines)
-
-
-def markdown_all() -> str:
-    """The README's ## Recipes tables (tests compare the README with this)."""
-    return "\n\n".join(markdown(n) for n in RECIPE_NAMES)
-
-
-def listing() -> str:
-    """`bench ls recipes`: every recipe with every value it sets and where it comes from."""
-    from . import options
-
-    out = []
-    for r in RECIPES.values():
-        out.append(f"{r.name}: {r.title}\n  code: {r.code}")
-        if not r.sets:
-            out.append("  (sets nothing: every option keeps its default)")
-        for k, s in r.sets.items():
-            out.append(f"  {options.get(k).flag} {s.value}    [{s.source}]" + (f"  {s.note}" if s.note else ""))
-        for n in r.notes:
-            out.append(f"  * {n.setting}: theirs {n.theirs}; ours {n.ours}    [{n.source}]")
-    return "\n".join(out)
-
-
-if __name__ == "__main__":
-    print(markdown_all())

@@ -13,6 +13,45 @@ from .errors import UserError, did_you_mean
 
 T = TypeVar("T")
 
+# every installed entry point, by group, read once per process: one scan of the installed
+# distributions costs milliseconds, and planning a sweep asks the registries thousands of times
+_ENTRY_POINTS: dict[str, dict[str, metadata.EntryPoint]] | None = None
+_generation = 0  # bumped by refresh() and by run-time (un)registration: memos keyed on it go stale
+
+
+def entry_points(group: str) -> dict[str, metadata.EntryPoint]:
+    """The installed entry points of ``group`` (name -> entry point), read once per process for
+    every group together; :func:`refresh` reads them again (a plugin installed since)."""
+    global _ENTRY_POINTS
+    if _ENTRY_POINTS is None:
+        found = metadata.entry_points()
+        # Python 3.10/3.11: a (deprecated) dict group -> entry points; dict.values avoids its warning
+        flat = [ep for eps in dict.values(found) for ep in eps] if isinstance(found, dict) else list(found)
+        out: dict[str, dict[str, metadata.EntryPoint]] = {}
+        for ep in flat:
+            out.setdefault(ep.group, {})[ep.name] = ep
+        _ENTRY_POINTS = out
+    return _ENTRY_POINTS.get(group, {})
+
+
+def refresh() -> None:
+    """Forget the entry points read so far (and every registry's failed plugin imports): the next
+    lookup scans the installed distributions again."""
+    global _ENTRY_POINTS
+    _ENTRY_POINTS = None
+    changed()
+
+
+def changed() -> None:
+    """A registry's contents changed: memos of what was looked up in it are stale."""
+    global _generation
+    _generation += 1
+
+
+def generation() -> int:
+    """A number that changes whenever a registry's contents may have: a key for memos of lookups."""
+    return _generation
+
 
 def load_target(target: str) -> object:
     module, _, attr = target.partition(":")
@@ -28,6 +67,7 @@ class Registry(Generic[T]):
         self._builtins = dict(builtins)
         self._registered: dict[str, T] = {}
         self._loaded: dict[str, T] = {}
+        self._failed: dict[str, tuple[UserError, int]] = {}  # a plugin that failed to import, per generation
 
     def register(self, obj: T, name: str | None = None) -> T:
         """Add (or replace) an entry at run time; returns it, so it works as a decorator too."""
@@ -35,14 +75,20 @@ class Registry(Generic[T]):
         key = name or obj.name  # type: ignore[attr-defined]
         self._registered[key] = obj
         self._loaded.pop(key, None)
+        changed()
         return obj
 
     def unregister(self, name: str) -> None:
         self._registered.pop(name, None)
         self._loaded.pop(name, None)
+        changed()
+
+    def refresh(self) -> None:
+        """Read the installed plugins again (every registry's: they share one scan)."""
+        refresh()
 
     def _entry_points(self) -> dict[str, metadata.EntryPoint]:
-        return {ep.name: ep for ep in metadata.entry_points(group=self.group)}
+        return entry_points(self.group)
 
     def names(self, plugins: bool = True) -> list[str]:
         """Registered at run time first, then built-ins in their declared order (the order
@@ -61,10 +107,15 @@ class Registry(Generic[T]):
             eps = self._entry_points()
             if name not in eps:
                 raise UserError(f"unknown {self.kind} {name!r}; {did_you_mean(name, self.names())}")
+            failed = self._failed.get(name)
+            if failed is not None and failed[1] == _generation:  # not imported again until a refresh
+                raise failed[0]
             try:
                 loaded = eps[name].load()
             except Exception as e:  # a broken plugin should not look like a typo
-                raise UserError(f"{self.kind} plugin {name!r} ({eps[name].value}) failed to import: {e}") from e
+                err = UserError(f"{self.kind} plugin {name!r} ({eps[name].value}) failed to import: {e}")
+                self._failed[name] = (err, _generation)
+                raise err from e
             obj = self._check(loaded, name)
         self._loaded[name] = obj
         return obj

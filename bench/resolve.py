@@ -6,7 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from . import options
+from . import datasets, options, recipes
+from .adapt import check as check_adapt
+from .subsets import check as check_subset
 from .config import RunConfig, parse_unfreeze
 from .errors import UserError, did_you_mean
 
@@ -20,8 +22,6 @@ def resolve(backbone: str, dataset: str, **given: Any) -> RunConfig:
         bad = sorted(unknown)[0]
         raise UserError(f"unknown run option {bad!r}; {did_you_mean(bad, run_names)}")
     given = {k: options.get(k).check(v) for k, v in given.items() if v is not None}
-    from . import datasets, recipes
-
     explicit = set(given)
     given = recipes.fill(given)  # explicit option > recipe value > option default
 
@@ -29,8 +29,6 @@ def resolve(backbone: str, dataset: str, **given: Any) -> RunConfig:
     datasets.check(dataset, size)
     unfreeze = given.get("unfreeze", "none")
     parse_unfreeze(unfreeze)
-    from .adapt import check as check_adapt
-
     check_adapt(given.get("adapt", "none"), unfreeze)
     common = {k: given.get(k, options.get(k).default) for k in options.names("run", per_protocol=False)
               if k not in ("backbone", "dataset")}
@@ -42,9 +40,7 @@ def resolve(backbone: str, dataset: str, **given: Any) -> RunConfig:
         raise UserError(f"--layers probes the frozen features after each block: use it with --head linear|knn "
                         f"and --unfreeze none (and --linear-mode cached), not --head {cfg.head} --unfreeze "
                         f"{cfg.unfreeze}" + (" --linear-mode online" if cfg.linear_mode == "online" else ""))
-    from .subsets import check
-
-    check(cfg)
+    check_subset(cfg)
     protocol.validate(cfg)
     return cfg
 
@@ -53,11 +49,8 @@ def bind_data(cfg: RunConfig, opts) -> RunConfig:
     """The config with the identity of the data it will read (``data_fingerprint``): empty for a
     dataset's published version, the file's fingerprint otherwise (e.g. --skip-md5 on a file of
     your own), so results on different data never share a run id."""
-    from . import datasets
-    from .runner import load_options
-
-    src = datasets.source_for(cfg.dataset)
-    return cfg.replace(data_fingerprint=src.identity(cfg.dataset, cfg.size, load_options(cfg, opts, download=False)))
+    return cfg.replace(data_fingerprint=datasets.identity(cfg.dataset, cfg.size,
+                                                         datasets.load_options(cfg, opts, download=False)))
 
 
 def _backbone_choices(backbone: str, c: dict, explicit: set[str] = frozenset()) -> dict:

@@ -24,18 +24,14 @@ import csv
 import io
 import json
 import os
-import platform
-import subprocess
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from functools import lru_cache
-from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .config import RunConfig
+from .env import now
 from .errors import UserError
 from .fsio import atomic_write_text, check_creatable, remove_stale, write_all_then_swap
 
@@ -44,8 +40,7 @@ if TYPE_CHECKING:
 
 ROW_COLUMNS = ("run_id", "backbone", "variant", "weights", "dataset", "size", "input_size", "resize",
                "head", "unfreeze", "seed", "limit", "split", "metric", "value")
-PACKAGES = ("torch", "torchvision", "timm", "transformers", "open_clip_torch", "segment-anything",
-            "medmnist", "numpy", "scikit-learn", "pandas", "medfm-bench")
+
 
 
 # where each kind of file lives: (folder, suffix), and where the layout before 0.2 kept it
@@ -235,45 +230,6 @@ def _csv(rows: list[dict], columns: list[str]) -> str:
     for row in rows:
         writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in columns})
     return out.getvalue()
-
-
-def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-@lru_cache(maxsize=1)
-def _versions() -> tuple[tuple[str, str], ...]:
-    out = {"python": platform.python_version()}
-    for pkg in PACKAGES:
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            pass
-    import torch
-
-    out["torch"] = torch.__version__  # carries the build tag (+cu130, +cpu)
-    return tuple(out.items())
-
-
-def versions() -> dict[str, str]:
-    return dict(_versions())
-
-
-def library_versions() -> dict[str, str]:
-    """Versions of the libraries that define backbones (part of the feature-cache key)."""
-    v = versions()
-    return {k: v[k] for k in ("torch", "timm", "transformers", "open_clip_torch", "segment-anything") if k in v}
-
-
-def git_revision() -> str | None:
-    """Revision of the checkout this code runs from (with -dirty), or None outside git."""
-    here = Path(__file__).resolve().parent
-    try:
-        rev = subprocess.run(["git", "-C", str(here), "describe", "--always", "--dirty", "--abbrev=12"],
-                             capture_output=True, text=True, timeout=5)
-        return rev.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 @dataclass

@@ -26,7 +26,7 @@ from .context import RunContext
 from .errors import UserError
 from .features import autocast, precision
 from .progress import track
-from .protocols.base import ProtocolOutput
+from .protocol import ProtocolOutput
 from .trained_heads import build_head as _build_head
 
 PREFIX_MEMORY_BYTES = int(float(os.environ.get("BENCH_PREFIX_MEMORY_GB", "4")) * (1 << 30))
@@ -253,6 +253,8 @@ def finetune(ctx: RunContext, plan: Plan, head: nn.Module) -> ProtocolOutput:
 
     ckpt = checkpoint_for(opts, cfg)
     state = ckpt.load(trainable, opt, gen, aug_gen) if not opts.force else None
+    every = float(opts.checkpoint_every or 0)  # seconds between saves (0: none at all)
+    last_save = time.monotonic()
     start_epoch, best, curves = (state or {}).get("epoch", 0), (state or {}).get("best"), (state or {}).get("curves", [])
     stopped = (state or {}).get("stopped", False)  # early-stopped before the kill: train no further
     if state:
@@ -304,8 +306,11 @@ def finetune(ctx: RunContext, plan: Plan, head: nn.Module) -> ProtocolOutput:
         else:
             bad_epochs += 1
         stopped = bool(cfg.patience and bad_epochs >= cfg.patience)
-        ckpt.save(trainable, opt, gen, aug_gen, epoch=epoch, best=best, curves=curves, bad_epochs=bad_epochs,
-                  stopped=stopped, scaler=scaler.state_dict())
+        # by wall clock, not every epoch (an epoch can take less than writing the state), and at the end
+        if every > 0 and (stopped or epoch == cfg.epochs or time.monotonic() - last_save >= every):
+            ckpt.save(trainable, opt, gen, aug_gen, epoch=epoch, best=best, curves=curves, bad_epochs=bad_epochs,
+                      stopped=stopped, scaler=scaler.state_dict())
+            last_save = time.monotonic()
         if stopped:
             log(f"early stop at epoch {epoch}: val {cfg.select} has not improved for {cfg.patience} epochs")
     ctx.timings.values["train_s"] = time.perf_counter() - t_train
@@ -353,21 +358,67 @@ def checkpoint_for(opts: RunOptions, cfg: RunConfig) -> "Checkpoint":
 
 
 class Checkpoint:
-    """Per-epoch training state so a killed fine-tune resumes where it stopped. Loaded with
-    weights_only=True: only tensors and plain containers."""
+    """Training state so a killed fine-tune resumes where it stopped, saved every
+    ``--checkpoint-every`` seconds (at the end of an epoch) and when training ends. Loaded with
+    weights_only=True: only tensors and plain containers.
+
+    ``<run_id>.pt`` holds the trainable weights, optimizer, generators and curves. The best epoch's
+    weights live in memory during training; on disk they are either the ``.pt``'s own weights (the
+    best epoch is the saved one) or ``<run_id>.pt.best-e<E>``, written once per best epoch and not
+    again while the best is unchanged: when the best epoch was the one saved last, that file is
+    the earlier ``.pt`` itself (a hard link, no bytes written), else its weights alone.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._best_file: tuple[int, Path] | None = None  # (epoch, file) of the best weights on disk
+        self._main_best: int | None = None  # epoch of the .pt on disk when its weights are that epoch's best
+
+    def best_path(self, epoch: int) -> Path:
+        return self.path.with_name(f"{self.path.name}.best-e{epoch}")
+
+    def _stage(self, target: Path, obj: dict) -> None:
+        tmp = self.path.with_name(f".{target.name}.tmp{os.getpid()}")
+        torch.save(obj, tmp)
+        os.replace(tmp, target)
+
+    def _best_on_disk(self, best: dict, epoch: int) -> Path | None:
+        """The file holding the best weights when they are not this save's own (written if needed)."""
+        b = best["epoch"]
+        if b == epoch:
+            return None
+        if self._best_file is not None and self._best_file[0] == b and self._best_file[1].exists():
+            return self._best_file[1]  # unchanged since the last save: not written again
+        target = self.best_path(b)
+        if self._main_best == b and self.path.exists():
+            tmp = self.path.with_name(f".{target.name}.tmp{os.getpid()}")
+            try:  # the .pt on disk is the best epoch's: keep it under the best's name
+                tmp.unlink(missing_ok=True)
+                os.link(self.path, tmp)
+                os.replace(tmp, target)
+                return target
+            except OSError:  # no hard links here: write the weights instead
+                tmp.unlink(missing_ok=True)
+        self._stage(target, {"epoch": b, "trainable": best["state"]})
+        return target
 
     def save(self, trainable, opt, gen, aug_gen, **extra) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.tmp{os.getpid()}")
         rng = {"torch": torch.get_rng_state()}  # dropout draws from the global generator
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
-        torch.save({"trainable": _trainable_state(trainable), "optim": opt.state_dict(),
-                    "gen": gen.get_state(), "aug_gen": aug_gen.get_state(), "rng": rng, **extra}, tmp)
-        os.replace(tmp, self.path)
+        best, best_file = extra.get("best"), None
+        if best is not None:
+            best_file = self._best_on_disk(best, extra["epoch"])
+            extra["best"] = {**{k: v for k, v in best.items() if k != "state"},
+                             "file": best_file.name if best_file is not None else None}
+        self._stage(self.path, {"trainable": _trainable_state(trainable), "optim": opt.state_dict(),
+                                "gen": gen.get_state(), "aug_gen": aug_gen.get_state(), "rng": rng, **extra})
+        self._main_best = extra["epoch"] if best is not None and best_file is None else None
+        self._best_file = (best["epoch"], best_file) if best_file is not None else None
+        for old in self.path.parent.glob(f"{self.path.name}.best-e*"):  # bests the .pt no longer names
+            if old != best_file:
+                old.unlink(missing_ok=True)
 
     def load(self, trainable, opt, gen, aug_gen) -> dict | None:
         """Restore everything or nothing: a checkpoint that does not fit is ignored (fresh start)."""
@@ -379,6 +430,17 @@ class Checkpoint:
             state = torch.load(self.path, map_location="cpu", weights_only=True)
             if set(state["trainable"]) != set(before[0]):
                 return None
+            best = state.get("best")
+            if best is not None and "state" not in best:  # the best weights: the .pt's own, or a file beside
+                if best.get("file"):
+                    held = torch.load(self.path.with_name(best["file"]), map_location="cpu", weights_only=True)
+                    if held["epoch"] != best["epoch"] or set(held["trainable"]) != set(before[0]):
+                        return None
+                    best["state"] = held["trainable"]
+                    self._best_file = (best["epoch"], self.path.with_name(best["file"]))
+                else:
+                    best["state"] = {k: v.clone() for k, v in state["trainable"].items()}
+                    self._main_best = state["epoch"]
             trainable.load_state_dict(state["trainable"], strict=False)
             opt.load_state_dict(state["optim"])
             gen.set_state(state["gen"])
@@ -393,12 +455,15 @@ class Checkpoint:
             gen.set_state(before[2])
             aug_gen.set_state(before[3])
             torch.set_rng_state(before[4])
+            self._best_file, self._main_best = None, None
             return None
 
     def remove(self) -> None:
-        """Drop the checkpoint and temporaries left by a process killed while saving."""
+        """Drop the checkpoint, its best weights and temporaries left by a process killed while saving."""
         self.path.unlink(missing_ok=True)
-        for tmp in self.path.parent.glob(f".{self.path.name}.tmp*"):
+        for p in self.path.parent.glob(f"{self.path.name}.best-e*"):
+            p.unlink(missing_ok=True)
+        for tmp in self.path.parent.glob(f".{self.path.name}*.tmp*"):
             tmp.unlink(missing_ok=True)
 
 

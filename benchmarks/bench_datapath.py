@@ -25,7 +25,7 @@ import backbones
 from bench.execution import Frozen, prepare
 from bench.features import autocast, extract, precision
 from bench.preprocess import Preprocess
-from bench.runner import pick_device
+from bench.assemble import pick_device
 
 
 def _sync(device: torch.device) -> None:

@@ -37,7 +37,8 @@ from bench.datasets import medmnist as data  # noqa: E402
 from bench.features import extract  # noqa: E402
 from bench.preprocess import Preprocess  # noqa: E402
 from bench.resolve import resolve  # noqa: E402
-from bench.runner import build_backbone, execute  # noqa: E402
+from bench.assemble import build_backbone  # noqa: E402
+from bench.runner import execute  # noqa: E402
 
 FRACTIONS = (0.01, 0.05, 0.1, 0.25, 0.5)
 

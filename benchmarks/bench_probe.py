@@ -27,7 +27,8 @@ from bench.config import RunOptions  # noqa: E402
 from bench.features import extract  # noqa: E402
 from bench.preprocess import Preprocess  # noqa: E402
 from bench.resolve import resolve  # noqa: E402
-from bench.runner import build_backbone, execute  # noqa: E402
+from bench.assemble import build_backbone  # noqa: E402
+from bench.runner import execute  # noqa: E402
 
 
 def naive_epoch(model, pre, ds, device, head, opt, batch_size: int) -> None:

@@ -15,7 +15,7 @@ if str(ROOT) not in sys.path:
 
 def record(benchmark: str, context: str, rows: list[tuple[str, float]], out: Path = RESULTS) -> None:
     """Append (metric, value) rows with date and git revision, and print them."""
-    from bench.results import git_revision
+    from bench.env import git_revision
 
     stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
     new = not out.exists()

@@ -126,7 +126,7 @@ def _import_error(e: BaseException | None) -> ImportError | None:
 
 def _revision() -> str:
     try:
-        from bench.results import git_revision
+        from bench.env import git_revision
 
         rev = git_revision()
     except Exception:
@@ -189,7 +189,7 @@ def run_logged(cmd: list[str], log: Path, timeout: float, env: dict | None = Non
 def setup_device(check: Check, name: str):
     import torch
 
-    from bench.runner import pick_device
+    from bench.assemble import pick_device
 
     device = pick_device(name)
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{device.type} (dry run)"

@@ -32,7 +32,7 @@ def main() -> None:
     a = p.parse_args()
     for dataset in a.datasets.split(","):
         for seed in a.seeds.split(","):
-            # the recipe sets the training (README ## Recipes); clipping is not in it, and this
+            # the recipe sets the training (docs/recipes.md); clipping is not in it, and this
             # script has always run without
             code = bench(["run", "--backbone", "resnet18_28", "--dataset", dataset, "--size", "28",
                           "--recipe", "medmnist-v2", "--unfreeze", "all", "--head", "linear",

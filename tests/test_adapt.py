@@ -250,7 +250,7 @@ def test_lora_run_caches_the_prefix_and_its_adapter_loads_back(capsys, data_root
     # a later run: --weights adapter.safetensors rebuilds the base, loads and merges the adapter,
     # and gives the same model as the merged file
     x = torch.randn(4, 3, SIZE, SIZE)
-    from_adapter = backbones.build("deit", "tiny", str(folder / "adapter.safetensors"), input_size=SIZE).eval()
+    from_adapter = adapt.build("deit", "tiny", str(folder / "adapter.safetensors"), input_size=SIZE).eval()
     from_merged = backbones.build("deit", "tiny", str(folder / "backbone.safetensors"), input_size=SIZE).eval()
     with torch.no_grad():
         assert torch.allclose(from_adapter(x), from_merged(x), atol=1e-6)
@@ -265,7 +265,7 @@ def test_lora_run_caches_the_prefix_and_its_adapter_loads_back(capsys, data_root
                                                   "adapt": "none"}
 
     with pytest.raises(UserError, match="was trained on deit@tiny"):
-        backbones.build("dinov2", "tiny", str(folder / "adapter.safetensors"), input_size=SIZE)
+        adapt.build("dinov2", "tiny", str(folder / "adapter.safetensors"), input_size=SIZE)
 
 
 def test_lora_under_unfreeze_all_keeps_the_stem_frozen_and_cached(capsys, data_root, tmp_path):

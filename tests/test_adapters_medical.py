@@ -558,13 +558,13 @@ def test_grids_union_flags_and_errors(tmp_path, data_root, capsys):
     assert json.loads(capsys.readouterr().out)["runs"] == 3
 
 
-def test_readme_backbone_table_is_generated():
-    from pathlib import Path
+def test_docs_backbone_table_is_generated():
 
     from backbones.catalog import markdown_table
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    assert markdown_table() in readme, "regenerate with: python -m backbones.catalog"
+    from bench import docgen
+
+    assert docgen.block("backbones") == markdown_table(), "docs/backbones.md: regenerate with python -m bench.docgen --write"
     table = markdown_table()
     for name in MEDICAL:
         spec = backbones.get(name).spec

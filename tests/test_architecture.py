@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import bench
-from bench import options
+from bench import docgen, options
 from bench.cli import build_parser, main
 from bench.config import RunConfig, RunOptions
 from bench.datasets import SOURCES, Dataset, DatasetSource, Split, register_source
@@ -25,7 +25,7 @@ from bench.protocols import PROTOCOLS, Protocol, ProtocolOutput, register_protoc
 from bench.protocols.probe import probe_shares
 from bench.resolve import resolve
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+CLI_DOC = Path(__file__).resolve().parents[1] / "docs" / "cli.md"  # the option table's page
 
 
 def common(data_root: Path, results: Path) -> list[str]:
@@ -74,8 +74,8 @@ def test_every_option_is_a_flag_of_run_and_sweep_with_its_choices_in_help():
     assert re.search(r"linear \| knn \| mlp \| deit", text)  # heads come from the protocol registry
 
 
-def test_readme_option_table_is_the_generated_one():
-    assert options.markdown_table() in README.read_text(), "regenerate with: python -m bench.options"
+def test_docs_option_table_is_the_generated_one():
+    assert docgen.block("options") == docgen.option_table(), "docs/cli.md: regenerate with python -m bench.docgen --write"
 
 
 def test_sweep_yaml_values_are_typed_by_the_same_table(tmp_path):

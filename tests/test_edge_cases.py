@@ -60,7 +60,7 @@ def test_knn_with_unfreeze_is_refused(capsys, data_root, tmp_path):
 
 def test_frozen_readout_batchnorm_does_not_drift(capsys, data_root, tmp_path, captured):
     from bench.resolve import resolve
-    from bench.runner import build_backbone
+    from bench.assemble import build_backbone
 
     args = ["--backbone", "timm:efficientnet_b0", "--weights", "random", "--input-size", "32",
             "--head", "mlp", "--epochs", "1", "--limit", "16", *common(data_root, tmp_path / "r")]

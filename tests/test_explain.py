@@ -398,7 +398,7 @@ def test_lora_run_saved_with_save_model_is_explained(env, capsys):
     from safetensors.torch import load_file
 
     from bench.config import RunConfig
-    from bench.runner import build_backbone
+    from bench.assemble import build_backbone
 
     run_id = _run(env, "--backbone", "dummy", "--unfreeze", "last1", "--adapt", "lora", "--epochs", "2",
                   "--lr", "1e-2", "--save-model")

@@ -1,6 +1,6 @@
-"""Recipes (bench.recipes) and the knobs they set: resolution and precedence, run ids, the README's
-fidelity tables, normalise-then-pad, euclidean/majority kNN, the paper's DeiT head, pixel-space
-augmentation, per-dataset normalisation and the online linear protocol."""
+"""Recipes (bench.recipes) and the knobs they set: resolution and precedence, run ids, the
+fidelity tables of docs/recipes.md, normalise-then-pad, euclidean/majority kNN, the paper's DeiT
+head, pixel-space augmentation, per-dataset normalisation and the online linear protocol."""
 from __future__ import annotations
 
 import json
@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-from bench import augment, options, recipes
+from bench import augment, docgen, options, recipes
 from bench.cli import main
 from bench.errors import UserError
 from bench.preprocess import Preprocess
 from bench.resolve import resolve
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
 
 # run ids from before recipes and their knobs existed: they must not move
@@ -52,7 +52,7 @@ def test_existing_run_ids_unchanged_and_medfm_is_the_default(kw, run_id):
 def test_recipe_names_are_declared_once_and_values_pass_their_options():
     assert options.choices("recipe") == recipes.RECIPE_NAMES == ("medfm", "paper", "medmnistplus", "medmnist-v2")
     assert recipes.get("medfm").sets == {}
-    recipes._check()
+    docgen.check_recipes()
     for r in recipes.RECIPES.values():
         for s in r.sets.values():
             assert s.source.split(":")[0].split("@")[0] in ("joanaapa/Foundation-Medical",
@@ -129,11 +129,11 @@ def test_ls_recipes_lists_every_value(capsys):
             assert f"{options.get(k).flag} {s.value}    [{s.source}]" in out
 
 
-def test_readme_fidelity_tables_are_the_generated_ones():
-    text = README.read_text()
-    body = text.split("<!-- recipes:begin -->\n", 1)[1].split("\n<!-- recipes:end -->", 1)[0]
-    assert body == recipes.markdown_all(), "README ## Recipes is stale: paste `python -m bench.recipes`"
-    assert "MedMNIST+ zero-padding" not in text  # our `pad` is not MedMNIST+'s order
+def test_docs_fidelity_tables_are_the_generated_ones():
+    assert docgen.block("recipes") == docgen.recipe_tables(), \
+        "docs/recipes.md is stale: regenerate with python -m bench.docgen --write"
+    for page in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:  # README and docs alike
+        assert "MedMNIST+ zero-padding" not in page.read_text(), page  # our `pad` is not MedMNIST+'s order
 
 
 # -- preprocessing --------------------------------------------------------------------------------
@@ -339,7 +339,7 @@ def test_frozen_mode_train_lets_batchnorm_statistics_adapt(capsys, data_root, tm
         [f] = (out / "models").glob("*/backbone.safetensors")
         return load_file(str(f))
 
-    from bench.runner import build_backbone
+    from bench.assemble import build_backbone
 
     init = build_backbone(resolve("resnet18", "breastmnist", weights="random", input_size=32)).state_dict()
     frozen, adapted = run_stats("eval"), run_stats("train")

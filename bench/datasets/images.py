@@ -113,6 +113,10 @@ def fractions(opts: LoadOptions) -> tuple[float, float, float]:
 
 # -- fingerprint ----------------------------------------------------------------------------------
 
+PARALLEL_MIN = 64       # fewer files than this are read in this process (starting workers costs more)
+CHUNK = 64              # files per task handed to a worker process
+
+
 def file_sha(path: Path) -> str:
     """size and sha256 of a file's bytes (memoised by path, size and mtime: backbones.hub.file_digest)."""
     from backbones.hub import file_digest
@@ -125,10 +129,118 @@ def file_sha(path: Path) -> str:
         return "unreadable"
 
 
+def _stat_key(path: Path) -> tuple[str, int, int] | str:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return "missing"
+    except OSError:
+        return "unreadable"
+    return (str(path), st.st_size, st.st_mtime_ns)
+
+
+def _sha_of(path: str) -> str:
+    """size and sha256 of an image file's bytes, read here (no per-file memo: see image_shas)."""
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            n = 0
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+                n += len(chunk)
+    except FileNotFoundError:
+        return "missing"
+    except OSError:
+        return "unreadable"
+    return f"{n}:{h.hexdigest()}"
+
+
+def _sha_chunk(task: tuple[int, list[str]]) -> tuple[int, list[str]]:
+    start, paths = task
+    return start, [_sha_of(p) for p in paths]
+
+
+_SHAS: dict[tuple[str, int, int], str] = {}  # (path, size, mtime) -> "size:sha256", in this process
+
+
+def image_shas(paths: list[Path], opts: LoadOptions, what: str = "") -> list[str]:
+    """``file_sha`` of many image files: read on the run's share of the cores (``--decode-workers``),
+    remembered in this process and in one index per dataset on disk (``digests/images-*.json`` in the
+    cache folder: a file whose path, size and mtime are unchanged is not read again), rather than one
+    memo file per image."""
+    from ..parallel import decode_workers, run_tasks
+    from ..progress import Progress
+
+    keys = [_stat_key(p) for p in paths]
+    index_path = _index_path(paths, opts)
+    known = _read_index(index_path) if any(isinstance(k, tuple) and k not in _SHAS for k in keys) else {}
+    out: list[str] = [""] * len(paths)
+    todo: list[int] = []
+    for i, k in enumerate(keys):
+        if isinstance(k, str):
+            out[i] = k
+        elif k in _SHAS:
+            out[i] = _SHAS[k]
+        elif (got := known.get(k[0])) is not None and (got[0], got[1]) == (k[1], k[2]):
+            out[i] = _SHAS[k] = got[2]
+        else:
+            todo.append(i)
+    if todo:
+        workers = decode_workers(opts.workers) if len(todo) >= PARALLEL_MIN else 1
+        tasks = [(j, [str(paths[i]) for i in todo[j:j + CHUNK]]) for j in range(0, len(todo), CHUNK)]
+        bar = Progress(len(todo), f"fingerprint {what or 'images'} ({workers} processes)", "file",
+                       opts.quiet or len(todo) < PARALLEL_MIN)
+        try:
+            for start, shas in run_tasks(_sha_chunk, tasks, workers):
+                for i, sha in zip(todo[start:start + CHUNK], shas):
+                    out[i] = sha
+                    if ":" in sha and isinstance(keys[i], tuple):
+                        _SHAS[keys[i]] = sha  # type: ignore[index]
+                bar.update(len(shas))
+        finally:
+            bar.close()
+        _write_index(index_path, {k[0]: [k[1], k[2], out[i]] for i, k in enumerate(keys)
+                                  if isinstance(k, tuple) and ":" in out[i]})
+    return out
+
+
+def _index_path(paths: list[Path], opts: LoadOptions) -> Path | None:
+    if not paths:
+        return None
+    from ..env import default_cache_dir
+
+    common = os.path.commonpath([str(p.parent) for p in (paths[0], paths[-1])])
+    name = hashlib.sha1(common.encode()).hexdigest()[:16]
+    return Path(opts.cache_dir or default_cache_dir()) / "digests" / f"images-{name}.json"
+
+
+def _read_index(path: Path | None) -> dict[str, list]:
+    try:
+        got = json.loads(path.read_text()) if path is not None else {}
+        return got if isinstance(got, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_index(path: Path | None, entries: dict[str, list]) -> None:
+    """One file per dataset folder; a cache that cannot be written only costs the next run a re-read."""
+    if path is None:
+        return
+    try:
+        from ..fsio import atomic_write_text
+
+        merged = {**_read_index(path), **entries}
+        atomic_write_text(path, json.dumps(merged, separators=(",", ":")), "digest index")
+    except Exception:
+        pass
+
+
 def fingerprint(m: Manifest, size: int, opts: LoadOptions) -> str:
     h = hashlib.sha256()
-    for e in sorted(m.entries, key=lambda e: e.rel):
-        h.update(json.dumps([e.rel, file_sha(e.path), e.label, e.split, e.group]).encode())
+    entries = sorted(m.entries, key=lambda e: e.rel)
+    shas = image_shas([e.path for e in entries], opts, m.name)
+    for e, sha in zip(entries, shas):
+        h.update(json.dumps([e.rel, sha, e.label, e.split, e.group]).encode())
     for f in m.files:
         h.update(file_sha(f).encode())
     h.update(json.dumps({"size": size, "decode": DECODE_VERSION, "task": m.task, "labels": m.label_names,
@@ -361,7 +473,7 @@ def build(m: Manifest, size: int, opts: LoadOptions) -> Dataset:
     """The dataset of a manifest at ``size``: decoded once into the cache, then memory-mapped."""
     from filelock import FileLock
 
-    from ..cache import default_cache_dir
+    from ..env import default_cache_dir
     from ..fsio import disk_error, remove_stale
 
     fp = fingerprint(m, size, opts)

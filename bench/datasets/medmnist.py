@@ -84,7 +84,7 @@ _TOLD: set[Path] = set()
 def _joined(name: str, md5: str) -> Path | None:
     """A file shipped in parts (the repository keeps every tracked file under 2 MB), joined into the
     cache folder (package data may be read-only), rejoined when the cached copy's MD5 is wrong."""
-    from bench.cache import default_cache_dir
+    from bench.env import default_cache_dir
     from bench.fsio import atomic_write_bytes
 
     parts = sorted(SAMPLES.glob(name + ".part*of*"))

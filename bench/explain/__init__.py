@@ -19,10 +19,11 @@ import numpy as np
 import torch
 
 from ..config import RunOptions
-from ..context import log
+from ..progress import log
 from ..errors import UserError, did_you_mean
 from ..fsio import atomic_write_bytes, atomic_write_text
-from ..results import ResultStore, now
+from ..env import now
+from ..results import ResultStore
 from . import draw
 from .cams import CAM_METHODS, METHODS, check_method, head_blocks, heatmaps, layer_names
 from .model import Rebuilt, rebuild, resolve_run_id

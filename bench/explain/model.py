@@ -17,9 +17,11 @@ from torch import nn
 from backbones.base import Backbone
 
 from ..config import RunConfig, RunOptions
-from ..context import log
+from ..progress import log
 from ..datasets import Dataset
 from ..errors import UserError, did_you_mean
+from .. import preprocess
+from ..env import default_cache_dir
 from ..preprocess import Preprocess
 from ..results import ResultStore
 
@@ -186,7 +188,7 @@ def backbone_trained(cfg: RunConfig, meta: dict) -> bool:
 def rebuild(store: ResultStore, run_id: str, opts: RunOptions) -> Rebuilt:
     """The run's model rebuilt from its saved config and files (UserError when it cannot be)."""
     from .. import datasets
-    from ..runner import build_backbone, load_options, normalization, pick_device
+    from ..assemble import build_backbone, pick_device
 
     meta = store.read_meta(run_id)
     if "config" not in meta:
@@ -197,7 +199,7 @@ def rebuild(store: ResultStore, run_id: str, opts: RunOptions) -> Rebuilt:
     trained = backbone_trained(cfg, meta)
     _check_saved(run_id, cfg, meta, trained, head_file, backbone_file)
     device = pick_device(opts.device)
-    ds = datasets.load(cfg.dataset, cfg.size, load_options(cfg, opts)).validate()
+    ds = datasets.load(cfg.dataset, cfg.size, datasets.load_options(cfg, opts)).validate()
     if cfg.data_fingerprint and cfg.data_fingerprint != ds.fingerprint:
         raise UserError(f"run {run_id}: {cfg.dataset} is not the data it ran on (fingerprint {ds.fingerprint[:12]}, "
                         f"the run's {cfg.data_fingerprint[:12]}); point --data-root at that data")
@@ -207,8 +209,7 @@ def rebuild(store: ResultStore, run_id: str, opts: RunOptions) -> Rebuilt:
     head.eval().to(device)
     for p in list(backbone.parameters()) + list(head.parameters()):
         p.requires_grad_(False)
-    mean, std = normalization(cfg, backbone, ds, opts)
-    pre = Preprocess(cfg.input_size, cfg.resize, mean, std, cfg.gray, crop_from=cfg.crop_from)
+    pre = preprocess.for_run(cfg, backbone, ds, Path(opts.cache_dir or default_cache_dir()))
     return Rebuilt(run_id, cfg, meta, backbone, head, Net(backbone, head).eval().to(device), ds, pre, device)
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from .. import options
 from ..config import parse_unfreeze
 from ..context import RunContext, frozen_identity
-from .base import Protocol, ProtocolOutput, SplitSizes
+from ..protocol import Protocol, ProtocolOutput, SplitSizes
 
 DEIT_OPTIONS = ("head_arch", "head_depth", "head_tokens")  # read by the DeiT head only
 TRAINED_OPTIONS = tuple(n for n in options.names("run", per_protocol=True)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..context import RunContext
-from .base import Protocol, ProtocolOutput, SplitSizes
+from ..protocol import Protocol, ProtocolOutput, SplitSizes
 from .probe import probe_shares
 
 

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Callable
 
 from ..context import RunContext
 from ..errors import UserError
-from .base import Protocol, ProtocolOutput, SplitSizes
+from ..protocol import Protocol, ProtocolOutput, SplitSizes
 from .knn import KNN
 from .probe import PROBE, probe_shares
 

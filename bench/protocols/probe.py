@@ -3,7 +3,7 @@ best chosen on val, only that one scored on test (DINOv2's eval/linear.py)."""
 from __future__ import annotations
 
 from ..context import RunContext, frozen_identity
-from .base import Protocol, ProtocolOutput, SplitSizes
+from ..protocol import Protocol, ProtocolOutput, SplitSizes
 
 
 def probe_shares(cfg) -> tuple:

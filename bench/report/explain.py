@@ -18,7 +18,7 @@ def _time(value: object) -> datetime | None:
         t = datetime.fromisoformat(str(value))
     except ValueError:
         return None
-    return t if t.tzinfo else t.replace(tzinfo=timezone.utc)  # results.now() writes UTC
+    return t if t.tzinfo else t.replace(tzinfo=timezone.utc)  # env.now() writes UTC
 
 
 def run_created(results_dir: Path, run_id: str) -> datetime | None:

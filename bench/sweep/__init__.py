@@ -89,7 +89,7 @@ def _shard(args: argparse.Namespace, conf: dict, executor: str) -> tuple[tuple[i
 def _options(execution: dict, verbose: bool):
     """RunOptions with absolute paths, so workers on other nodes or cwd agree on every folder."""
     from ..config import make_run_options
-    from ..cache import default_cache_dir
+    from ..env import default_cache_dir
 
     def absolute(p, default):
         return Path(os.path.expanduser(str(p or default))).resolve()
@@ -105,10 +105,9 @@ def _prefetch(cfgs, opts) -> None:
     """Download missing dataset files once, here, before workers race for them (compute nodes
     are often offline, login nodes are not)."""
     from .. import datasets
-    from ..runner import load_options
 
     for c in sorted({(c.dataset, c.size): c for c in cfgs}.values(), key=lambda c: (c.dataset, c.size)):
-        datasets.source_for(c.dataset).prefetch(c.dataset, c.size, load_options(c, opts))
+        datasets.source_for(c.dataset).prefetch(c.dataset, c.size, datasets.load_options(c, opts))
 
 
 def main(args: argparse.Namespace) -> int:

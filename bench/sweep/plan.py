@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import RunConfig, RunOptions
-from ..protocols.base import SplitSizes
+from ..protocol import SplitSizes
 from ..errors import UserError
 from .grid import describe
 
@@ -63,6 +63,20 @@ def group_label(cfg: RunConfig) -> str:
             f"{cfg.resize} gray={cfg.gray} {cfg.dataset}_{cfg.size}" + (f" limit={cfg.limit}" if cfg.limit else ""))
 
 
+# what planning asks per config but depends only on the dataset, the backbone or the bundle:
+# computed once per plan (Plan.build clears it) and per registry generation (bench.registry)
+_MEMO: dict[tuple, object] = {}
+
+
+def _memo(key: tuple, compute):
+    from ..registry import generation
+
+    key = (generation(), *key)
+    if key not in _MEMO:
+        _MEMO[key] = compute()
+    return _MEMO[key]
+
+
 def split_sizes(cfg: RunConfig) -> SplitSizes:
     """Images per split of a run, from its source (1/1/1 where the source cannot say)."""
     from .. import datasets
@@ -70,28 +84,36 @@ def split_sizes(cfg: RunConfig) -> SplitSizes:
     from .. import subsets
 
     src = datasets.source_for(cfg.dataset)
-    n = src.n_samples(cfg.dataset, cfg.size) or {"train": 1, "val": 1, "test": 1}
+    n = _memo(("n_samples", cfg.dataset, cfg.size), lambda: src.n_samples(cfg.dataset, cfg.size)) \
+        or {"train": 1, "val": 1, "test": 1}
     if cfg.limit:
         n = {k: min(v, cfg.limit) for k, v in n.items()}
     if not subsets.active(cfg):
         return SplitSizes(n["train"], n["val"], n["test"])
     # --train-fraction / --shots: training sees the subset; frozen passes still cover the whole split
-    trained = subsets.expected_size(n["train"], src.n_classes(cfg.dataset), cfg.train_fraction or 1.0, cfg.shots or 0)
+    classes = _memo(("n_classes", cfg.dataset), lambda: src.n_classes(cfg.dataset))
+    trained = subsets.expected_size(n["train"], classes, cfg.train_fraction or 1.0, cfg.shots or 0)
     return SplitSizes(trained, n["val"], n["test"], full_train=n["train"])
 
 
 def num_blocks(cfg: RunConfig) -> int:
-    import backbones
+    def blocks() -> int:
+        import backbones
 
-    blocks = backbones.get(cfg.backbone).spec.facts.get("blocks")
-    return int(blocks) if isinstance(blocks, int) or str(blocks).isdigit() else 12
+        n = backbones.get(cfg.backbone).spec.facts.get("blocks")
+        return int(n) if isinstance(n, int) or str(n).isdigit() else 12
+
+    return _memo(("blocks", cfg.backbone), blocks)  # type: ignore[return-value]
 
 
 def cost(bundle: list[RunConfig]) -> float:
     """Backbone image passes of a bundle: its shared frozen work once, then each run's own."""
-    first = bundle[0]
-    shared = first.protocol.shared_cost(first, split_sizes(first), num_blocks(first))
-    return shared + sum(c.protocol.cost(c, split_sizes(c), num_blocks(c)) for c in bundle)
+    def compute() -> float:
+        first = bundle[0]
+        shared = first.protocol.shared_cost(first, split_sizes(first), num_blocks(first))
+        return shared + sum(c.protocol.cost(c, split_sizes(c), num_blocks(c)) for c in bundle)
+
+    return _memo(("cost", *(c.run_id for c in bundle)), compute)  # type: ignore[return-value]
 
 
 def make_bundles(cfgs: list[RunConfig]) -> list[list[RunConfig]]:
@@ -198,9 +220,8 @@ def weights_key_for(cfg: RunConfig, known: dict[tuple[str, str], str]) -> str | 
 
 def data_fingerprint(cfg: RunConfig, opts: RunOptions, memo: dict) -> str | None:
     from .. import datasets
-    from ..runner import load_options
 
-    lo = load_options(cfg, opts, download=False)
+    lo = datasets.load_options(cfg, opts, download=False)
     k = (cfg.dataset, cfg.size, lo)  # the data options (split seed...) change an own dataset's fingerprint
     if k not in memo:
         memo[k] = datasets.source_for(cfg.dataset).expected_fingerprint(cfg.dataset, cfg.size, lo)
@@ -212,9 +233,10 @@ def features_cached(cfg: RunConfig, opts: RunOptions, known: dict, md5_memo: dic
     that cannot be known yet (default weights never run here, or the dataset file is missing)."""
     from ..context import feature_parts
     from ..datasets import SPLITS
-    from ..cache import FeatureCache, default_cache_dir
+    from ..cache import FeatureCache
+    from ..env import default_cache_dir
     from ..features import precision
-    from ..runner import pick_device
+    from ..assemble import pick_device
 
     wkey, fp = weights_key_for(cfg, known), data_fingerprint(cfg, opts, md5_memo)
     if wkey is None or fp is None:
@@ -240,11 +262,10 @@ class Plan:
     @classmethod
     def build(cls, points: list[dict], shard: tuple[int, int] = (0, 1), opts: RunOptions | None = None) -> "Plan":
         """``opts``: where the data is, so each run id carries the identity of the data it will read."""
+        _MEMO.clear()  # sizes and costs are read again for every plan (files may have changed)
         cfgs, collapsed = resolve_points(points)
         if opts is not None:
-            from ..resolve import bind_data
-
-            cfgs = list({c.run_id: c for c in (bind_data(c, opts) for c in cfgs)}.values())
+            cfgs = list({c.run_id: c for c in bind_all(cfgs, opts)}.values())
         bundles = make_bundles(cfgs)
         i, n = shard
         mine = assign(bundles, n)[i] if n > 1 else bundles
@@ -252,10 +273,28 @@ class Plan:
         return cls([c for c in cfgs if c.run_id in ids], mine, len(cfgs), collapsed, shard)
 
 
+def bind_all(cfgs: list[RunConfig], opts: RunOptions) -> list[RunConfig]:
+    """``bind_data`` of every config, the data's identity asked once per dataset, size, limit and
+    data options (all it depends on besides ``opts``), not once per run."""
+    from ..options import DATA_OPTIONS
+    from ..resolve import bind_data
+
+    seen: dict[tuple, str] = {}
+    out = []
+    for c in cfgs:
+        key = (c.dataset, c.size, c.limit, tuple(getattr(c, k) for k in DATA_OPTIONS))
+        if key not in seen:
+            bound = bind_data(c, opts)
+            seen[key] = bound.data_fingerprint
+            out.append(bound)
+        else:
+            out.append(c.replace(data_fingerprint=seen[key]))
+    return out
+
+
 def summarize(plan: Plan, opts: RunOptions, retry_failed: bool) -> dict:
     """Everything --dry-run reports, as plain data (printed as text or --json)."""
     from .. import datasets
-    from ..runner import load_options
 
     st = Status.scan(opts.results_dir, plan.runs)
     known = known_weights_ids(opts.results_dir)
@@ -271,7 +310,7 @@ def summarize(plan: Plan, opts: RunOptions, retry_failed: bool) -> dict:
                        "cached": cached, "runs": [c.run_id for c in b], "done": sum(c.run_id in st.done for c in b)})
     missing = sorted({name for c in {(c.dataset, c.size): c for c in plan.runs}.values()
                       for name in datasets.source_for(c.dataset).missing(c.dataset, c.size,
-                                                                         load_options(c, opts, download=False))})
+                                                                         datasets.load_options(c, opts, download=False))})
     root = opts.data_root or "each dataset source's default folder"
     runs = []
     for c in plan.runs:

@@ -1,10 +1,14 @@
-"""The protocol interface: what is trained on a backbone, and how.
+"""The protocol interface and its registry: what is trained on a backbone, and how.
 
 A protocol says which configs it runs (``heads`` x ``applies``), which per-protocol options it
 reads (``options``: the others are None in its configs, so they never change a run id), what
 frozen work it shares with other runs (``shares``: the sweep bundles runs with equal keys on one
 worker so the frozen part is computed once), what it costs (``cost``, in backbone image passes),
 and ``run(ctx)``: scores for val and test of the model selected on val.
+
+The registry lives here, below the options and the config that ask it for head names and a
+config's protocol; the built-in protocols (bench/protocols/) and plugins register into it, so
+nothing down here imports them.
 """
 from __future__ import annotations
 
@@ -13,9 +17,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .errors import UserError, did_you_mean
+from .registry import Registry
+
 if TYPE_CHECKING:
-    from ..config import RunConfig
-    from ..context import RunContext
+    from .config import RunConfig
+    from .context import RunContext
 
 
 @dataclass
@@ -97,3 +104,56 @@ class Protocol:
 
     def finished(self, cfg: "RunConfig", opts) -> None:
         """Called once the run's results are written (e.g. to drop resume state)."""
+
+
+# the order is the matching order: the first protocol that applies runs a config
+BUILTINS = {"layers": "bench.protocols.layers:LAYERS", "probe": "bench.protocols.probe:PROBE",
+            "knn": "bench.protocols.knn:KNN", "finetune": "bench.protocols.finetune:FINETUNE", "deit": "bench.protocols.deit:DEIT"}
+PROTOCOLS: Registry[Protocol] = Registry("protocol", "bench.protocols", BUILTINS, Protocol)
+
+
+def register_protocol(protocol: Protocol) -> Protocol:
+    return PROTOCOLS.register(protocol)
+
+
+def all_protocols() -> list[Protocol]:
+    return PROTOCOLS.all()
+
+
+def _working(plugins: bool = True) -> tuple[list[Protocol], list[str]]:
+    """Protocols that load, and the one-line errors of plugins that do not: a broken plugin
+    must not stop runs of the others."""
+    ok, broken = [], []
+    for name in PROTOCOLS.names(plugins):
+        try:
+            ok.append(PROTOCOLS.get(name))
+        except UserError as e:
+            broken.append(str(e))
+    return ok, broken
+
+
+def heads(plugins: bool = True) -> list[str]:
+    """Every valid --head value (``plugins=False``: the built-in and run-time ones, importing no
+    plugin: what `--help` shows without paying for a plugin's imports)."""
+    out: list[str] = []
+    for p in _working(plugins)[0]:
+        out += [h for h in p.heads if h not in out]
+    return out
+
+
+def protocol_for(cfg) -> Protocol:
+    """The protocol that runs a config: the first that serves its head and applies."""
+    working, broken = _working()
+    serving = [p for p in working if cfg.head in p.heads]
+    if not serving:
+        if broken:  # perhaps the head belongs to the plugin that failed
+            raise UserError(f"unknown head {cfg.head!r}; {did_you_mean(cfg.head, heads())} ({broken[0]})")
+        raise UserError(f"unknown head {cfg.head!r}; {did_you_mean(cfg.head, heads())}")
+    for p in serving:
+        if p.applies(cfg):
+            return p
+    raise UserError(serving[0].mismatch(cfg))
+
+
+def get(name: str) -> Protocol:
+    return PROTOCOLS.get(name)

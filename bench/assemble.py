@@ -1,0 +1,69 @@
+"""One run's parts, assembled from its config: the device, the data (and its train subset), the
+backbone built, seeded and placed, the preprocessing -> a :class:`RunContext` for the protocol.
+bench.runner calls :func:`open_context`; bench explain and the sweep planner use the pieces."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from backbones.base import Backbone
+
+from . import adapt, datasets, execution, preprocess, subsets
+from .cache import FeatureCache
+from .config import RunConfig, RunOptions, parse_unfreeze
+from .context import RunContext, Timings
+from .env import default_cache_dir, seed_everything
+from .errors import UserError
+
+
+def pick_device(name: str) -> torch.device:
+    """``--device``: auto is CUDA where present, else CPU (MPS only when asked: not every op has an
+    MPS kernel yet, and a run that works on CPU must not fail by default on a Mac)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device {name!r}: not a device; use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise UserError(f"--device {name!r}: only cpu, cuda and mps are supported; use auto, cpu, cuda, cuda:N or mps")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: CUDA is not available here; use --device cpu or auto")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UserError(f"--device {name}: this machine has {torch.cuda.device_count()} GPU(s), "
+                        f"cuda:0..cuda:{torch.cuda.device_count() - 1}")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"--device {name}: MPS (Apple GPU) is not available here; use --device cpu or auto")
+    return device
+
+
+def build_backbone(cfg: RunConfig, weights: str | None = None) -> Backbone:
+    # random init must not depend on what ran before in this process
+    seed_everything(cfg.seed)
+    return adapt.build(cfg.backbone, cfg.variant, weights or cfg.weights, readout=cfg.readout,
+                       input_size=cfg.input_size)
+
+
+def open_context(cfg: RunConfig, opts: RunOptions, model: Backbone | None = None,
+                 cache: FeatureCache | None = None, timings: Timings | None = None) -> RunContext:
+    """Everything ``cfg`` runs on: data loaded and checked against the planned fingerprint, the
+    backbone built (or the caller's, seeded alike), placed and checked against --unfreeze, the
+    preprocessing of its normalisation, and the --train-fraction / --shots subset."""
+    timings = timings or Timings()
+    device = pick_device(opts.device)
+    cache_dir = Path(opts.cache_dir or default_cache_dir())
+    cache = cache or FeatureCache(cache_dir)
+    with timings("load_data"):
+        ds = datasets.load(cfg.dataset, cfg.size, datasets.load_options(cfg, opts)).validate()
+    if cfg.data_fingerprint and cfg.data_fingerprint != ds.fingerprint:
+        raise UserError(f"{cfg.dataset}: the data changed while this run was planned ({ds.path}); run it again")
+    seed_everything(cfg.seed)  # a random init, heads and batches draw from the seed, also for a caller's model
+    if model is None:
+        model = adapt.build(cfg.backbone, cfg.variant, cfg.weights, readout=cfg.readout, input_size=cfg.input_size)
+    parse_unfreeze(cfg.unfreeze, model.num_blocks)  # N > block count is an error before any work
+    execution.prepare(model.eval().to(device), opts.channels_last)
+    pre = preprocess.for_run(cfg, model, ds, cache_dir)
+    trained_on, subset = subsets.apply(cfg, ds)  # --train-fraction / --shots: the train rows it learns from
+    return RunContext(cfg, opts, trained_on, model, pre, device, cache, timings,
+                      source=ds if subset is not None else None, train_subset=subset)
