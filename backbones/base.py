@@ -6,6 +6,7 @@ an adapter, never touching the runner.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -14,6 +15,14 @@ from torch import nn
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+TEST_VARIANT = "tiny"  # in every real family, the random-init test model's variant name
+
+
+def test_models_on() -> bool:
+    """Test models of real families (``--variant tiny``) are offered only to the test suite."""
+    return os.environ.get("BENCH_TEST_MODELS", "") not in ("", "0")
 
 
 @dataclass(frozen=True)
@@ -37,6 +46,22 @@ class Spec:
     paper_use: str = ""
     # per-variant facts shown by `bench ls` (params, embed dim, blocks); filled by adapters
     facts: dict = field(default_factory=dict, compare=False, hash=False)
+    # per-variant definition version (absent: 1). Bump it when a variant's numbers change (its
+    # architecture, init or weights): the version enters the run id once above 1, so unchanged
+    # variants keep their ids and a changed one never reuses an old result
+    versions: dict = field(default_factory=dict, compare=False, hash=False)
+
+    def version(self, variant: str) -> int:
+        return int(self.versions.get(variant, 1))
+
+    def is_test_model(self, variant: str) -> bool:
+        """A random-init model for the test suite, not the family's real model: every variant of
+        the ``dummy`` family, and a real family's ``tiny`` variant (3 blocks, width 32)."""
+        return self.family == "dummy" or variant == TEST_VARIANT
+
+    def listed_variants(self) -> tuple[str, ...]:
+        """The variants users see: a real family's test variant only under BENCH_TEST_MODELS=1."""
+        return tuple(v for v in self.variants if self.family == "dummy" or v != TEST_VARIANT or test_models_on())
 
     def check(self, variant: str, readout: str | None) -> tuple[str, str]:
         """(the name errors and `bench weights fetch` use: ``name`` or ``name@variant``, the
@@ -44,8 +69,12 @@ class Spec:
         or readout this backbone lacks."""
         from bench.errors import UserError, did_you_mean
 
-        if variant not in self.variants:
-            raise UserError(f"backbone {self.name!r} has no variant {variant!r}; {did_you_mean(variant, self.variants)}")
+        if variant not in self.listed_variants():
+            if variant in self.variants:
+                raise UserError(f"--variant {variant} of {self.name!r} is a random-init test model ({TEST_VARIANT}: 3 blocks, "
+                                f"width 32), not a real {self.family} model; use {', '.join(self.listed_variants())} "
+                                f"(the test suite sets BENCH_TEST_MODELS=1 to build it)")
+            raise UserError(f"backbone {self.name!r} has no variant {variant!r}; {did_you_mean(variant, self.listed_variants())}")
         readout = readout or self.readouts[0]
         if readout not in self.readouts:
             raise UserError(f"backbone {self.name!r} has no readout {readout!r}; {did_you_mean(readout, self.readouts)}")

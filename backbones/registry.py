@@ -136,9 +136,8 @@ def build(name: str, variant: str | None = None, weights: str = "default", **kwa
     adapter = get(name)
     spec = adapter.spec
     variant = variant or spec.default_variant
-    if spec.variants and variant not in spec.variants:
-        raise UserError(f"backbone {name!r} has no variant {variant!r}; "
-                        f"{did_you_mean(variant, spec.variants)}")
+    if spec.variants:
+        spec.check(variant, spec.readouts[0])
     if weights not in ("default", "random") and is_bench_checkpoint(weights):
         # a model saved by `bench run --save-model`: same module layout, any family
         backbone = adapter.build(variant, "random", **kwargs)

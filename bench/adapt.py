@@ -23,7 +23,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from .config import parse_unfreeze
+from .run_config import parse_unfreeze
 from .errors import UserError
 
 if TYPE_CHECKING:
@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
     from backbones.base import Backbone
 
-    from .config import RunConfig
+    from .run_config import RunConfig
 
 ADAPTER_FORMAT = "medfm-bench-adapter"
 LORA_OPTIONS = ("lora_rank", "lora_alpha", "lora_dropout")

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
     from backbones.base import Backbone
 
-    from .config import RunConfig
+    from .run_config import RunConfig
     from .cache import FeatureCache
     from .results import RunResult
 
@@ -84,7 +84,7 @@ def run(backbone: "str | Backbone", dataset: str, *, cache: "FeatureCache | None
     ``backbone`` is a registry name or a Backbone instance (e.g. built in a notebook);
     ``cache`` a FeatureCache to use instead of ``cache_dir``'s. Returns a RunResult whose
     ``status`` says whether it ran now ("done") or was read back ("existing")."""
-    from .config import make_run_options
+    from .run_config import make_run_options
     from .runner import execute
 
     run_kw, exec_kw = split_options(kw)

@@ -11,7 +11,7 @@ from backbones.base import Backbone
 
 from . import adapt, datasets, execution, preprocess, subsets
 from .cache import FeatureCache
-from .config import RunConfig, RunOptions, parse_unfreeze
+from .run_config import RunConfig, RunOptions, parse_unfreeze
 from .context import RunContext, Timings
 from .env import default_cache_dir, seed_everything
 from .errors import UserError

@@ -25,7 +25,7 @@ def config_from_args(args: argparse.Namespace):
 
 
 def options_from_args(args: argparse.Namespace):
-    from .config import make_run_options
+    from .run_config import make_run_options
 
     return make_run_options(**_given(args, "exec"))
 

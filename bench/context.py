@@ -14,7 +14,7 @@ if TYPE_CHECKING:  # the planner imports this module without torch
 
     from backbones.base import Backbone
 
-    from .config import RunConfig, RunOptions
+    from .run_config import RunConfig, RunOptions
     from .datasets import Dataset
     from .cache import FeatureCache
     from .preprocess import Preprocess

@@ -35,9 +35,10 @@ def list_backbones() -> str:
             rows.append([name, "?", f"unavailable: {e}", "", "", "", "", "", "", ""])
             continue
         f = spec.facts
-        others = [v for v in spec.variants if v != spec.default_variant]
+        others = [v for v in spec.listed_variants() if v != spec.default_variant]
         shown = ",".join(others[:4]) + (f",+{len(others) - 4}" if len(others) > 4 else "")
-        rows.append([name, spec.family, spec.default_variant, shown or "-",
+        family = spec.family + (" (test model)" if spec.is_test_model(spec.default_variant) else "")
+        rows.append([name, family, spec.default_variant, shown or "-",
                      f.get("params", "?"), f.get("embed_dim", "?"), spec.input_size, f.get("blocks", "?"),
                      spec.weights_source, spec.license])
     return table(rows, ["backbone", "family", "default", "other variants", "params", "dim", "input",

@@ -3,7 +3,7 @@
 One :class:`Option` per knob: its name, type, default, choices, range, help text, group and
 scope. Everything else is derived from this table: the argparse flags of `bench run` and
 `bench sweep`, the type checks of sweep YAML values, the fields and defaults of
-:class:`bench.config.RunConfig` and :class:`bench.config.RunOptions`, and the option
+:class:`bench.run_config.RunConfig` and :class:`bench.run_config.RunOptions`, and the option
 table of docs/cli.md (``python -m bench.options``).
 
 Scopes:

@@ -23,7 +23,7 @@ from .options import choices
 if TYPE_CHECKING:
     from backbones.base import Backbone
 
-    from .config import RunConfig
+    from .run_config import RunConfig
     from .datasets import Dataset
 
 RESIZE_POLICIES = choices("resize")

@@ -21,7 +21,7 @@ from .errors import UserError, did_you_mean
 from .registry import Registry
 
 if TYPE_CHECKING:
-    from .config import RunConfig
+    from .run_config import RunConfig
     from .context import RunContext
 
 
@@ -59,6 +59,8 @@ class Protocol:
     options: tuple[str, ...] = ()   # per-protocol options it reads (bench.options)
     kind: str = "trained"           # probe (heads on cached readout features) | trained
     description: str = ""
+    # bumped when what it computes changes: above 1 the version enters the run id (bench.resolve)
+    version: int = 1
 
     def applies(self, cfg: "RunConfig") -> bool:
         """Does this protocol run ``cfg``? (Only head and unfreeze are asked; the default serves

@@ -48,6 +48,7 @@ class Recipe:
     code: str                              # the code read, with its full commit
     sets: dict[str, Setting] = field(default_factory=dict)
     notes: tuple[Note, ...] = ()
+    version: int = 1   # bumped when a value changes what a run computes: above 1 it enters the run id
 
     def values(self) -> dict[str, Any]:
         return {k: s.value for k, s in self.sets.items()}

@@ -9,7 +9,7 @@ from typing import Any
 from . import datasets, options, recipes
 from .adapt import check as check_adapt
 from .subsets import check as check_subset
-from .config import RunConfig, parse_unfreeze
+from .run_config import RunConfig, parse_unfreeze
 from .errors import UserError, did_you_mean
 
 
@@ -42,7 +42,31 @@ def resolve(backbone: str, dataset: str, **given: Any) -> RunConfig:
                         f"{cfg.unfreeze}" + (" --linear-mode online" if cfg.linear_mode == "online" else ""))
     check_subset(cfg)
     protocol.validate(cfg)
-    return cfg
+    return cfg.replace(definitions=definitions(cfg))
+
+
+def definition_versions(cfg: RunConfig) -> dict[str, str]:
+    """Every definition a run computes with, and its version (recorded in the run's JSON):
+    the backbone variant, the protocol, the recipe and the dataset source."""
+    import backbones
+
+    source = datasets.source_for(cfg.dataset)
+    return {"backbone": f"{cfg.backbone}@{cfg.variant}:{backbones.get(cfg.backbone).spec.version(cfg.variant)}",
+            "protocol": f"{cfg.protocol.name}:{cfg.protocol.version}",
+            "recipe": f"{cfg.recipe}:{recipes.get(cfg.recipe).version}",
+            "dataset": f"{source.name}:{source.version}"}
+
+
+def definitions(cfg: RunConfig) -> str:
+    """The definitions above version 1, as the run id carries them (e.g. "backbone:simplecnn@default=2";
+    "" while all are at 1, so
+    ids of unchanged definitions stay as they were; a bumped one never reuses an old result)."""
+    out = []
+    for kind, value in definition_versions(cfg).items():
+        name, _, version = value.rpartition(":")
+        if int(version) > 1:
+            out.append(f"{kind}:{name}={version}")
+    return ",".join(out)
 
 
 def bind_data(cfg: RunConfig, opts) -> RunConfig:
@@ -67,9 +91,8 @@ def _backbone_choices(backbone: str, c: dict, explicit: set[str] = frozenset()) 
     spec = backbones.get(backbone).spec
     c = dict(c)
     c["variant"] = c["variant"] or spec.default_variant
-    if spec.variants and c["variant"] not in spec.variants:
-        raise UserError(f"backbone {backbone!r} has no variant {c['variant']!r}; "
-                        f"{did_you_mean(c['variant'], spec.variants)}")
+    if spec.variants:  # a variant it lacks, or a real family's test model: one line
+        spec.check(c["variant"], spec.readouts[0])
     c["readout"] = c["readout"] or spec.readouts[0]
     if c["readout"] not in spec.readouts:
         raise UserError(f"unknown readout {c['readout']!r}; {did_you_mean(c['readout'], spec.readouts)}")

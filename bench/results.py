@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .config import RunConfig
+from .run_config import RunConfig
 from .env import now
 from .errors import UserError
 from .fsio import atomic_write_text, check_creatable, remove_stale, write_all_then_swap

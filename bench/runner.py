@@ -10,10 +10,10 @@ from backbones.base import Backbone
 
 from . import assemble, metrics
 from .cache import FeatureCache
-from .config import RunConfig, RunOptions
+from .run_config import RunConfig, RunOptions
 from .protocol import ProtocolOutput
 from .progress import log
-from .resolve import bind_data
+from .resolve import bind_data, definition_versions
 from .results import ResultStore, RunResult
 
 
@@ -49,7 +49,7 @@ def execute(cfg: RunConfig, opts: RunOptions, *, model: Backbone | None = None,
         by_split = scored(out)
         layers = {k: (scored(o), o.test_scores) for k, o in out.layers.items()} if out.layers else None
         ctx.timings.values["total_s"] = time.perf_counter() - t0
-        store.write_run(cfg, by_split, ctx.record(out), (y_test, out.test_scores), out.curves, layers=layers,
+        store.write_run(cfg, by_split, {**ctx.record(out), "definitions": definition_versions(cfg)}, (y_test, out.test_scores), out.curves, layers=layers,
                         model_files=out.files)
         protocol.finished(cfg, opts)  # e.g. drop a resume checkpoint: only now, after the results are written
         return RunResult.read(store, cfg.run_id, status="done")

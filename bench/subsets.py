@@ -18,7 +18,7 @@ import numpy as np
 from .errors import UserError
 
 if TYPE_CHECKING:
-    from .config import RunConfig
+    from .run_config import RunConfig
     from .datasets import Dataset
 
 _STREAM = 0x5B5E7  # a seed stream of its own: the subset does not move when heads draw differently

@@ -21,7 +21,7 @@ from torch import nn
 from backbones.base import Backbone
 
 from . import adapt, augment, datapath, heads, metrics
-from .config import RunConfig, RunOptions, parse_unfreeze
+from .run_config import RunConfig, RunOptions, parse_unfreeze
 from .context import RunContext
 from .errors import UserError
 from .features import autocast, precision

@@ -20,7 +20,7 @@ from common import record
 
 import backbones
 from bench import adapt
-from bench.config import RunConfig
+from bench.run_config import RunConfig
 
 
 def timed(fn, steps: int) -> float:

@@ -31,7 +31,7 @@ import torch
 from common import RESULTS, SHARED, record
 
 from bench import heads  # noqa: E402
-from bench.config import RunOptions  # noqa: E402
+from bench.run_config import RunOptions  # noqa: E402
 from bench.datasets import SPLITS  # noqa: E402
 from bench.datasets import medmnist as data  # noqa: E402
 from bench.features import extract  # noqa: E402

@@ -20,7 +20,7 @@ from common import SHARED, record
 from bench import train
 from bench.protocols import PROTOCOLS, register_protocol
 from bench.protocols.finetune import Finetune
-from bench.config import RunOptions
+from bench.run_config import RunOptions
 from bench.resolve import resolve
 from bench.runner import execute
 

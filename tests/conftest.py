@@ -9,6 +9,10 @@ import pytest
 
 SHARED_MEDMNIST = Path(__file__).resolve().parents[1].parent / "shared" / "medmnist"
 
+# the test-only switch: real families' random-init `tiny` variants (3 blocks, width 32) are
+# offered to the test suite and its subprocesses only (backbones.base.test_models_on)
+os.environ["BENCH_TEST_MODELS"] = "1"
+
 
 def write_synthetic_npz(root: Path, flag: str = "breastmnist", size: int = 28,
                         n: tuple[int, int, int] = (96, 32, 48), channels: int | None = None,

@@ -18,7 +18,7 @@ import torch
 import bench
 from bench import docgen, options
 from bench.cli import build_parser, main
-from bench.config import RunConfig, RunOptions
+from bench.run_config import RunConfig, RunOptions
 from bench.datasets import SOURCES, Dataset, DatasetSource, Split, register_source
 from bench.errors import UserError
 from bench.protocols import PROTOCOLS, Protocol, ProtocolOutput, register_protocol
@@ -53,7 +53,7 @@ def test_run_ids_are_unchanged_by_the_refactor():
 
 def test_records_are_derived_from_the_option_table():
     run_fields = {f.name for f in dataclasses.fields(RunConfig)}
-    assert run_fields == set(options.names("run")) | {"weights_fingerprint", "data_fingerprint"}
+    assert run_fields == set(options.names("run")) | {"weights_fingerprint", "data_fingerprint", "definitions"}
     assert {f.name for f in dataclasses.fields(RunOptions)} == set(options.names("exec"))
     for o in options.OPTIONS:
         if o.scope == "exec":

@@ -15,7 +15,7 @@ from ..registry import Registry
 from .base import SPLITS, Dataset, DatasetSource, LoadOptions, Split
 
 if TYPE_CHECKING:
-    from ..config import RunConfig, RunOptions
+    from ..run_config import RunConfig, RunOptions
 
 BUILTINS = {"medmnist": "bench.datasets.medmnist:SOURCE",
             "folder": "bench.datasets.folder:SOURCE",
@@ -65,7 +65,8 @@ def load_options(cfg: "RunConfig", opts: "RunOptions", download: bool = True) ->
     return LoadOptions(root=opts.data_root, check_md5=not opts.skip_md5, limit=cfg.limit,
                        cache_dir=Path(opts.cache_dir or default_cache_dir()), download=download,
                        data=tuple((k, getattr(cfg, k)) for k in DATA_OPTIONS),
-                       splits_dir=Path(opts.results_dir) / "splits", quiet=opts.quiet)
+                       splits_dir=Path(opts.results_dir) / "splits", quiet=opts.quiet,
+                       workers=getattr(opts, "decode_workers", 0) or 0)
 
 
 def all_names() -> list[str]:

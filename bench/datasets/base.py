@@ -100,6 +100,8 @@ class LoadOptions:
     data: tuple[tuple[str, object], ...] = ()
     splits_dir: Path | None = None   # where image sources save the split they drew (results/splits)
     quiet: bool = False              # no progress bar for a first decode
+    workers: int = 0                 # --decode-workers: processes that decode and fingerprint images
+                                     # (0: the run's share of the cores; bench.parallel)
 
     def get(self, name: str):
         """A data option's value (its declared default when not handed over)."""
@@ -119,6 +121,10 @@ class DatasetSource:
     description: str = ""
     sizes: tuple[int, ...] | None = None   # allowed --size values (None: any)
     in_all: bool = True                    # are its names part of a sweep's `datasets: all`?
+    # bumped when what its datasets' runs compute or how they are named changes: above 1 the
+    # version enters the run id; from 2 on, a SOURCE:PATH dataset is named in the id by its last
+    # path part and its content fingerprint, not by where it lies
+    version: int = 1
 
     def names(self) -> list[str]:
         """Datasets this source provides by bare name (the `datasets: all` of a sweep)."""

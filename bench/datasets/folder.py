@@ -24,6 +24,7 @@ def _classes(folder: Path) -> list[Path]:
 
 class FolderSource(ImageSource):
     name = "folder"
+    version = 2  # 2: named in run ids by the folder's name and content, not its absolute path
     description = "an image folder (PATH/<class>/*.png|jpg|bmp|tif|dcm, optionally PATH/train|val|test/<class>/)"
 
     @staticmethod

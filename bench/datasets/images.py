@@ -161,6 +161,7 @@ def _sha_chunk(task: tuple[int, list[str]]) -> tuple[int, list[str]]:
 
 
 _SHAS: dict[tuple[str, int, int], str] = {}  # (path, size, mtime) -> "size:sha256", in this process
+_SHAS_MAX = 1 << 20
 
 
 def image_shas(paths: list[Path], opts: LoadOptions, what: str = "") -> list[str]:
@@ -186,6 +187,8 @@ def image_shas(paths: list[Path], opts: LoadOptions, what: str = "") -> list[str
         else:
             todo.append(i)
     if todo:
+        if len(_SHAS) + len(todo) > _SHAS_MAX:
+            _SHAS.clear()
         workers = decode_workers(opts.workers) if len(todo) >= PARALLEL_MIN else 1
         tasks = [(j, [str(paths[i]) for i in todo[j:j + CHUNK]]) for j in range(0, len(todo), CHUNK)]
         bar = Progress(len(todo), f"fingerprint {what or 'images'} ({workers} processes)", "file",
@@ -209,7 +212,11 @@ def _index_path(paths: list[Path], opts: LoadOptions) -> Path | None:
         return None
     from ..env import default_cache_dir
 
-    common = os.path.commonpath([str(p.parent) for p in (paths[0], paths[-1])])
+    names = [str(p.parent) for p in paths]
+    try:  # the folder every image lies under: one index per dataset
+        common = os.path.commonpath([min(names), max(names)])
+    except ValueError:  # different drives
+        common = min(names)
     name = hashlib.sha1(common.encode()).hexdigest()[:16]
     return Path(opts.cache_dir or default_cache_dir()) / "digests" / f"images-{name}.json"
 
@@ -416,7 +423,82 @@ def _read_cached(folder: Path) -> tuple[dict, dict[str, Split]] | None:
         return None
 
 
+def _decode_chunk(task: tuple[str, int, int, list[tuple[int, str]]]) -> tuple[list[int], bool, list[tuple[int, str]]]:
+    """Decode ``(row, path)`` items into rows of the scratch file (written in place with pwrite:
+    no image travels back, and nothing stays mapped). Returns (rows decoded, all of them gray,
+    (row, why) of the unreadable ones). The serial path runs exactly this, in the run's process."""
+    scratch, offset, size, items = task
+    rowbytes = size * size * 3
+    done, gray, bad = [], True, []
+    fd = os.open(scratch, os.O_WRONLY)
+    try:
+        for row, path in items:
+            try:
+                a, g = decode(Path(path), size)
+            except UserError:
+                raise  # e.g. DICOM without pydicom: the run's error, not an unreadable image
+            except Exception as ex:  # whatever PIL or pydicom says: the image is listed, not a traceback
+                bad.append((row, (str(ex).splitlines() or [type(ex).__name__])[0][:80]))
+                continue
+            os.pwrite(fd, np.ascontiguousarray(a, np.uint8).tobytes(), offset + row * rowbytes)
+            done.append(row)
+            gray &= g
+    finally:
+        os.close(fd)
+    return done, gray, bad
+
+
+def _read_rows(fd: int, offset: int, rowbytes: int, rows: np.ndarray) -> bytes:
+    """The bytes of ``rows`` (ascending) of a row-major file, one read per contiguous run."""
+    out = bytearray()
+    i = 0
+    while i < len(rows):
+        j = i + 1
+        while j < len(rows) and rows[j] == rows[j - 1] + 1:
+            j += 1
+        start, count = int(rows[i]), j - i
+        want = count * rowbytes
+        got = os.pread(fd, want, offset + start * rowbytes)
+        if len(got) != want:
+            raise OSError(f"short read of the decode scratch file ({len(got)} of {want} bytes)")
+        out += got
+        i = j
+    return bytes(out)
+
+
+def _write_split_images(path: Path, fd: int, offset: int, size: int, rows: np.ndarray, gray: bool) -> dict:
+    """``path`` as np.save would write scratch[rows] (the first channel where every image is
+    gray), staged and checked like save_checked, a block of rows at a time: never the whole split
+    in memory."""
+    from ..cache import checksum
+    from ..fsio import tmp_name
+
+    shape = (len(rows), size, size) if gray else (len(rows), size, size, 3)
+    rowbytes = size * size * 3
+    block = max(1, (64 << 20) // rowbytes)  # ~64 MB of images at a time
+    tmp = tmp_name(path)
+    try:
+        with open(tmp, "wb") as f:
+            np.lib.format.write_array_header_1_0(f, {"descr": "|u1", "fortran_order": False, "shape": shape})
+            for i in range(0, len(rows), block):
+                chunk = np.frombuffer(_read_rows(fd, offset, rowbytes, rows[i:i + block]), np.uint8)
+                chunk = chunk.reshape(-1, size, size, 3)
+                f.write(np.ascontiguousarray(chunk[..., 0]).tobytes() if gray else chunk.tobytes())
+            f.flush()
+            os.fsync(f.fileno())
+        checked = {"shape": list(shape), "dtype": "uint8", "checksum": checksum(tmp)}
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, path)
+    return checked
+
+
 def _decode_all(m: Manifest, size: int, folder: Path, fp: str, opts: LoadOptions) -> dict:
+    """Decode every image once (on ``--decode-workers`` processes, same bytes as one), then write
+    the splits. Memory stays bounded whatever the number of images: workers write decoded rows
+    straight into a scratch file, and the splits are copied from it a block at a time."""
+    from ..parallel import decode_workers, run_tasks
     from ..progress import Progress
 
     n = len(m.entries)
@@ -424,23 +506,29 @@ def _decode_all(m: Manifest, size: int, folder: Path, fp: str, opts: LoadOptions
         raise UserError(f"{m.name}: no images found in {m.path} ({', '.join(IMAGE_SUFFIXES)})")
     scratch = folder / f".all.npy.tmp{os.getpid()}"
     allimg = np.lib.format.open_memmap(scratch, mode="w+", dtype=np.uint8, shape=(n, size, size, 3))
+    offset = allimg.offset
+    del allimg  # sized and headed; written with pwrite, read with pread
     ok = np.zeros(n, bool)
     all_gray = True
-    bad: list[tuple[str, str]] = []
-    bar = Progress(n, f"decode {m.name} ({size} px, once)", "img", opts.quiet)
+    bad_rows: list[tuple[int, str]] = []
+    workers = decode_workers(opts.workers) if n >= PARALLEL_MIN else 1
+    tasks = ((str(scratch), offset, size, [(r, str(m.entries[r].path)) for r in range(i, min(n, i + CHUNK))])
+             for i in range(0, n, CHUNK))
+    bar = Progress(n, f"decode {m.name} ({size} px, once{f', {workers} processes' if workers > 1 else ''})",
+                   "img", opts.quiet)
     try:
-        for i, e in enumerate(m.entries):
-            try:
-                allimg[i], gray = decode(e.path, size)
-                all_gray &= gray
-                ok[i] = True
-            except UserError:
-                raise
-            except Exception as ex:  # whatever PIL or pydicom says: the image is listed, not a traceback
-                bad.append((e.rel, (str(ex).splitlines() or [type(ex).__name__])[0][:80]))
-            bar.update(1)
+        for done, gray, bad in run_tasks(_decode_chunk, tasks, workers):
+            ok[done] = True
+            all_gray &= gray
+            bad_rows += bad
+            bar.update(len(done) + len(bad))
+    except BaseException:
+        scratch.unlink(missing_ok=True)
+        raise
     finally:
         bar.close()
+    bad = [(m.entries[r].rel, why) for r, why in sorted(bad_rows)]  # in file order, as one process lists them
+    fd = os.open(scratch, os.O_RDONLY)
     try:
         if len(bad) > MAX_UNREADABLE * n:
             raise UserError(f"{m.name}: {len(bad)} of {n} images are unreadable (more than "
@@ -452,14 +540,14 @@ def _decode_all(m: Manifest, size: int, folder: Path, fp: str, opts: LoadOptions
         assigned, how = assign_splits(keep, opts, m.name)
         arrays, rels = {}, {}
         for s in SPLITS:
-            idx = [r for r, a in zip(rows, assigned) if a == s]
-            imgs = allimg[idx][..., 0] if all_gray else allimg[idx]
+            idx = np.array([r for r, a in zip(rows, assigned) if a == s], np.int64)
             labels = np.array([m.entries[r].label for r in idx], np.int64).reshape(len(idx), -1)
-            arrays[f"{s}_images.npy"] = save_checked(folder / f"{s}_images.npy", np.ascontiguousarray(imgs))
+            arrays[f"{s}_images.npy"] = _write_split_images(folder / f"{s}_images.npy", fd, offset, size, idx,
+                                                            all_gray)
             arrays[f"{s}_labels.npy"] = save_checked(folder / f"{s}_labels.npy", labels)
             rels[s] = [m.entries[r].rel for r in idx]
     finally:
-        del allimg
+        os.close(fd)
         scratch.unlink(missing_ok=True)
     meta = {"fingerprint": fp, "dataset": m.name, "size": size, "n_channels": 1 if all_gray else 3,
             "arrays": arrays, "split_rule": how, "skipped": bad, "paths": rels}

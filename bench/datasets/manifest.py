@@ -74,6 +74,7 @@ def _is_uncertain(v: str) -> bool:
 
 class CSVSource(ImageSource):
     name = "csv"
+    version = 2  # 2: named in run ids by the CSV's name and content, not its absolute path
     description = "a CSV manifest (path and label columns; --label-col A,B for multi-label; split, group)"
 
     def _path(self, dataset: str) -> Path:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import RunOptions
+from ..run_config import RunOptions
 from ..progress import log
 from ..errors import UserError, did_you_mean
 from ..fsio import atomic_write_bytes, atomic_write_text

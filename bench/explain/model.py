@@ -16,7 +16,7 @@ from torch import nn
 
 from backbones.base import Backbone
 
-from ..config import RunConfig, RunOptions
+from ..run_config import RunConfig, RunOptions
 from ..progress import log
 from ..datasets import Dataset
 from ..errors import UserError, did_you_mean

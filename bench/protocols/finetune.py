@@ -4,7 +4,7 @@ it shares and what it costs."""
 from __future__ import annotations
 
 from .. import options
-from ..config import parse_unfreeze
+from ..run_config import parse_unfreeze
 from ..context import RunContext, frozen_identity
 from ..protocol import Protocol, ProtocolOutput, SplitSizes
 

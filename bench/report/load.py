@@ -90,6 +90,7 @@ def load_results(results_dir: Path, filters: list[str] | tuple[str, ...] = ()) -
         raise UserError(f"no valid runs in {runs_dir}: {len(skipped)} skipped, e.g. {skipped[0]['file']}: "
                         f"{skipped[0]['reason']}")
     rows = pd.concat(frames, ignore_index=True)
+    rows = newest_definitions(rows, meta)
     n_total = rows.run_id.nunique()
     rows = apply_filters(rows, filters)
     study = rows.run_id.map(lambda r: study_run((meta.get(r) or {}).get("config") or {}))
@@ -110,6 +111,36 @@ def load_results(results_dir: Path, filters: list[str] | tuple[str, ...] = ()) -
                        created=[meta.get(r, {}).get("created") for r in runs.run_id])
     return RunSet(root, rows.reset_index(drop=True), runs, meta, failures, list(filters), n_total, skipped,
                   layer_rows.reset_index(drop=True), subset_rows.drop(columns="layer").reset_index(drop=True))
+
+
+def _definition_age(definitions: str) -> int:
+    """How far a run's definitions are bumped ("backbone:simplecnn@default=2,dataset:folder=2" -> 2)."""
+    return sum(int(d.rpartition("=")[2]) - 1 for d in definitions.split(",") if "=" in d)
+
+
+def newest_definitions(rows: pd.DataFrame, meta: dict[str, dict]) -> pd.DataFrame:
+    """Rows of runs made with older versions of a definition than another run of the same config
+    left out, with one line saying so: a bumped definition computes something else, so its runs
+    and the old ones are never merged as seeds of one model (the old files stay on disk)."""
+    import sys
+
+    newest: dict[str, tuple[int, str]] = {}
+    keyed = {}
+    for rid in rows.run_id.unique():
+        cfg = dict((meta.get(rid) or {}).get("config") or {})
+        definitions = str(cfg.pop("definitions", "") or "")
+        cfg.pop("data_fingerprint", None)
+        key = json.dumps(cfg, sort_keys=True, default=str)
+        keyed[rid] = (key, definitions)
+        age = _definition_age(definitions)
+        if key not in newest or age > newest[key][0]:
+            newest[key] = (age, definitions)
+    old = {rid for rid, (key, d) in keyed.items() if _definition_age(d) < newest[key][0]}
+    if old:
+        now = sorted({newest[keyed[r][0]][1] for r in old})
+        print(f"bench: report: left out {len(old)} run(s) made before a definition changed ({'; '.join(now)}); "
+              f"their files stay in the results folder", file=sys.stderr)
+    return rows[~rows.run_id.isin(old)]
 
 
 # metrics that are fractions (a value outside [0, 1] is a corrupt or foreign file); kappa is [-1, 1]
@@ -285,14 +316,30 @@ def run_identity(per_run: pd.DataFrame, meta: dict[str, dict]) -> pd.DataFrame:
         parts = [backbone]
         if variant and (len(variants[backbone]) > 1 or variant != default_variant(backbone)):
             parts.append(variant)
+        test_model = is_test_model(backbone, variant)
+        if test_model and weights == "default":
+            weights = "random"  # a test model's "default" weights are a fixed random init
         if weights != "default":
             parts.append(f"({weights})")
+        if test_model:
+            parts.append("(test model)")
         if several_recipes:
             parts.append(f"[{recipes[rid] or 'no recipe'}]")
         recs[rid] = {"backbone": backbone, "variant": variant, "weights": weights, "recipe": recipes[rid],
                      "label": " ".join(parts)}
     return pd.DataFrame.from_dict(recs, orient="index",
                                   columns=["backbone", "variant", "weights", "recipe", "label"])
+
+
+def is_test_model(backbone: str, variant: str) -> bool:
+    """A random-init model of the test suite (dummy, a real family's ``tiny``), never a real one."""
+    import backbones
+
+    try:
+        spec = backbones.get(backbone).spec
+    except Exception:  # a plugin no longer installed: nothing known of it
+        return False
+    return spec.is_test_model(variant or spec.default_variant)
 
 
 def weights_name(value: object) -> str:

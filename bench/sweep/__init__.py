@@ -88,7 +88,7 @@ def _shard(args: argparse.Namespace, conf: dict, executor: str) -> tuple[tuple[i
 
 def _options(execution: dict, verbose: bool):
     """RunOptions with absolute paths, so workers on other nodes or cwd agree on every folder."""
-    from ..config import make_run_options
+    from ..run_config import make_run_options
     from ..env import default_cache_dir
 
     def absolute(p, default):

@@ -12,8 +12,9 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import replace
 from pathlib import Path
 
-from ..config import RunConfig
+from ..run_config import RunConfig
 from ..errors import UserError
+from ..parallel import RUN_WORKERS_ENV
 from .plan import assign
 from .worker import BUSY, LOST, RunResult, Settings, SweepProgress, configure_threads, run_bundle
 
@@ -66,7 +67,9 @@ def worker_envs(workers: int, gpus: list[str], threads: int | None) -> list[dict
     threads = threads or max(1, cpus // workers)
     envs = []
     for i in range(workers):
-        env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "BENCH_SWEEP_WORKER": f"w{i}"}
+        env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "BENCH_SWEEP_WORKER": f"w{i}",
+               # runs sharing the cores: each decodes own images on cores // workers (bench.parallel)
+               RUN_WORKERS_ENV: str(workers)}
         if gpus:
             env["CUDA_VISIBLE_DEVICES"] = gpus[i % len(gpus)]
         envs.append(env)

@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config import RunConfig, RunOptions
+from ..run_config import RunConfig, RunOptions
 from ..protocol import SplitSizes
 from ..errors import UserError
 from .grid import describe

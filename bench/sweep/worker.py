@@ -19,7 +19,7 @@ from typing import Callable
 
 from filelock import Timeout
 
-from ..config import RunConfig, RunOptions
+from ..run_config import RunConfig, RunOptions
 
 # statuses of a run in a sweep
 DONE, SKIPPED, FAILED, FAILED_BEFORE, BUSY, LOST = "done", "skipped", "failed", "failed-before", "busy", "lost"

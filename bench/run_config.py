@@ -11,6 +11,7 @@ import json
 import re
 from dataclasses import field, fields, make_dataclass, replace
 from functools import cached_property
+from pathlib import PurePath
 from typing import Any
 
 from . import options
@@ -33,14 +34,30 @@ class _RunConfigMethods:
         d = {k: v for k, v in self.to_dict().items() if not (k in _LATE and (v is None or v == _LATE[k]))}
         if self.weights_fingerprint and self.weights != "instance":
             d["weights"] = "file"
+        if self.path_free_dataset:
+            d["dataset"] = self.dataset_name
         return d
+
+    @property
+    def path_free_dataset(self) -> bool:
+        """A SOURCE:PATH dataset whose source is at version 2 or later: the run id names it by its
+        last path part (its content is in data_fingerprint), so moving the data keeps the id."""
+        return ":" in self.dataset and f"dataset:{self.dataset.partition(':')[0]}=" in self.definitions
+
+    @property
+    def dataset_name(self) -> str:
+        """The dataset as run ids and labels name it: SOURCE:NAME for path-free own data."""
+        if not self.path_free_dataset:
+            return self.dataset
+        source, _, arg = self.dataset.partition(":")
+        return f"{source}:{PurePath(arg.rstrip('/')).name or arg}"
 
     @cached_property  # a frozen config's id never changes; planning asks for it many times
     def run_id(self) -> str:
         canon = json.dumps(self.id_dict(), sort_keys=True, separators=(",", ":"))
         digest = hashlib.sha256(canon.encode()).hexdigest()[:10]
         name = re.sub(r"[^A-Za-z0-9.]+", "_", self.backbone).strip("_")
-        data = re.sub(r"[^A-Za-z0-9.]+", "_", self.dataset).strip("_")
+        data = re.sub(r"[^A-Za-z0-9.]+", "_", self.dataset_name).strip("_")
         adapt = f"-{self.adapt}" if self.adapt not in (None, "none") else ""  # e.g. "all-lora"
         return f"{name}-{data}_{self.size}-{self.head}-{self.unfreeze}{adapt}-s{self.seed}-{digest}"
 
@@ -74,7 +91,7 @@ class _RunConfigMethods:
 
 
 # derived fields added after run ids were published: out of the id while empty
-_LATE = {o.name: o.default for o in options.OPTIONS if o.late} | {"data_fingerprint": ""}
+_LATE = {o.name: o.default for o in options.OPTIONS if o.late} | {"data_fingerprint": "", "definitions": ""}
 
 
 def _run_fields() -> list[tuple]:
@@ -91,6 +108,9 @@ def _run_fields() -> list[tuple]:
             out.append(("weights_fingerprint", str, field(default="")))
         if o.name == "dataset":  # "" for the published data; else its fingerprint (bench.resolve.bind_data)
             out.append(("data_fingerprint", str, field(default="")))
+            # the definitions above version 1 this run computes with, e.g. "backbone:simplecnn@default=2"
+            # (bench.resolve.definitions): "" while every one is at 1, so old ids stay as they were
+            out.append(("definitions", str, field(default="")))
     # dataclasses want the required fields first
     return sorted(out, key=lambda f: len(f) == 3)
 
