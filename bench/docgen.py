@@ -93,7 +93,7 @@ LAYER_ROLES = (
     ("training", "what one run carries (context), the frozen pass and its kernels, train subsets, heads, the fine-tune loop, LoRA/BitFit, augmentation"),
     ("resources", "data sources and backbones (each a registry), the feature cache, device-side preprocessing and feeding"),
     ("declarations", "every option once, the publications' recipes, the run's identity (RunConfig), the protocol interface and registry"),
-    ("foundations", "errors, atomic files, the environment, progress, the generic registry, metrics: nothing of ours above them"),
+    ("foundations", "errors, atomic files, the environment, progress, the generic registry, metrics, the cores a run may use: nothing of ours above them"),
 )
 
 

@@ -351,7 +351,8 @@ def end_to_end(check: Check, tmp: Path, name: str, flags: list[str], a: argparse
     if rc != 0:
         tail = [ln for ln in out.strip().splitlines() if ln.strip()][-1:] or [""]
         raise RuntimeError(f"exit {rc if rc is not None else 'timeout'}: {tail[0][:250]}")
-    run_id = out.strip().splitlines()[0].split(":", 1)[0].strip()
+    # the result's first line names the run ("RUN_ID: ..."); warning lines ("bench: ...") may come first
+    run_id = next(ln for ln in out.strip().splitlines() if not ln.startswith("bench:")).split(":", 1)[0].strip()
     meta = json.loads((tmp / "results" / "meta" / f"{run_id}.json").read_text())
     test = [ln.strip() for ln in out.splitlines() if ln.strip().startswith("test")]
     ctx = f"{name}: {a.e2e_backbone}/random breastmnist_28 -> {a.input_size}px, {meta['device']}, " \

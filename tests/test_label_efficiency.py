@@ -165,7 +165,7 @@ def test_report_labels_section_with_seed_mean_intervals(opts, tmp_path):
     row = t[t.budget == "fraction"].iloc[0]
     assert (row.ci_low, row.ci_high) == pytest.approx((lo, hi)) and lo < row["mean"] < hi
     seeds = pd.read_csv(next((out / "tables").glob("seeds_*.csv")))
-    assert set(seeds.model) == {"dummy (random)"} and set(seeds.n) == {2}  # the subset runs are not seeds of it
+    assert set(seeds.model) == {"dummy (random) (test model)"} and set(seeds.n) == {2}  # the subset runs are not seeds of it
 
 
 def test_report_labels_curve_from_subset_runs_alone(opts, tmp_path):

@@ -236,7 +236,7 @@ def test_report_depth_section(opts, tmp_path):
     assert best.best_layer.tolist() in ([1], [2]) and best.seeds.tolist() == [2] and best.last_layer.tolist() == [5]
     assert best.best_test.iloc[0] > 0.9 > 0.6 > best.last_test.iloc[0]
     seeds = pd.read_csv(next((out / "tables").glob("seeds_*.csv")))
-    assert set(seeds.model) == {"dummy (random)"}
+    assert set(seeds.model) == {"dummy (random) (test model)"}
     # layers probed on 2 shots per class are a curve of their own, not averaged into the full one
     bench.run(Marked(depth=5, wash=2), "breastmnist", layers="all", seed=0, shots=2, **opts)
     make_report(tmp_path / "results", out, formats=("md",), n_boot=50)

@@ -421,4 +421,4 @@ def test_sweep_and_report_over_a_folder_dataset(tmp_path, capsys):
     assert main(["report", "--results-dir", str(out), "--out", str(tmp_path / "rep"), "--format", "md",
                  "--n-boot", "20"]) == 0
     md = (tmp_path / "rep" / "report.md").read_text()
-    assert f"folder:{tmp_path / 'img'}" in md and "dummy (random)" in md
+    assert f"folder:{tmp_path / 'img'}" in md and "dummy (random) (test model)" in md

@@ -466,10 +466,11 @@ def test_real_dummy_runs_then_report_end_to_end(tmp_path):
                        capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     md = (out / "report.md").read_text()
-    assert "dummy small" in md and "dummy tiny" in md and "Paired bootstrap against dummy tiny" in md
+    # test models are labelled so, and an explicit --baseline may still name one without its marks
+    assert "dummy small (random) (test model)" in md and "Paired bootstrap against dummy tiny (random) (test model)" in md
     ci = pd.read_csv(next((out / "tables").glob("ci_linear_none_28*.csv"))).set_index("model")
     assert (ci.ci_low <= ci["mean"]).all() and (ci["mean"] <= ci.ci_high).all()
-    assert set(ci.index) == {"dummy tiny", "dummy small"} and (ci.valid_resamples > 0).all()
+    assert set(ci.index) == {"dummy tiny (random) (test model)", "dummy small (random) (test model)"} and (ci.valid_resamples > 0).all()
     assert (out / "report.html").exists() and list((out / "figures").glob("heatmap_*.png"))
 
 

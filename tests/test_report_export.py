@@ -79,8 +79,8 @@ def test_ls_counts_done_and_failed_per_model_and_dataset(tmp_path):
     # labels as in the report: several recipes are present, so each label names its own
     assert st.loc[("resnet18 (random) [paper]", "breastmnist", 28), "done"] == 2
     assert st.loc[("resnet18 (random) [paper]", "breastmnist", 28), "seeds_done"] == "0 1"
-    assert st.loc[("dummy small [no recipe]", "breastmnist", 28), ["done", "failed"]].tolist() == [2, 0]
-    assert st.loc[("dummy small [no recipe]", "retinamnist", 28), ["done", "failed"]].tolist() == [0, 1]
+    assert st.loc[("dummy small (random) (test model) [no recipe]", "breastmnist", 28), ["done", "failed"]].tolist() == [2, 0]
+    assert st.loc[("dummy small (random) (test model) [no recipe]", "retinamnist", 28), ["done", "failed"]].tolist() == [0, 1]
     text = format_status(status_table(results))
     assert "2/1 failed" not in text and "0/1 failed" in text
     assert "6 run(s) done, 1 failed" in text

@@ -17,6 +17,8 @@ import pandas as pd
 from .. import metrics as M
 from ..errors import UserError, did_you_mean
 from . import stats as S
+from .caveats import legend as caveat_legend
+from .caveats import mark
 from .doc import Cell, Table
 from .load import SECTION_KEYS, RunSet, model_table, unfreeze_order
 
@@ -137,6 +139,7 @@ class Analysis:
         if self.metric not in present:
             raise UserError(f"no test results for metric {self.metric!r}; {did_you_mean(self.metric, present)}")
         models = set(self.rs.rows.model) | set(self.rs.rows.backbone)
+        models |= {unmarked(m) for m in models}  # a test model may be named without its marks
         if self.baseline is not None and self.baseline not in models and self.require_baseline:
             raise UserError(f"unknown baseline {self.baseline!r}: no runs of it in the results; "
                             f"{did_you_mean(self.baseline, sorted(models))}")
@@ -187,6 +190,10 @@ class Analysis:
         models = sorted(set(self.summary[self.summary.section == sec].model))
         if self.baseline in models:
             return self.baseline
+        # a test model named without its marks ("dummy tiny" for "dummy tiny (random) (test model)")
+        marked = [m for m in models if m != unmarked(m) and unmarked(m) == self.baseline]
+        if len(marked) == 1:
+            return marked[0]
         same = [m for m in models if self._backbone.get(m) == self.baseline]
         if len(same) > 1:
             raise UserError(f"baseline {self.baseline!r} is ambiguous in {section_title(sec)}: "
@@ -212,6 +219,10 @@ class Analysis:
         s = self.summary
         hit = s[(s.section == sec) & (s.model == model) & (s.dataset == dataset)]
         return None if hit.empty else hit.iloc[0]
+
+    def caveats(self, run_ids) -> list[str]:
+        """The marks of the runs behind a number of this report's metric (bench.report.caveats)."""
+        return self.rs.cell_caveats(run_ids, self.metric)
 
     # -- bootstrap ---------------------------------------------------------------------------
     def boot(self, sec: SectionKey, model: str, dataset: str) -> dict | None:
@@ -252,7 +263,7 @@ def seed_table(a: Analysis, sec: SectionKey) -> Table:
     datasets = dataset_order(sub.dataset)
     models = a.models(sec)
     best = {d: a.best(sub[sub.dataset == d]["mean"]) for d in datasets}
-    rows, flagged, undefined = [], False, False
+    rows, flagged, undefined, marked = [], False, False, set()
     for m in models:
         row = [Cell(m)]
         for d in datasets:
@@ -260,22 +271,26 @@ def seed_table(a: Analysis, sec: SectionKey) -> Table:
             if c is None:
                 row.append(Cell.empty())
                 continue
+            tags = a.caveats(c["run_ids"])
+            marked |= set(tags)
             if not math.isfinite(c["mean"]):  # runs exist but the metric is undefined for all of them
                 undefined = True
-                row.append(Cell("undefined", missing=True))
+                row.append(Cell(mark("undefined", tags), missing=True))
                 continue
             partial = c["n"] < c["expected_n"]
             flagged |= partial
             n = f"n={c['n']}/{c['expected_n']}" if partial else f"n={c['n']}"
             sd = f" ± {fmt(c['std'])}" if math.isfinite(c["std"]) else ""
-            row.append(Cell(f"{fmt(c['mean'])}{sd} ({n})", bold=bool(np.isclose(c["mean"], best[d])),
+            row.append(Cell(mark(f"{fmt(c['mean'])}{sd} ({n})", tags), bold=bool(np.isclose(c["mean"], best[d])),
                             flag=bool(partial)))
         rows.append(row)
     legend = [f"bold: best mean in the column ({direction(a)})", "— no run for this cell"] + \
         ([FLAG_SEEDS] if flagged else [])
     if undefined:
         legend.append("undefined: the metric could not be computed (e.g. AUC with a single class in the test split)")
-    data = sub.drop(columns=["section", "run_ids"]).assign(seeds=sub.seeds.map(lambda s: " ".join(map(str, s))))
+    legend += caveat_legend(marked)
+    data = sub.drop(columns=["section", "run_ids"]).assign(seeds=sub.seeds.map(lambda s: " ".join(map(str, s))),
+                                                           caveats=sub.run_ids.map(lambda r: "; ".join(a.caveats(r))))
     return Table(f"seeds_{sec.slug}", f"{a.metric.upper()} by model and dataset",
                  ["model", *map(dataset_label, datasets)], rows,
                  caption=f"Test {a.metric}, mean ± std over seeds (n seeds).", legend=legend, data=data)
@@ -298,28 +313,31 @@ def average_tables(a: Analysis) -> list[Table]:
                 ms = sub[sub.model == m]
                 if ms.empty:
                     continue
-                table[(m, s)] = (float(ms["mean"].mean()), ms.dataset.nunique(), k_all)
+                tags = a.caveats([r for ids in ms.run_ids for r in ids])
+                table[(m, s)] = (float(ms["mean"].mean()), ms.dataset.nunique(), k_all, tags)
                 recs.append({"head": s.head, "unfreeze": s.unfreeze, "setting": setting_label(s), "model": m,
                              "mean_over_datasets": table[(m, s)][0], "datasets": table[(m, s)][1],
-                             "datasets_in_setting": k_all})
-        rows, flagged = [], False
+                             "datasets_in_setting": k_all, "caveats": "; ".join(tags)})
+        rows, flagged, marked = [], False, set()
         for m in models:
             row = [Cell(m)]
             for s in psecs:
                 if (m, s) not in table:
                     row.append(Cell.empty())
                     continue
-                v, k, kk = table[(m, s)]
+                v, k, kk, tags = table[(m, s)]
+                marked |= set(tags)
                 complete = [t[0] for (mm, ss), t in table.items() if ss == s and t[1] == t[2]]
                 partial = k < kk
                 flagged |= partial
-                row.append(Cell(f"{fmt(v)} ({k}/{kk} datasets)" if partial else
-                                f"{fmt(v)} ({k} dataset{'s' if k > 1 else ''})",
+                row.append(Cell(mark(f"{fmt(v)} ({k}/{kk} datasets)" if partial else
+                                     f"{fmt(v)} ({k} dataset{'s' if k > 1 else ''})", tags),
                                 bold=bool(not partial and complete and np.isclose(v, a.best(complete))), flag=partial))
             rows.append(row)
         legend = [f"bold: best among models with every dataset of the setting ({direction(a)})", "— no run"]
         if flagged:
             legend.append("† averaged over fewer datasets than the setting holds: not comparable")
+        legend += [f"{line} (in at least one dataset averaged)" for line in caveat_legend(marked)]
         out.append(Table(f"average_{proto[0]}_{proto[1]}", f"Average {a.metric.upper()} over datasets — "
                          f"{protocol_label(*proto)}", ["model", *[setting_label(s) for s in psecs]], rows,
                          caption=f"Mean over datasets of the per-dataset seed means of test {a.metric}.",
@@ -418,7 +436,7 @@ def ci_table(a: Analysis, sec: SectionKey) -> tuple[Table, list[str]]:
     """Model x dataset: seed mean with a 95% bootstrap interval from the saved test scores."""
     sub = a.summary[a.summary.section == sec]
     datasets = dataset_order(sub.dataset)
-    rows, recs, notes, flagged, no_scores = [], [], [], False, []
+    rows, recs, notes, flagged, no_scores, marked = [], [], [], False, [], set()
     for m in a.models(sec):
         row = [Cell(m)]
         for d in datasets:
@@ -432,10 +450,12 @@ def ci_table(a: Analysis, sec: SectionKey) -> tuple[Table, list[str]]:
             lo, hi = S.percentile_ci(bt["samples"])
             partial = bt["n_seeds"] < c["n"]
             flagged |= partial
-            row.append(Cell(f"{fmt(c['mean'])} [{fmt(lo)}, {fmt(hi)}]", flag=partial))
+            tags = a.caveats(c["run_ids"])
+            marked |= set(tags)
+            row.append(Cell(mark(f"{fmt(c['mean'])} [{fmt(lo)}, {fmt(hi)}]", tags), flag=partial))
             recs.append({"model": m, "dataset": d, "mean": c["mean"], "ci_low": lo, "ci_high": hi,
                          "seeds_with_scores": bt["n_seeds"], "seeds": c["n"], "valid_resamples": bt["valid"],
-                         "n_boot": a.n_boot})
+                         "n_boot": a.n_boot, "caveats": "; ".join(tags)})
             if bt["valid"] < 0.9 * a.n_boot:
                 notes.append(f"{m} on {dataset_label(d)}: only {bt['valid']}/{a.n_boot} resamples could be "
                              f"scored (a class missing from the resample); the interval is approximate.")
@@ -446,7 +466,8 @@ def ci_table(a: Analysis, sec: SectionKey) -> tuple[Table, list[str]]:
         rows = []
     elif no_scores:
         notes.append(f"No saved test scores, so no interval, for: {'; '.join(no_scores)}.")
-    legend = ["— no run or no saved scores"] + (["† interval from fewer seeds than the mean"] if flagged else [])
+    legend = ["— no run or no saved scores"] + (["† interval from fewer seeds than the mean"] if flagged else []) + \
+        caveat_legend(marked)
     t = Table(f"ci_{sec.slug}", "95% bootstrap intervals", ["model", *map(dataset_label, datasets)], rows,
               caption=f"Seed mean of test {a.metric} [2.5%, 97.5%] percentiles over {a.n_boot} bootstrap "
                       f"resamples of the test set (metric averaged over seeds in each resample). The interval "
@@ -637,6 +658,13 @@ def with_model_columns(df: pd.DataFrame, info: pd.DataFrame) -> pd.DataFrame:
     for i, c in enumerate(MODEL_COLUMNS):
         out.insert(at + i, c, out["model"].map(info[c]).fillna("") if len(info) else "")
     return out
+
+
+def unmarked(label: str) -> str:
+    """A test model's label without its marks ("dummy tiny (random) (test model)" -> "dummy tiny")."""
+    if not label.endswith(" (test model)"):
+        return label
+    return label.removesuffix(" (test model)").removesuffix(" (random)")
 
 
 def default_baseline(rs: RunSet) -> str | None:
