@@ -87,10 +87,16 @@ def run(backbone: "str | Backbone", dataset: str, *, cache: "FeatureCache | None
     from .run_config import make_run_options
     from .runner import execute
 
+    from .progress import log
+    from .resolve import unread, unread_warning
+
     run_kw, exec_kw = split_options(kw)
     cfg = config(backbone, dataset, **run_kw)
     model = None if isinstance(backbone, str) else backbone
-    return execute(cfg, make_run_options(**exec_kw), model=model, cache=cache)
+    res = execute(cfg, make_run_options(**exec_kw), model=model, cache=cache)
+    if ignored := unread(cfg, run_kw):  # as `bench run`: an option the protocol does not read, said once
+        log(f"warning: {unread_warning(cfg, ignored, run_kw)}")
+    return res
 
 
 def sweep(config_file: str | Path | None = None, *, dry_run: bool = False, **kw: Any) -> int:

@@ -65,5 +65,35 @@ def open_context(cfg: RunConfig, opts: RunOptions, model: Backbone | None = None
     execution.prepare(model.eval().to(device), opts.channels_last)
     pre = preprocess.for_run(cfg, model, ds, cache_dir)
     trained_on, subset = subsets.apply(cfg, ds)  # --train-fraction / --shots: the train rows it learns from
-    return RunContext(cfg, opts, trained_on, model, pre, device, cache, timings,
-                      source=ds if subset is not None else None, train_subset=subset)
+    ctx = RunContext(cfg, opts, trained_on, model, pre, device, cache, timings,
+                     source=ds if subset is not None else None, train_subset=subset)
+    if subset is not None and (short := subset.warning(cfg, ds)):
+        ctx.warn("train_subset", short)
+    if cfg.protocol.selects_on_val(cfg) and (small := small_val(ds)):
+        ctx.warn("small_val", small)
+    return ctx
+
+
+MIN_VAL = 20  # a val split with fewer images (or one class) is too small to select on
+
+
+def small_val(ds) -> str | None:
+    """Why the val split is too small to choose a model on (fewer than MIN_VAL images, or a single
+    class: multi-label, no label with both values), or None."""
+    import numpy as np
+
+    y = ds.splits["val"].labels
+    n = len(y)
+    if ds.multilabel:
+        both = [(col == 1).any() and (col == 0).any() for col in np.asarray(y).T]
+        one = not any(both)
+        classes = "no label with both values" if one else ""
+    else:
+        k = len(np.unique(np.asarray(y).reshape(-1)))
+        one = k < 2
+        classes = f"{k} class" + ("es" if k != 1 else "")
+    if n >= MIN_VAL and not one:
+        return None
+    what = f"{n} image{'s' if n != 1 else ''}" + (f", {classes}" if classes else "")
+    return (f"the val split has {what}: too small to select on (fewer than {MIN_VAL} images or one class), so "
+            f"what is chosen on it (hyper-parameters, epoch, layer) is close to chance; the report marks this run")

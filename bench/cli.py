@@ -24,6 +24,16 @@ def config_from_args(args: argparse.Namespace):
     return resolve(given.pop("backbone"), given.pop("dataset"), **given)
 
 
+def _warn_unread(args: argparse.Namespace, cfg) -> None:
+    """One line for options typed that the run's protocol does not read (said after the run or dry
+    run, so a refused run's error stays one line)."""
+    from .resolve import unread, unread_warning
+
+    given = _given(args, "run")
+    if ignored := unread(cfg, given):
+        print(f"bench: warning: {unread_warning(cfg, ignored, given)}", file=sys.stderr)
+
+
 def options_from_args(args: argparse.Namespace):
     from .run_config import make_run_options
 
@@ -36,19 +46,28 @@ def cmd_run(args: argparse.Namespace) -> int:
     opts = options_from_args(args)
     cfg = bind_data(config_from_args(args), opts)
     if args.dry_run:
-        return _dry_run(cfg, opts)
+        code = _dry_run(cfg, opts)
+        _warn_unread(args, cfg)
+        return code
     from .runner import execute
 
     res = execute(cfg, opts)
+    _warn_unread(args, cfg)
     if res.status == "existing":
         print(f"{res.run_id}: skipped, result exists at {res.path} (--force to rerun)")
         return 0
     sel = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in res.selected.items())
     print(f"{res.run_id}: done in {res.timings['total_s']:.1f}s")
     print(f"  selected: {sel}")
+    kinds = [w.get("kind") for w in res.meta.get("warnings") or []]
     for split in ("val", "test"):
-        line = "  ".join(f"{m} {res.metric(m, split):.4f}" for m in ("acc", "auc", "balanced_acc", "macro_f1"))
+        line = "  ".join(f"{m} {res.metric(m, split):.4f}" + (" (not meaningful: hard votes)" if m == "auc" and
+                                                              "hard_votes" in kinds else "")
+                         for m in ("acc", "auc", "balanced_acc", "macro_f1"))
         print(f"  {split:<5} {line}")
+    if kinds:
+        print(f"  warnings: {', '.join(dict.fromkeys(map(str, kinds)))} (said above; kept in the run's JSON, "
+              f"marked in reports)")
     print(f"  results: {res.path} (provenance, scores and curves in meta/, scores/, curves/ beside runs/)")
     return 0
 

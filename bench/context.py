@@ -91,9 +91,21 @@ class RunContext:
     train_subset: "TrainSubset | None" = None
 
     frozen_fns: dict = field(default_factory=dict)  # fn -> bench.execution.Frozen, one per fn
+    # what this run did other than asked, or cannot vouch for (a kNN k cut to the smallest class, a
+    # val split too small to select on...): {"kind", "message", ...}, in the run's JSON as
+    # ``warnings``; the report marks the run's numbers with them (bench.report.caveats)
+    warnings: list = field(default_factory=list)
 
     def log(self, msg: str) -> None:
         log(msg, self.opts.quiet)
+
+    def warn(self, kind: str, message: str, **data) -> None:
+        """An entry in the run's ``warnings``, said in one line on stderr (also under --quiet) when
+        the run's record is made (:meth:`record`), so a run that fails says only its error; the same
+        message is kept once (a layer-wise run asks every layer)."""
+        if any(w["kind"] == kind and w["message"] == message for w in self.warnings):
+            return
+        self.warnings.append({"kind": kind, "message": message, **data})
 
     def frozen_fn(self, fn: Callable[["torch.Tensor"], "torch.Tensor"]) -> Callable[["torch.Tensor"], "torch.Tensor"]:
         """``fn`` as --channels-last and --compile ask (compiled once per fn and run)."""
@@ -133,6 +145,10 @@ class RunContext:
             meta["trainable_parameters"] = trainable_count(cfg, model, ds.n_outputs, brief=True)
         if self.train_subset is not None:
             meta["train_subset"] = self.train_subset.record(cfg, ds)
+        if self.warnings:
+            meta["warnings"] = list(self.warnings)
+            for w in self.warnings:
+                log(f"warning: {w['message']}")
         return meta
 
     def execution(self) -> dict:

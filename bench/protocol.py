@@ -76,6 +76,11 @@ class Protocol:
         under --adapt lora); the others stay None, so they never change its run id."""
         return self.options
 
+    def selects_on_val(self, cfg: "RunConfig") -> bool:
+        """Does this config choose anything on the val split (hyper-parameters, an epoch, a layer)?
+        A val split too small to select on is then warned about and marked in the report."""
+        return True
+
     def validate(self, cfg: "RunConfig") -> None:
         """Checks across options, once every option is resolved (UserError)."""
 

@@ -69,6 +69,22 @@ def definitions(cfg: RunConfig) -> str:
     return ",".join(out)
 
 
+def unread(cfg: RunConfig, given: dict[str, Any]) -> list[str]:
+    """Per-protocol options in ``given`` (what the user typed; a recipe's values are not given)
+    that the config's protocol does not read: they are left out of the config and change nothing."""
+    own = set(options.names("run", per_protocol=True))
+    reads = set(cfg.protocol.reads(cfg))
+    return [k for k, v in given.items() if v is not None and k in own and k not in reads]
+
+
+def unread_warning(cfg: RunConfig, names: list[str], given: dict[str, Any] | None = None) -> str:
+    """The one line that says which typed options a run ignores (with their values from ``given``)."""
+    flags = ", ".join(options.get(k).flag + (f" {given[k]}" if given and k in given else "") for k in names)
+    what = f"--head {cfg.head}" + (f" --unfreeze {cfg.unfreeze}" if cfg.unfreeze != "none" else "")
+    return (f"{flags} {'is' if len(names) == 1 else 'are'} not read by {what} (protocol {cfg.protocol.name}): "
+            f"ignored, and not part of the run id")
+
+
 def bind_data(cfg: RunConfig, opts) -> RunConfig:
     """The config with the identity of the data it will read (``data_fingerprint``): empty for a
     dataset's published version, the file's fingerprint otherwise (e.g. --skip-md5 on a file of

@@ -93,6 +93,36 @@ def expected_size(n_train: int, n_classes: int | None, fraction: float = 1.0, sh
     return max(1, math.ceil(fraction * n_train)) if fraction < 1.0 else n_train
 
 
+def shortfall(labels: np.ndarray, multilabel: bool, n_classes: int, fraction: float = 1.0,
+              shots: int = 0) -> dict[int, dict]:
+    """Classes of the train split that cannot give what the subset asks, {class: {"asked", "used",
+    "available"}} in images: fewer images than ``shots`` (all of them are used), or a fraction that
+    rounds below one image of the class (one is kept). Classes the split lacks are left out (nothing to take); multi-label
+    fractions keep one order over all images, so only shots are checked per label."""
+    out: dict[int, dict] = {}
+    for c, n in enumerate(per_class(labels, multilabel, n_classes).tolist()):
+        if n == 0:
+            continue
+        if shots and n < shots:
+            out[c] = {"asked": int(shots), "used": int(n), "available": int(n)}
+        elif not shots and not multilabel and fraction < 1.0 and round(fraction * n) < 1:
+            out[c] = {"asked": round(fraction * n, 3), "used": 1, "available": int(n)}
+    return out
+
+
+def shortfall_message(cfg: "RunConfig", short: dict[int, dict], names: dict[str, str], used: int,
+                      full: int) -> str:
+    """One line for a subset some classes cannot fill."""
+    shown = "; ".join(f"{names.get(str(c), c)}: {v['available']}" for c, v in list(short.items())[:6])
+    more = f"; {len(short) - 6} more" if len(short) > 6 else ""
+    whole = ", the whole train split" if used == full else ""
+    if cfg.shots:
+        return (f"--shots {cfg.shots}: {len(short)} class(es) have fewer train images ({shown}{more}): all of "
+                f"theirs are used ({used} images in all{whole})")
+    return (f"--train-fraction {cfg.train_fraction}: {len(short)} class(es) are too small for it ({shown}{more} "
+            f"images): one image of each is kept, more than the fraction")
+
+
 @dataclass(frozen=True)
 class TrainSubset:
     index: np.ndarray     # rows of the full train split, sorted
@@ -101,9 +131,19 @@ class TrainSubset:
     def record(self, cfg: "RunConfig", ds: "Dataset") -> dict:
         """What a run's JSON keeps: how it was drawn, per-class counts and the indices themselves."""
         labels = ds.splits["train"].labels[self.index]
+        full = ds.splits["train"].labels
+        short = shortfall(full, ds.multilabel, ds.n_outputs, cfg.train_fraction or 1.0, cfg.shots or 0)
         return {"train_fraction": cfg.train_fraction, "shots": cfg.shots, "seed": cfg.seed, "n": int(len(self.index)),
                 "n_full": self.full, "per_class": per_class(labels, ds.multilabel, ds.n_outputs).tolist(),
+                **({"short": {str(c): v for c, v in short.items()}} if short else {}),
                 "indices": self.index.tolist()}
+
+    def warning(self, cfg: "RunConfig", ds: "Dataset") -> str | None:
+        """The line to warn with when some class cannot give what --shots / --train-fraction asks
+        (``ds``: the whole dataset)."""
+        short = shortfall(ds.splits["train"].labels, ds.multilabel, ds.n_outputs, cfg.train_fraction or 1.0,
+                          cfg.shots or 0)
+        return shortfall_message(cfg, short, ds.label_names, len(self.index), self.full) if short else None
 
 
 def apply(cfg: "RunConfig", ds: "Dataset") -> tuple["Dataset", TrainSubset | None]:

@@ -211,6 +211,12 @@ def _summary(a: T.Analysis, secs) -> list[str]:
     partial = a.summary[a.summary.n < a.summary.expected_n]
     if len(partial):
         out.append(f"{len(partial)} cell(s) have fewer seeds than their section (marked †).")
+    ids = list(dict.fromkeys(rs.all_rows.run_id)) if not rs.all_rows.empty else list(rs.runs.run_id)
+    marks = Counter(t for rid in ids for t in rs.caveats(rid, a.metric))
+    if marks:
+        n = sum(1 for rid in ids if rs.caveats(rid, a.metric))
+        out.append(f"{n} run(s) carry a caveat, marked in brackets beside their numbers and explained under each "
+                   f"table: {', '.join(f'{t} ({k})' for t, k in marks.items())}.")
     return out
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..errors import UserError
-from .load import ROW_COLUMNS, load_results, read_failures, run_identity
+from .load import ROW_COLUMNS, load_results, read_failures, run_identity, run_kind
 from .tables import dataset_order
 
 EXPORT_FORMATS = (".csv", ".parquet")
@@ -20,24 +20,33 @@ _META_COLUMNS = ("task", "created", "git", "device")
 
 
 def tidy_table(results_dir: Path, filters: list[str] | tuple[str, ...] = ()) -> pd.DataFrame:
-    """One row per (run, split, metric): the result columns of the run CSV, the model label the
-    report uses, every other key of the run's config (e.g. recipe, readout, lr) and its task,
-    creation date, git revision and device. Config keys a run lacks are empty."""
+    """One row per (run, layer, split, metric) of every run kind (ordinary, layer-wise, train
+    subsets, LoRA/BitFit): the result columns of the run CSV, the model label the report uses
+    (without the study keys, which are columns), the run's ``kind`` (bench.report.load.run_kind),
+    every other key of the run's config (e.g. recipe, readout, lr, layers, shots, train_fraction,
+    adapt), its task, creation date, git revision and device, ``layer`` (a layer-wise run's block;
+    empty on the rows of the layer it selected) and ``caveats`` (the report's marks for that
+    metric, bench.report.caveats). Config keys a run lacks are empty."""
     rs = load_results(Path(results_dir), list(filters))
-    rows = rs.rows
+    rows = rs.all_rows
     cfg_keys = sorted({k for m in rs.meta.values() for k in (m.get("config") or {})} - set(ROW_COLUMNS))
     per_run = {}
     for rid in rows.run_id.unique():
         m = rs.meta.get(rid, {})
         cfg = m.get("config") or {}
-        per_run[rid] = {**{k: _cell(cfg.get(k)) for k in cfg_keys}, **{k: _cell(m.get(k)) for k in _META_COLUMNS}}
-    extra = pd.DataFrame.from_dict(per_run, orient="index", columns=[*cfg_keys, *_META_COLUMNS])
+        per_run[rid] = {"kind": run_kind(cfg), **{k: _cell(cfg.get(k)) for k in cfg_keys},
+                        **{k: _cell(m.get(k)) for k in _META_COLUMNS}}
+    # object columns built one by one: an integer option that some runs do not read stays 8, not 8.0
+    columns = list(dict.fromkeys(["kind", *cfg_keys, *_META_COLUMNS]))
+    extra = pd.DataFrame({c: pd.Series([v.get(c) for v in per_run.values()], index=list(per_run), dtype=object)
+                          for c in columns}, index=list(per_run), columns=columns)
     extra = extra.loc[:, ~extra.columns.duplicated()]
     if "recipe" not in extra.columns:  # always present, empty where recipes are not recorded
         extra["recipe"] = ""
     head = ["run_id", "model", *ROW_COLUMNS[1:12]]
     out = rows[head].join(extra, on="run_id")
-    out = pd.concat([out, rows[["split", "metric", "value"]]], axis=1)
+    caveats = ["; ".join(rs.caveats(r, m)) for r, m in zip(rows.run_id, rows.metric)]
+    out = pd.concat([out, rows[["layer", "split", "metric", "value"]].assign(caveats=caveats)], axis=1)
     return out.reset_index(drop=True)
 
 
@@ -75,9 +84,10 @@ def status_table(results_dir: Path) -> pd.DataFrame:
     frames, meta, status = [], {}, {}
     if ResultStore(root).result_csvs():
         rs = load_results(root)
-        frames.append(rs.runs[list(ROW_COLUMNS[1:12])])
+        runs = rs.all_rows.drop_duplicates("run_id").set_index("run_id")  # every kind of run
+        frames.append(runs[list(ROW_COLUMNS[1:12])])
         meta.update(rs.meta)
-        status.update({rid: "done" for rid in rs.runs.index})
+        status.update({rid: "done" for rid in runs.index})
     records = read_failures(root)
     failures = [f for f in records if isinstance(f.get("config"), dict) and f.get("run_id")]
     if failures:
@@ -96,7 +106,8 @@ def status_table(results_dir: Path) -> pd.DataFrame:
             seed = pd.to_numeric(r["seed"], errors="coerce")
             recs.append({"model": ident.loc[rid, "label"], "dataset": r.dataset,
                          "size": int(size) if pd.notna(size) else 0, "status": status[rid],
-                         "seed": int(seed) if pd.notna(seed) else None})
+                         "seed": int(seed) if pd.notna(seed) else None,
+                         "kind": run_kind((meta.get(rid) or {}).get("config") or {})})
     if not recs:
         extra = f" ({unplaced} failure record(s) without a config)" if unplaced else ""
         raise UserError(f"nothing in {root}: no completed or failed runs{extra}")
@@ -105,11 +116,21 @@ def status_table(results_dir: Path) -> pd.DataFrame:
     out = pd.DataFrame({"done": g.status.agg(lambda s: int((s == "done").sum())),
                         "failed": g.status.agg(lambda s: int((s == "failed").sum())),
                         "seeds_done": g.apply(lambda x: " ".join(str(int(s)) for s in sorted(
-                            x[x.status == "done"].seed.dropna())), include_groups=False)}).reset_index()
+                            set(x[x.status == "done"].seed.dropna()))), include_groups=False),
+                        "kinds": g.apply(lambda x: _kinds(x[x.status == "done"].kind), include_groups=False),
+                        }).reset_index()
     order = {d: i for i, d in enumerate(dataset_order(out.dataset))}
     out = out.sort_values(["model", "dataset", "size"], key=lambda c: c.map(order) if c.name == "dataset" else c)
     out.attrs["unplaced_failures"] = unplaced
+    out.attrs["kinds"] = _kinds(df[df.status == "done"].kind)
     return out.reset_index(drop=True)
+
+
+def _kinds(kinds: pd.Series) -> str:
+    """Runs per kind, standard first: ``standard 4, layers 1, shots 2``."""
+    counts = kinds.value_counts()
+    order = sorted(counts.index, key=lambda k: (k != "standard", k))
+    return ", ".join(f"{k} {int(counts[k])}" for k in order)
 
 
 def format_status(df: pd.DataFrame) -> str:
@@ -126,6 +147,8 @@ def format_status(df: pd.DataFrame) -> str:
     lines = [grid.to_string(), "",
              f"{int(df.done.sum())} run(s) done, {int(df.failed.sum())} failed, in {len(df)} model x dataset cell(s)"
              " (a cell: runs done, '/N failed' when some failed)."]
+    if df.attrs.get("kinds"):
+        lines.append(f"Runs done by kind: {df.attrs['kinds']} (every kind counted in the cells).")
     if df.attrs.get("unplaced_failures"):
         lines.append(f"{df.attrs['unplaced_failures']} more failure record(s) without a readable config.")
     return "\n".join(lines)

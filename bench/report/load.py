@@ -29,6 +29,16 @@ _NOT_MODEL_KEYS = {"dataset", "seed", "weights_fingerprint", *SECTION_KEYS}
 STUDY_KEYS = ("layers", "train_fraction", "shots")
 
 
+def run_kind(cfg: dict) -> str:
+    """What kind of run a config is, for `bench results ls` and the export: ``standard``, or its
+    parts joined by '+': ``layers``, ``shots``, ``fraction``, and the adapter (``lora``, ``bitfit``)."""
+    parts = ["layers"] * bool(cfg.get("layers")) + ["shots"] * bool(cfg.get("shots")) + \
+        ["fraction"] * ((cfg.get("train_fraction") or 1.0) < 1.0 and not cfg.get("shots"))
+    adapt = cfg.get("adapt")
+    parts += [str(adapt)] if adapt and adapt != "none" else []
+    return "+".join(parts) or "standard"
+
+
 def study_run(cfg: dict) -> bool:
     """A layer-wise probe (--layers) or a run on a train subset (--train-fraction / --shots)."""
     return bool(cfg.get("layers")) or (cfg.get("train_fraction") or 1.0) < 1.0 or bool(cfg.get("shots"))
@@ -55,11 +65,29 @@ class RunSet:
     # of the runs on a train subset; both with the ``model`` column of ``rows``
     layer_rows: pd.DataFrame = field(default_factory=pd.DataFrame)
     subset_rows: pd.DataFrame = field(default_factory=pd.DataFrame)
+    # every row of every run that passed the filters, whatever its kind (ordinary, layer-wise with
+    # its ``layer`` column, train subsets, LoRA/BitFit): what `bench results export` and `ls` cover;
+    # ``model`` is the label without the study keys (those are columns of their own)
+    all_rows: pd.DataFrame = field(default_factory=pd.DataFrame)
+    _caveats: dict = field(default_factory=dict, repr=False)
 
     def scores(self, run_id: str) -> tuple[np.ndarray, np.ndarray] | None:
         from ..results import ResultStore
 
         return ResultStore(self.root).read_scores(run_id)
+
+    def caveats(self, run_id: str, metric: str | None = "auc") -> list[str]:
+        """The marks beside this run's numbers of ``metric`` (bench.report.caveats)."""
+        from .caveats import run_caveats
+
+        key = (run_id, metric)
+        if key not in self._caveats:
+            self._caveats[key] = run_caveats(self.meta.get(run_id, {}), metric, lambda: self.scores(run_id))
+        return self._caveats[key]
+
+    def cell_caveats(self, run_ids, metric: str | None = "auc") -> list[str]:
+        """The marks of several runs together (a cell averaging seeds), each once."""
+        return list(dict.fromkeys(t for r in run_ids for t in self.caveats(r, metric)))
 
     def task(self, run_id: str) -> str | None:
         return self.meta.get(run_id, {}).get("task")
@@ -110,7 +138,8 @@ def load_results(results_dir: Path, filters: list[str] | tuple[str, ...] = ()) -
     runs = runs.assign(task=[meta.get(r, {}).get("task") for r in runs.run_id],
                        created=[meta.get(r, {}).get("created") for r in runs.run_id])
     return RunSet(root, rows.reset_index(drop=True), runs, meta, failures, list(filters), n_total, skipped,
-                  layer_rows.reset_index(drop=True), subset_rows.drop(columns="layer").reset_index(drop=True))
+                  layer_rows.reset_index(drop=True), subset_rows.drop(columns="layer").reset_index(drop=True),
+                  study_rows.reset_index(drop=True))
 
 
 def _definition_age(definitions: str) -> int:

@@ -16,6 +16,8 @@ import numpy as np
 import pandas as pd
 
 from . import stats as S
+from .caveats import legend as caveat_legend
+from .caveats import mark
 from .doc import Cell, Figure, Section, Table
 from .tables import Analysis, dataset_label, dataset_order, fmt, protocol_label
 
@@ -186,7 +188,7 @@ def labels_data(a: Analysis) -> pd.DataFrame:
         lo, hi = _interval(a, ids, g.dataset.iloc[0])
         out.append({**dict(zip(keys, k)), "budget": g.budget.iloc[0][0], "amount": g.budget.iloc[0][1],
                     "per_class": float(g.per_class.mean()), "mean": float(g.value.mean()), "ci_low": lo,
-                    "ci_high": hi, "seeds": len(ids)})
+                    "ci_high": hi, "seeds": len(ids), "caveats": "; ".join(a.caveats(ids))})
     return pd.DataFrame(out)
 
 
@@ -205,18 +207,21 @@ def _interval(a: Analysis, run_ids: list[str], dataset: str) -> tuple[float, flo
 
 
 def labels_table(a: Analysis, df: pd.DataFrame) -> Table:
-    rows = []
+    rows, marked = [], set()
     for r in df.sort_values(["dataset", "model", "head", "unfreeze", "per_class"]).itertuples():
         budget = {"shots": f"{int(r.amount)} per class", "fraction": f"{r.amount:g} of train",
                   "all": "all labels"}[r.budget]
         ci = f"[{fmt(r.ci_low)}, {fmt(r.ci_high)}]" if math.isfinite(r.ci_low) else "—"
+        tags = [t for t in r.caveats.split("; ") if t]
+        marked |= set(tags)
         rows.append([Cell(r.model), Cell(dataset_label(r.dataset)), Cell(protocol_label(r.head, r.unfreeze)),
-                     Cell(budget), Cell(f"{r.per_class:.1f}"), Cell(fmt(r.mean)), Cell(ci), Cell(str(r.seeds))])
+                     Cell(budget), Cell(f"{r.per_class:.1f}"), Cell(mark(fmt(r.mean), tags)), Cell(ci),
+                     Cell(str(r.seeds))])
     return Table("label_efficiency", "Metric against labels per class",
                  ["model", "dataset", "protocol", "labels", "per class", f"test {a.metric}", "95% CI", "seeds"], rows,
                  caption=f"Test {a.metric} (seed mean) of runs trained on nested, stratified train subsets; the "
                          f"interval is a bootstrap over the test images of the seed mean (seeds share the test set).",
-                 data=df, text_cols=(1, 2, 3))
+                 legend=caveat_legend(marked), data=df, text_cols=(1, 2, 3))
 
 
 def labels_figure(a: Analysis, df: pd.DataFrame) -> Figure:
@@ -243,7 +248,12 @@ def labels_figure(a: Analysis, df: pd.DataFrame) -> Figure:
                 ok = np.isfinite(err).all(axis=0)
                 ax.errorbar(g.per_class[ok], g["mean"][ok], yerr=err[:, ok], fmt="none", ecolor=c, capsize=2)
                 for kind, gk in g.groupby("budget"):
-                    ax.plot(gk.per_class, gk["mean"], markers.get(kind, "o"), color=c, ms=4)
+                    plain, marked = gk[gk.caveats == ""], gk[gk.caveats != ""]
+                    ax.plot(plain.per_class, plain["mean"], markers.get(kind, "o"), color=c, ms=4)
+                    # a point with a caveat (bench.report.caveats): hollow and ringed, never like the others
+                    ax.plot(marked.per_class, marked["mean"], markers.get(kind, "o"), ms=8, mfc="white",
+                            mec=c, mew=1.5)
+                    ax.plot(marked.per_class, marked["mean"], "x", color=c, ms=5)
             ax.set_xscale("log")
             ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))  # 1, 10, 100: not 10^k
             ax.xaxis.set_minor_formatter(NullFormatter())
@@ -254,7 +264,9 @@ def labels_figure(a: Analysis, df: pd.DataFrame) -> Figure:
     return _figure("metric_vs_labels", "Metric against labels per class", fig,
                    f"Seed means of test {a.metric.upper()} against train labels per class (squares: N shots per "
                    f"class, circles: a fraction of the train split, diamond: all labels), with 95% bootstrap "
-                   f"intervals over the test images of the seed mean.")
+                   f"intervals over the test images of the seed mean. A hollow marker with a cross has a caveat "
+                   f"(its mark in the table: e.g. a kNN k cut to the smallest class, a val split too small to "
+                   f"select on, constant scores).")
 
 
 def labels_section(a: Analysis, figures: bool) -> Section | None:

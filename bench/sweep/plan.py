@@ -26,9 +26,10 @@ def resolve_points(points: list[dict]) -> tuple[list[RunConfig], int]:
 
     Returns (configs in grid order, number of points that collapsed onto an earlier run id, e.g.
     head_epochs listed for a kNN run)."""
-    from ..resolve import resolve
+    from ..resolve import resolve, unread
 
     out: dict[str, RunConfig] = {}
+    ignored: dict[str, dict[str, RunConfig]] = {}  # option -> run id -> a run that does not read it
     for point in points:
         p = dict(point)
         backbone, dataset = p.pop("backbone", None), p.pop("dataset", None)
@@ -41,7 +42,27 @@ def resolve_points(points: list[dict]) -> tuple[list[RunConfig], int]:
         except UserError as e:
             raise UserError(f"{e} [in sweep point {describe(point)}]") from None
         out.setdefault(cfg.run_id, cfg)
+        for k in unread(cfg, p):
+            ignored.setdefault(k, {})[cfg.run_id] = cfg
+    warn_unread(ignored, len(out))
     return list(out.values()), len(points) - len(out)
+
+
+def warn_unread(ignored: dict[str, dict[str, RunConfig]], n_runs: int) -> None:
+    """One line per option the sweep sets that some of its runs' protocols do not read (a recipe's
+    values are not set by the sweep, so never warned about)."""
+    from ..options import get
+    from ..progress import log
+
+    for k, runs in ignored.items():
+        protocols = ", ".join(sorted({f"--head {c.head}" + (f" --unfreeze {c.unfreeze}" if c.unfreeze != "none" else "")
+                                      for c in runs.values()}))
+        if len(runs) >= n_runs:
+            log(f"warning: {get(k).flag} is not read by any run of this sweep ({protocols}): ignored, and not "
+                f"part of any run id")
+        else:
+            log(f"warning: {get(k).flag} is not read by {len(runs)} of the sweep's {n_runs} runs ({protocols}): "
+                f"ignored there, and not part of their run ids")
 
 
 def group_key(cfg: RunConfig) -> tuple:
