@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -50,6 +50,10 @@ class Spec:
     # architecture, init or weights): the version enters the run id once above 1, so unchanged
     # variants keep their ids and a changed one never reuses an old result
     versions: dict = field(default_factory=dict, compare=False, hash=False)
+    # the readout whose vectors live in the text tower's embedding space (a CLIP's projected image
+    # embedding): what `--head zeroshot` and `--init zeroshot` read; "" = no text tower. Variants
+    # without one (e.g. captioning models) refuse in Backbone.text_tower
+    text_readout: str = ""
 
     def version(self, variant: str) -> int:
         return int(self.versions.get(variant, 1))
@@ -122,6 +126,17 @@ class Backbone(nn.Module):
     @property
     def num_blocks(self) -> int:
         return len(self.blocks)
+
+    def text_tower(self) -> "TextTower":
+        """The text side of a vision-language model, built only when a zero-shot run asks for it
+        (`--head zeroshot`, `--init zeroshot`): prompts -> embeddings in the space of the
+        ``spec.text_readout`` image features, and the model's own logit scale. Families without one
+        refuse in one line."""
+        from bench.errors import UserError
+
+        raise UserError(f"--head zeroshot needs a text tower: {self.spec.name} ({self.spec.family}) is an image "
+                        f"model without one; use a vision-language backbone (clip, biomedclip, blip) or "
+                        f"--head linear|knn")
 
     def run_blocks(self, h: torch.Tensor, start: int = 0, stop: int | None = None) -> torch.Tensor:
         for block in self.blocks[start:stop]:
@@ -223,6 +238,21 @@ class AttentionMaps:
 
     maps: list[torch.Tensor]
     query_rows: slice | None = None
+
+@dataclass
+class TextTower:
+    """What zero-shot heads need of a vision-language model's text side (``Backbone.text_tower``).
+
+    ``encode(prompts)`` -> (N, D) text embeddings (not normalised) in the space of the image
+    readout ``spec.text_readout``; ``logit_scale``: the model's own multiplier of cosine
+    similarities (open_clip's ``logit_scale.exp()``, 100 for OpenAI CLIP; 1 / BLIP's temperature);
+    ``name``: what it is (recorded in the run's JSON); ``fingerprint``: identifies its weights."""
+
+    encode: Callable[[list[str]], torch.Tensor]
+    logit_scale: float
+    name: str
+    fingerprint: str = ""
+
 
 
 def layer_names(blocks: Sequence[nn.Module], within: str = "") -> tuple[str, ...]:

@@ -8,7 +8,9 @@ readout "cls": ln_post on the pooled token, before the projection (default);
 A variant is an open_clip ``ARCH/TAG`` pair (any of ``open_clip.list_pretrained()`` whose image
 tower is a plain ViT), or ``tiny`` (a small random tower of the same classes, for tests). The tower
 is built at the run's input size and the checkpoint's position grid is resized to it on load, as
-open_clip does for ``force_image_size``. The text tower is never built.
+open_clip does for ``force_image_size``. The text tower is built only when a zero-shot run asks for it
+(``text_tower``): open_clip's own TextTransformer, loaded from the same checkpoint (read again), with
+open_clip's tokenizer, whose BPE vocabulary ships in the package (offline).
 """
 from __future__ import annotations
 
@@ -24,19 +26,21 @@ from torch import nn
 from bench.errors import UserError, did_you_mean
 
 from . import hub
-from .base import AttentionMaps, Backbone, Spec, capture_inputs, layer_names
+from .base import AttentionMaps, Backbone, Spec, TextTower, capture_inputs, layer_names
 from .registry import Adapter, WeightFile
 
 DEFAULT = "ViT-B-16/laion2b_s34b_b88k"  # the paper's checkpoint
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)  # open_clip.constants.OPENAI_DATASET_MEAN/STD
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
-# an open_clip model config (same schema as open_clip/model_configs/*.json), random init only
+# an open_clip model config (same schema as open_clip/model_configs/*.json), random init only; its
+# text tower takes open_clip's own tokenizer (vocabulary 49408, 77 tokens), so zero-shot runs on it
 TINY_CFG: dict = {
     "embed_dim": 16,
     "vision_cfg": {"image_size": 32, "layers": 3, "width": 32, "head_width": 16, "patch_size": 8},
-    "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 16, "heads": 2, "layers": 1},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 1},
 }
+INIT_LOGIT_SCALE = math.log(1 / 0.07)  # open_clip's CLIP init: the logit scale of a random text tower
 
 
 class _Variants(tuple):
@@ -63,8 +67,8 @@ SPEC = Spec(
     default_variant=DEFAULT, input_size=224, mean=OPENAI_MEAN, std=OPENAI_STD,
     weights_source="open_clip pretrained tag (HF hub); any ARCH/TAG of open_clip.list_pretrained()",
     license="mit (open_clip code and LAION / OpenAI weights; other tags: see their cards)",
-    readouts=("cls", "proj"),
-    description="OpenCLIP image tower (ViT-B/16 LAION-2B by default), text tower dropped",
+    readouts=("cls", "proj"), text_readout="proj",
+    description="OpenCLIP image tower (ViT-B/16 LAION-2B by default); text tower only for --head zeroshot",
     training_data="LAION-2B image-text pairs",
     paper_use="OpenCLIP ViT-B/16 LAION-2B, projected embedding",
     facts={"blocks": 12, "embed_dim": "768 (proj: 512)", "params": "86M"},
@@ -102,6 +106,9 @@ class CLIPBackbone(Backbone):
             _make_batch_first(self.blocks)
         self.input_size = visual.image_size[0]
         self.embed_dim = visual.proj.shape[1] if readout == "proj" else visual.proj.shape[0]
+        # what text_tower() needs: the seed a random init drew from, and the file weights came from
+        self.init_seed = torch.initial_seed()
+        self.weights_source = ""
 
     def stem(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv1(x)
@@ -131,6 +138,40 @@ class CLIPBackbone(Backbone):
 
     def tokens(self, h: torch.Tensor) -> torch.Tensor:
         return self.ln_post(h)
+
+    def text_tower(self) -> TextTower:
+        """open_clip's TextTransformer of this variant: random (seeded like the image tower) with
+        random weights, else loaded from the checkpoint the image tower came from; the logit scale
+        is the checkpoint's ``logit_scale.exp()`` (open_clip's init, 1/0.07, when random)."""
+        from open_clip.model import _build_text_tower
+
+        name = self.spec.name if self.variant == self.spec.default_variant else f"{self.spec.name}@{self.variant}"
+        cfg, pcfg = model_config(self.variant)
+        text_cfg = dict(cfg.get("text_cfg", {}))
+        if text_cfg.get("hf_model_name") or text_cfg.get("hf_tokenizer_name"):
+            raise UserError(f"--head zeroshot: {name}'s text tower is a Hugging Face model "
+                            f"({text_cfg.get('hf_model_name') or text_cfg.get('hf_tokenizer_name')}); zero-shot "
+                            f"supports open_clip tags with a CLIP text tower (e.g. {DEFAULT})")
+        quick_gelu = bool(cfg.get("quick_gelu", False) or pcfg.get("quick_gelu", False))
+        with torch.random.fork_rng():
+            torch.manual_seed(self.init_seed + 1)  # not the image tower's draws: those are done
+            text = _build_text_tower(cfg["embed_dim"], text_cfg, quick_gelu=quick_gelu)
+        scale = math.exp(cfg.get("init_logit_scale", INIT_LOGIT_SCALE))
+        if self.weights_source:
+            sd = hub.load_state_dict(self.weights_source)
+            scale = load_text_tower(text, sd, name=name, source=self.weights_source) or scale
+        elif self.weights_id != "random" and not self.weights_id.endswith("-seed0"):
+            raise UserError(f"--head zeroshot: {name}'s weights ({self.weights_id}) hold no text tower (a model "
+                            f"saved by bench keeps the image tower only); pass the full open_clip checkpoint")
+        text = text.eval().to(next(self.parameters()).device)
+        tokenizer = _tokenizer(self.variant, text_cfg)
+
+        def encode(prompts: list[str]) -> torch.Tensor:
+            with torch.no_grad():
+                return text(tokenizer(prompts).to(next(text.parameters()).device)).float()
+
+        return TextTower(encode, float(scale), f"open_clip {self.variant.partition('/')[0]} text tower, "
+                         f"{type(tokenizer).__name__}", self.weights_id)
 
     def lora_targets(self) -> tuple[str, ...]:
         # open_clip's nn.MultiheadAttention: peft adapts its in_proj (q, k, v) and out_proj together
@@ -253,7 +294,39 @@ def open_clip_visual_state(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
     return out
 
 
+def _tokenizer(variant: str, text_cfg: dict):
+    """open_clip's tokenizer of a variant (its BPE vocabulary ships in the package: nothing is
+    downloaded); the tiny test model takes the same one."""
+    from open_clip import get_tokenizer
+    from open_clip.tokenizer import SimpleTokenizer
+
+    if variant == "tiny":
+        return SimpleTokenizer(context_length=text_cfg.get("context_length", 77))
+    return get_tokenizer(variant.partition("/")[0])
+
+
+TEXT_SKIP = ("visual.", "logit_scale", "logit_bias", "attn_mask")
+
+
+def load_text_tower(text: nn.Module, sd: dict[str, torch.Tensor], *, name: str, source: str) -> float | None:
+    """The text keys of a full open_clip CLIP state dict into a TextTransformer; the checkpoint's
+    ``logit_scale.exp()`` (None when it has none). A file without a text tower: one line."""
+    if sd and all(k.startswith("module.") for k in sd):
+        sd = {k[len("module."):]: v for k, v in sd.items()}
+    if "logit_bias" in sd:
+        raise UserError(f"--head zeroshot: {name}'s checkpoint has a logit bias (a SigLIP-style sigmoid model); "
+                        f"zero-shot here is CLIP's softmax over classes")
+    text_sd = {k: v for k, v in sd.items() if not k.startswith(TEXT_SKIP)}
+    if "token_embedding.weight" not in text_sd:
+        raise UserError(f"--head zeroshot: weights {source!r} hold no text tower (token_embedding.weight etc.); "
+                        f"pass the full open_clip checkpoint of {name}")
+    hub.load_into(text, text_sd, name=f"{name} text tower", source=source)
+    scale = sd.get("logit_scale")
+    return float(scale.float().exp().reshape(-1)[0]) if scale is not None else None
+
+
 def load_open_clip(backbone: CLIPBackbone, sd: dict[str, torch.Tensor], *, name: str, source: str) -> None:
+    backbone.weights_source = str(source)
     sd = open_clip_visual_state(sd)
     pos = sd.get("positional_embedding")
     if pos is not None and pos.ndim == 2 and pos.shape[0] != backbone.positional_embedding.shape[0]:

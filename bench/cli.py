@@ -93,7 +93,8 @@ def cmd_ls(args: argparse.Namespace) -> int:
     from . import listing
 
     show = {"datasets": lambda: listing.list_datasets(args.data_root), "backbones": listing.list_backbones,
-            "protocols": listing.list_protocols, "options": listing.list_options, "recipes": listing.list_recipes}
+            "protocols": listing.list_protocols, "options": listing.list_options, "recipes": listing.list_recipes,
+            "prompts": lambda: listing.list_prompts(args.name)}
     print(show[args.what]())
     return 0
 
@@ -156,8 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "trainable parameters; touch nothing")
     r.set_defaults(fn=cmd_run)
 
-    ls = sub.add_parser("ls", help="list datasets, backbones, protocols, options or recipes")
-    ls.add_argument("what", choices=("datasets", "backbones", "protocols", "options", "recipes"))
+    ls = sub.add_parser("ls", help="list datasets, backbones, protocols, options, recipes or a dataset's zero-shot prompts")
+    ls.add_argument("what", choices=("datasets", "backbones", "protocols", "options", "recipes", "prompts"))
+    ls.add_argument("name", nargs="?", default="", help="prompts: the dataset (default: the datasets that have a set)")
     ls.add_argument("--data-root", type=Path)
     ls.set_defaults(fn=cmd_ls)
 

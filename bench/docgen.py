@@ -90,8 +90,8 @@ LAYER_ROLES = (
     ("many runs", "sweeps (plans, executors), reports (tables, statistics, figures), explanations, listings, weight files, these docs"),
     ("one run", "user choices -> RunConfig (resolve) -> its parts assembled (assemble) -> protocol and scores (runner) -> the results store"),
     ("protocols", "what is trained and how it is scored: the built-in protocols, registered into bench.protocol"),
-    ("training", "what one run carries (context), the frozen pass and its kernels, train subsets, heads, the fine-tune loop, LoRA/BitFit, augmentation"),
-    ("resources", "data sources and backbones (each a registry), the feature cache, device-side preprocessing and feeding"),
+    ("training", "what one run carries (context), the frozen pass and its kernels, train subsets, heads, the fine-tune loop, LoRA/BitFit, augmentation, zero-shot classifiers"),
+    ("resources", "data sources and backbones (each a registry), the feature cache, device-side preprocessing and feeding, zero-shot prompts"),
     ("declarations", "every option once, the publications' recipes, the run's identity (RunConfig), the protocol interface and registry"),
     ("foundations", "errors, atomic files, the environment, progress, the generic registry, metrics, the cores a run may use: nothing of ours above them"),
 )

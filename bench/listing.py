@@ -63,3 +63,16 @@ def list_options() -> str:
     from .docgen import option_table
 
     return option_table()
+
+
+def list_prompts(dataset: str = "") -> str:
+    """`bench ls prompts [DATASET]`: a dataset's zero-shot class names, templates and their sources."""
+    from . import prompts
+
+    if not dataset:
+        rows = [[n, str(len(s.classes)), str(len(s.templates)), f"v{s.version}", s.digest]
+                for n in prompts.names() for s in [prompts.builtin(n)]]
+        return (table(rows, ["dataset", "classes", "templates", "version", "hash"])
+                + "\nalso: own data (folder:, csv:) gets its class names with the generic templates; "
+                  "bench ls prompts DATASET shows one set")
+    return prompts.listing(dataset)

@@ -162,12 +162,20 @@ OPTIONS: tuple[Option, ...] = (
            "are in a larger one's); val and test untouched"),
     O("shots", int, 0, late=True, low=0,
       help="train on N images per class (seeded, stratified, nested like --train-fraction; 0: off)"),
+    O("init", str, "none", late=True, choices=("none", "zeroshot"),
+      help="--head linear --unfreeze none: start the head at random (none) or at the zero-shot classifier of a "
+           "vision-language backbone's text tower and prompts (zeroshot; L2-normalised features, the model's "
+           "logit scale)"),
     # -- probe heads on cached features -----------------------------------------------------------
     O("knn_k", int, 11, group=PROBE, per_protocol=True, low=1, help="neighbours of the kNN probe"),
     O("knn_metric", str, "cosine", group=PROBE, per_protocol=True, late=True, choices=("cosine", "euclidean"),
       help="kNN distance (euclidean: on raw features, as MedMNIST+)"),
     O("knn_vote", str, "shares", group=PROBE, per_protocol=True, late=True, choices=("shares", "majority"),
       help="kNN scores: vote shares per class, or the one-hot majority class (MedMNIST+; AUC degenerates)"),
+    O("prompts", str, "", group=PROBE, per_protocol=True, late=True, metavar="FILE.yaml",
+      help="--head zeroshot / --init zeroshot: class names and templates (default: the dataset's own set, "
+           "bench ls prompts DATASET; own data: its class names with generic templates); the set's hash is in "
+           "the run id"),
     O("head_epochs", int, 100, group=PROBE, per_protocol=True, low=1, help="epochs of the linear head grid"),
     O("head_batch_size", int, 256, group=PROBE, per_protocol=True, low=1),
     # -- fine-tuning and trained heads ------------------------------------------------------------

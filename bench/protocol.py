@@ -81,6 +81,11 @@ class Protocol:
         A val split too small to select on is then warned about and marked in the report."""
         return True
 
+    def complete(self, cfg: "RunConfig", explicit: frozenset = frozenset()) -> "RunConfig":
+        """Fields this protocol derives once its own options are filled (e.g. zero-shot's readout and
+        prompt hash); ``explicit``: the options the user gave. Default: the config as it is."""
+        return cfg
+
     def validate(self, cfg: "RunConfig") -> None:
         """Checks across options, once every option is resolved (UserError)."""
 
@@ -114,8 +119,9 @@ class Protocol:
 
 
 # the order is the matching order: the first protocol that applies runs a config
-BUILTINS = {"layers": "bench.protocols.layers:LAYERS", "probe": "bench.protocols.probe:PROBE",
-            "knn": "bench.protocols.knn:KNN", "finetune": "bench.protocols.finetune:FINETUNE", "deit": "bench.protocols.deit:DEIT"}
+BUILTINS = {"zeroshot-init": "bench.protocols.zeroshot:ZEROSHOT_INIT", "layers": "bench.protocols.layers:LAYERS", "probe": "bench.protocols.probe:PROBE",
+            "knn": "bench.protocols.knn:KNN", "finetune": "bench.protocols.finetune:FINETUNE", "deit": "bench.protocols.deit:DEIT",
+            "zeroshot": "bench.protocols.zeroshot:ZEROSHOT"}
 PROTOCOLS: Registry[Protocol] = Registry("protocol", "bench.protocols", BUILTINS, Protocol)
 
 

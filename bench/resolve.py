@@ -35,7 +35,10 @@ def resolve(backbone: str, dataset: str, **given: Any) -> RunConfig:
     cfg = RunConfig(backbone=backbone, dataset=dataset, **_backbone_choices(backbone, common, explicit))
     protocol = cfg.protocol  # unknown head / head x unfreeze that nothing runs: one line here
     own = {k: given.get(k, options.get(k).default) for k in protocol.reads(cfg)}
-    cfg = cfg.replace(**own)
+    cfg = protocol.complete(cfg.replace(**own), frozenset(explicit))  # e.g. zero-shot's readout and prompts
+    if cfg.init != "none" and protocol.name != "zeroshot-init":
+        raise UserError(f"--init {cfg.init} starts a linear probe at the zero-shot classifier: use it with --head "
+                        f"linear --unfreeze none, not --head {cfg.head} --unfreeze {cfg.unfreeze}")
     if cfg.layers and protocol.name != "layers":  # --layers is the layer-wise probe's alone
         raise UserError(f"--layers probes the frozen features after each block: use it with --head linear|knn "
                         f"and --unfreeze none (and --linear-mode cached), not --head {cfg.head} --unfreeze "
