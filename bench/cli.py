@@ -92,10 +92,11 @@ def _dry_run(cfg, opts) -> int:
 def cmd_ls(args: argparse.Namespace) -> int:
     from . import listing
 
+    listing.WIDTH = None if args.wide else listing.TERMINAL_WIDTH
     show = {"datasets": lambda: listing.list_datasets(args.data_root), "backbones": listing.list_backbones,
             "protocols": listing.list_protocols, "options": listing.list_options, "recipes": listing.list_recipes,
             "prompts": lambda: listing.list_prompts(args.name)}
-    print(show[args.what]())
+    print(listing.fit(show[args.what]()))
     return 0
 
 
@@ -161,6 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("what", choices=("datasets", "backbones", "protocols", "options", "recipes", "prompts"))
     ls.add_argument("name", nargs="?", default="", help="prompts: the dataset (default: the datasets that have a set)")
     ls.add_argument("--data-root", type=Path)
+    ls.add_argument("--wide", action="store_true", help="one line per row, however wide (default: wrapped to 100 columns)")
     ls.set_defaults(fn=cmd_ls)
 
     w = sub.add_parser("weights", help="which weight files each backbone needs; fetch them")
@@ -217,6 +219,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
+        from .env import check_settings
+
+        check_settings()  # BENCH_* numbers: one line before a command reads or writes anything
         if getattr(args, "format", "unset") is None:
             args.format = ["md", "html", "png"]
         return args.fn(args)

@@ -19,19 +19,27 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 
-def option_table() -> str:
-    """The option table of docs/cli.md, generated from OPTIONS (and the protocols that read them)."""
+def option_rows() -> list[list[str]]:
+    """Each option: flag, default, choices or range, the protocols that read it, what it does."""
     used: dict[str, list[str]] = {}
     for p in all_protocols():
         for name in p.options:
             used.setdefault(name, []).append(p.name)
-    lines = ["| option | default | choices / range | used by | what |", "|---|---|---|---|---|"]
+    rows = []
     for o in options.OPTIONS:
         default = "" if o.default in (None, "", 0) and o.type is not bool else ("off" if o.type is bool else o.default)
-        rng = " \\| ".join(o.choices) if o.choices else (o.range_text().replace("must be a finite number", "")
-                                                          .strip() if o.type in (int, float) else "")
+        rng = " | ".join(o.choices) if o.choices else (o.range_text().replace("must be a finite number", "")
+                                                        .strip() if o.type in (int, float) else "")
         who = ", ".join(used.get(o.name, [])) if o.per_protocol else ("all" if o.scope == "run" else "execution")
-        lines.append(f"| `{o.flag}` | {default} | {rng} | {who} | {o.help} |")
+        rows.append([o.flag, str(default), rng, who, o.help])
+    return rows
+
+
+def option_table() -> str:
+    """The option table of docs/cli.md, generated from OPTIONS (and the protocols that read them)."""
+    lines = ["| option | default | choices / range | used by | what |", "|---|---|---|---|---|"]
+    for flag, default, rng, who, what in option_rows():
+        lines.append(f"| `{flag}` | {default} | {_cell(rng)} | {who} | {_cell(what)} |")
     return "\n".join(lines)
 
 

@@ -1,14 +1,41 @@
 """`bench ls`: datasets, backbones, protocols, options and recipes from their registries (nothing is built)."""
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 
-def table(rows: list[list[str]], header: list[str]) -> str:
+TERMINAL_WIDTH = 100  # a terminal's columns: `bench ls` wraps its widest cells to fit
+WIDTH: int | None = TERMINAL_WIDTH  # None: --wide, no wrapping
+
+
+def table(rows: list[list[str]], header: list[str], width: int | None = -1) -> str:
+    """Columns padded to their widest cell; with ``width``, the widest columns are narrowed (never
+    below their header or 10 characters) and their cells wrapped onto more lines until a row fits."""
+    width = WIDTH if width == -1 else width
     widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
+    # a column narrower than 10 keeps its width, and the first (the name) is never wrapped
+    floor = [w if k == 0 or w <= 10 else max(len(h), 10) for k, (w, h) in enumerate(zip(widths, header))]
+    while width and sum(widths) + 2 * (len(widths) - 1) > width:
+        i = max(range(len(widths)), key=lambda k: widths[k] - floor[k])
+        if widths[i] <= floor[i]:
+            break  # as narrow as it goes
+        widths[i] -= 1
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-    return "\n".join([fmt.format(*header), fmt.format(*["-" * w for w in widths])]
-                     + [fmt.format(*map(str, r)) for r in rows])
+    lines = [fmt.format(*header).rstrip(), fmt.format(*["-" * w for w in widths]).rstrip()]
+    for r in rows:
+        cells = [textwrap.wrap(str(c), w, break_on_hyphens=False) or [""] for c, w in zip(r, widths)]
+        for k in range(max(map(len, cells))):
+            lines.append(fmt.format(*[c[k] if k < len(c) else "" for c in cells]).rstrip())
+    return "\n".join(lines)
+
+
+def fit(text: str) -> str:
+    """Free-text lines wrapped to the listing width (indented continuation lines)."""
+    if not WIDTH:
+        return text
+    return "\n".join(textwrap.fill(line, WIDTH, subsequent_indent=" " * 6, break_on_hyphens=False)
+                     if len(line) > WIDTH else line for line in text.splitlines())
 
 
 def list_datasets(root: Path | None = None) -> str:
@@ -41,8 +68,12 @@ def list_backbones() -> str:
         rows.append([name, family, spec.default_variant, shown or "-",
                      f.get("params", "?"), f.get("embed_dim", "?"), spec.input_size, f.get("blocks", "?"),
                      spec.weights_source, spec.license])
-    return table(rows, ["backbone", "family", "default", "other variants", "params", "dim", "input",
-                        "blocks", "weights", "license"]) + "\nalso: timm:NAME for any timm model (e.g. timm:convnext_tiny.fb_in22k)"
+    header = ["backbone", "family", "default", "other variants", "params", "dim", "input", "blocks", "weights",
+              "license"]
+    also = "\nalso: timm:NAME for any timm model (e.g. timm:convnext_tiny.fb_in22k)"
+    if WIDTH:  # weights and licenses are long: --wide shows them, as `bench weights ls` does
+        return table([r[:8] for r in rows], header[:8]) + also + "\nweights source and license: bench ls backbones --wide"
+    return table(rows, header) + also
 
 
 def list_protocols() -> str:
@@ -56,13 +87,13 @@ def list_protocols() -> str:
 def list_recipes() -> str:
     from .docgen import recipe_listing
 
-    return recipe_listing()
+    return fit(recipe_listing())
 
 
 def list_options() -> str:
-    from .docgen import option_table
+    from .docgen import option_rows
 
-    return option_table()
+    return table(option_rows(), ["option", "default", "choices / range", "used by", "what"])
 
 
 def list_prompts(dataset: str = "") -> str:

@@ -13,13 +13,13 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from ..env import env_number
+from ..env import setting
 from ..errors import UserError, did_you_mean
 from .base import SPLITS, Dataset, DatasetSource, LoadOptions, Split
 
 SIZES = (28, 64, 128, 224)
 # arrays larger than this (bytes) are memory-mapped instead of read into memory
-MMAP_THRESHOLD = env_number("BENCH_MMAP_THRESHOLD", 1 << 30, integer=True)
+MMAP_THRESHOLD = setting("BENCH_MMAP_THRESHOLD")
 
 # what each image shows: --augment auto picks its policy from this (bench.augment.MODALITY_POLICY)
 MODALITY = {
@@ -113,15 +113,28 @@ def shipped(flag: str, size: int) -> Path | None:
     return _SHIPPED[name]
 
 
-def locate(flag: str, size: int, root: Path, download: bool = True) -> Path:
-    """Path of the dataset file: in the data root; else the copy shipped in bench/samples/medmnist
-    (its MD5 checked); else downloaded the way medmnist does."""
+def shipped_serves(root: Path | None) -> bool:
+    """Does the shipped copy stand in for a missing file? Only for the default data root (a data
+    root the user named must hold the file: a typo there is an error, not a silent substitute) and
+    for the samples folder itself (where the copy is the file the user named)."""
+    return root is None or Path(root).resolve() == SAMPLES.resolve()
+
+
+def locate(flag: str, size: int, root: Path, download: bool = True, *, explicit: bool = False,
+           quiet: bool = False) -> Path:
+    """Path of the dataset file: in the data root; else, for the default root, the copy shipped in
+    bench/samples/medmnist (its MD5 checked); else downloaded the way medmnist does. ``explicit``:
+    the user named ``root`` (--data-root)."""
     path = Path(root) / file_name(flag, size)
     if path.exists():
         return path
-    fallback = shipped(flag, size)
+    fallback = shipped(flag, size) if shipped_serves(root if explicit else None) else None
+    if explicit and fallback is None and ships(flag, size) and not path.exists():
+        raise UserError(f"dataset file {path.name} is not in {root} (the --data-root given); put it there, "
+                        f"or leave --data-root out to use the default folder, where the copy shipped with "
+                        f"medfm-bench stands in")
     if fallback is not None:
-        if fallback not in _TOLD:  # once per process, not once per split or run
+        if fallback not in _TOLD and not quiet and not explicit:  # once per process; --quiet: never
             _TOLD.add(fallback)
             print(f"bench: {path.name} is not in {root}; using the copy shipped with medfm-bench "
                   f"({fallback}, md5 checked)", file=sys.stderr, flush=True)
@@ -146,10 +159,10 @@ def locate(flag: str, size: int, root: Path, download: bool = True) -> Path:
 
 
 def load(flag: str, size: int, root: Path, *, check_md5: bool = True, limit: int | None = None,
-         download: bool = True, cache_dir: Path | None = None) -> Dataset:
+         download: bool = True, cache_dir: Path | None = None, explicit: bool = False, quiet: bool = False) -> Dataset:
     meta = info(flag)
     check_size(size)
-    path = locate(flag, size, root, download)
+    path = locate(flag, size, root, download, explicit=explicit, quiet=quiet)
     md5 = md5sum(path)
     if check_md5 and md5 != expected_md5(flag, size):
         raise UserError(f"{path} has md5 {md5}, expected {expected_md5(flag, size)} (medmnist INFO); "
@@ -172,6 +185,12 @@ def _validate(path: Path, split: str, images: np.ndarray, labels: np.ndarray, si
     if images.dtype != np.uint8 or not shape_ok:
         raise UserError(f"{path}: {split}_images is {images.dtype} {images.shape}, expected uint8 "
                         f"(N, {size}, {size}) or (N, {size}, {size}, 3)")
+    channels = 1 if images.ndim == 3 else images.shape[3]
+    if channels != meta["n_channels"]:  # an RGB array for a gray dataset (or the reverse) is another dataset
+        want = f"gray (N, {size}, {size})" if meta["n_channels"] == 1 else f"RGB (N, {size}, {size}, 3)"
+        raise UserError(f"{path}: {split}_images is {'gray' if channels == 1 else 'RGB'} {images.shape}, but "
+                        f"{meta.get('python_class', path.stem)} is {want} (medmnist INFO n_channels "
+                        f"{meta['n_channels']}); give this dataset's file")
     if labels.ndim != 2 or len(labels) != len(images):
         raise UserError(f"{path}: {split}_labels has shape {labels.shape}, expected ({len(images)}, L)")
     if len(images) == 0:
@@ -255,17 +274,23 @@ class MedMNISTSource(DatasetSource):
 
     def load(self, dataset: str, size: int, opts: LoadOptions) -> Dataset:
         return load(self._flag(dataset), size, Path(opts.root or default_root()), check_md5=opts.check_md5,
-                    limit=opts.limit, download=opts.download, cache_dir=opts.cache_dir)
+                    limit=opts.limit, download=opts.download, cache_dir=opts.cache_dir,
+                    explicit=opts.root is not None, quiet=opts.quiet)
 
     def n_classes(self, dataset: str) -> int:
         return len(info(self._flag(dataset))["label"])
+
+    def n_channels(self, dataset: str) -> int:
+        return int(info(self._flag(dataset))["n_channels"])
 
     def n_samples(self, dataset: str, size: int) -> dict[str, int]:
         return dict(info(self._flag(dataset))["n_samples"])
 
     def _path(self, dataset: str, size: int, opts: LoadOptions) -> Path:
         path = Path(opts.root or default_root()) / file_name(self._flag(dataset), size)
-        return path if path.exists() else (shipped(self._flag(dataset), size) or path)
+        if path.exists() or not shipped_serves(opts.root):
+            return path
+        return shipped(self._flag(dataset), size) or path
 
     def expected_fingerprint(self, dataset: str, size: int, opts: LoadOptions) -> str | None:
         path = self._path(dataset, size, opts)

@@ -25,7 +25,7 @@ from ..fsio import atomic_write_bytes, atomic_write_text
 from ..env import now
 from ..results import ResultStore
 from . import draw
-from .cams import CAM_METHODS, METHODS, check_method, head_blocks, heatmaps, layer_names
+from .cams import CAM_METHODS, METHODS, check_method, head_blocks, heatmaps, layer_names, native_grid
 from .model import Rebuilt, rebuild, resolve_run_id
 from .select import Pick, choose, parse_classes
 
@@ -136,8 +136,10 @@ def _explain_picks(rb: Rebuilt, picks: list[Pick], req: Request, targets: list[i
         log(f"{rb.run_id}: every {req.method} heatmap is uniform; at input size {rb.cfg.input_size or rb.dataset.size} "
             f"the target layer's map may be a single value (a run at a larger --input-size gives a finer map)")
     overlays = [draw.overlay(p, m) for p, m in zip(pixels_all, np.concatenate(maps))]
-    return {"run_id": rb.run_id, "title": f"{rb.describe()}\n{rb.run_id}", "overlays": overlays,
-            "heatmaps": np.concatenate(maps), "scores": now_scores, "targets": list(targets)}
+    grid, side = native_grid(rb, x), pixels_all.shape[-2]
+    native = f"{grid[0]}x{grid[1]} map, upsampled to {side} px" if grid != (side, side) else f"{side}x{side} map"
+    return {"run_id": rb.run_id, "title": f"{rb.describe()} ({native})\n{rb.run_id}", "overlays": overlays,
+            "heatmaps": np.concatenate(maps), "scores": now_scores, "targets": list(targets), "grid": native}
 
 
 def _explain_own(rb: Rebuilt, picks: list[Pick], req: Request) -> dict:
@@ -211,7 +213,8 @@ def _cam_sheet(rb: Rebuilt, picks: list[Pick], req: Request, folder: Path) -> tu
         ["attention of every block" + (" and of the head's blocks" if head_blocks(rb) else "")]
     title = (f"{TITLES[req.method]} · {rb.describe()} · {rb.cfg.dataset} {req.split} · {rb.run_id}\n"
              + ("left: image · right: heatmap on the model input (class-agnostic)" if req.method in CLASS_AGNOSTIC else
-                f"left: image · right: heatmap of {_explained(rb)} on the model input (layer {', '.join(layers)})"))
+                f"left: image · right: heatmap of {_explained(rb)} on the model input (layer {', '.join(layers)})")
+             + f" · {got['grid']}")
     png = draw.run_sheet(title, _originals(rb, req.split, picks), got["overlays"], [_caption(rb, p) for p in picks])
     caption = (f"{TITLES[req.method]} of {rb.describe()} on {len(picks)} {rb.cfg.dataset} {req.split} images: per class "
                f"the most confident correct, most confident wrong and least confident prediction (seed {req.seed}); "

@@ -57,6 +57,21 @@ def heatmaps(rebuilt: Rebuilt, x: torch.Tensor, targets: list[int], method: str)
     return np.asarray(out, dtype=np.float32)
 
 
+def native_grid(rebuilt: Rebuilt, x: torch.Tensor) -> tuple[int, int]:
+    """The map's own grid before it is upsampled to the input (e.g. 2x2 for a ResNet at 64 px): the
+    target layer's feature map, which is also the patch grid attention rollout spreads over."""
+    seen: list[torch.Tensor] = []
+    layer = rebuilt.backbone.cam_layers()[-1]
+    hook = layer.register_forward_hook(lambda m, i, o: seen.append(o[0] if isinstance(o, tuple) else o))
+    try:
+        with torch.no_grad():
+            rebuilt.net(x[:1])
+    finally:
+        hook.remove()
+    h, w = rebuilt.backbone.feature_map(seen[-1]).shape[-2:]
+    return int(h), int(w)
+
+
 def rollout(rebuilt: Rebuilt, x: torch.Tensor) -> np.ndarray:
     """Attention rollout: per block the head-mean attention plus the residual (0.5 A + 0.5 I,
     rows renormalised), multiplied from the first block to the last; the rows the readout reads

@@ -56,8 +56,9 @@ def _unknown(given: str, ids: list[str], root: Path) -> str:
     raise UserError(f"unknown run {given!r} in {root}; {close}")
 
 
-def rerun_command(cfg: RunConfig, *extra: str) -> str:
-    """A `bench run` line with the run's non-default options (the same config, hence run id)."""
+def rerun_command(cfg: RunConfig, *extra: str, opts: RunOptions | None = None) -> str:
+    """A `bench run` line with the run's non-default options (the same config, hence run id) and,
+    with ``opts``, the folders that find the run and its data again (--results-dir, --data-root)."""
     from .. import options
 
     d = cfg.to_dict()
@@ -70,6 +71,12 @@ def rerun_command(cfg: RunConfig, *extra: str) -> str:
             parts += [o.flag] if v else []
         else:
             parts += [o.flag, str(v)]
+    if opts is not None:
+        parts += ["--results-dir", str(opts.results_dir)]
+        if opts.data_root is not None:
+            parts += ["--data-root", str(opts.data_root)]
+        if opts.cache_dir is not None:
+            parts += ["--cache-dir", str(opts.cache_dir)]
     return shlex.join(parts + list(extra))
 
 
@@ -194,16 +201,16 @@ def rebuild(store: ResultStore, run_id: str, opts: RunOptions) -> Rebuilt:
     if "config" not in meta:
         raise UserError(f"run {run_id} has no provenance ({store.path('meta', run_id)}); it cannot be rebuilt")
     cfg = RunConfig.from_dict(meta["config"])
-    _check_explainable(run_id, cfg)
+    _check_explainable(run_id, cfg, opts)
     head_file, backbone_file = store.model_path(run_id, "head"), store.model_path(run_id, "backbone")
     trained = backbone_trained(cfg, meta)
-    _check_saved(run_id, cfg, meta, trained, head_file, backbone_file)
+    _check_saved(run_id, cfg, meta, trained, head_file, backbone_file, opts)
     device = pick_device(opts.device)
     ds = datasets.load(cfg.dataset, cfg.size, datasets.load_options(cfg, opts)).validate()
     if cfg.data_fingerprint and cfg.data_fingerprint != ds.fingerprint:
         raise UserError(f"run {run_id}: {cfg.dataset} is not the data it ran on (fingerprint {ds.fingerprint[:12]}, "
                         f"the run's {cfg.data_fingerprint[:12]}); point --data-root at that data")
-    backbone = build_backbone(cfg, weights=str(backbone_file) if trained else None)
+    backbone = build_backbone(cfg, weights=str(backbone_file) if trained else None, opts=opts)
     head = _load_head(cfg, backbone, ds.n_outputs, head_file)
     backbone.eval().to(device)
     head.eval().to(device)
@@ -213,36 +220,36 @@ def rebuild(store: ResultStore, run_id: str, opts: RunOptions) -> Rebuilt:
     return Rebuilt(run_id, cfg, meta, backbone, head, Net(backbone, head).eval().to(device), ds, pre, device)
 
 
-def _check_explainable(run_id: str, cfg: RunConfig) -> None:
+def _check_explainable(run_id: str, cfg: RunConfig, opts: RunOptions | None = None) -> None:
     """Runs whose decision no saved head explains: one line saying why and what to run instead."""
     if getattr(cfg, "layers", ""):
         # checked before kNN: the suggestion must drop --layers whatever the head
         plain = cfg.replace(layers="", head="linear", knn_k=None, knn_metric=None, knn_vote=None)
         raise UserError(f"run {run_id} is a layer-wise probe (--layers {cfg.layers}): its heads read inner blocks' "
                         f"features, not the model's output, so none is saved; explain the ordinary linear probe "
-                        f"(the last layer, from the same cached features): {rerun_command(plain)}")
+                        f"(the last layer, from the same cached features): {rerun_command(plain, opts=opts)}")
     if cfg.head == "knn":
         raise UserError(f"run {run_id} is a kNN probe: its decision is a vote of train images, with no head to take "
                         f"gradients through; explain a --head linear run of the same backbone: "
-                        f"{rerun_command(cfg.replace(head='linear', knn_k=None, knn_metric=None, knn_vote=None))}")
+                        f"{rerun_command(cfg.replace(head='linear', knn_k=None, knn_metric=None, knn_vote=None), opts=opts)}")
     if cfg.weights == "instance":
         raise UserError(f"run {run_id} ran a model instance passed to bench.api.run; its weights are not on disk, "
                         f"so explain cannot rebuild it (run it with --weights FILE, or --save-model)")
 
 
 def _check_saved(run_id: str, cfg: RunConfig, meta: dict, trained: bool, head_file: Path,
-                 backbone_file: Path) -> None:
+                 backbone_file: Path, opts: RunOptions | None = None) -> None:
     """The files a rebuild reads are there, and the starting weights are the run's."""
     if trained and not backbone_file.exists():
         why = f"--unfreeze {cfg.unfreeze}" if cfg.unfreeze != "none" else f"--frozen-mode {cfg.frozen_mode}"
         raise UserError(f"run {run_id} trained its backbone ({why}) and did not save it; rerun it with --save-model: "
-                        f"{rerun_command(cfg, '--save-model', '--force')}")
+                        f"{rerun_command(cfg, '--save-model', '--force', opts=opts)}")
     if not head_file.exists() and meta.get("protocol") not in HEAD_SAVING:
         raise UserError(f"run {run_id} ran protocol {meta.get('protocol')!r}, which saves no head to rebuild; "
                         f"bench explain takes runs of {', '.join(HEAD_SAVING)}")
     if not head_file.exists():
         raise UserError(f"run {run_id} has no saved head ({head_file}; runs made before heads were saved with "
-                        f"them); rerun it: {rerun_command(cfg, '--force')}")
+                        f"them); rerun it: {rerun_command(cfg, '--force', opts=opts)}")
     if cfg.weights_fingerprint and not trained:  # the run started from a weights file: still the same?
         from backbones.hub import file_fingerprint
 
@@ -259,8 +266,16 @@ def _load_head(cfg: RunConfig, backbone: Backbone, n_out: int, path: Path) -> nn
 
     head = ProbeHead(backbone.embed_dim, n_out) if cfg.is_probe else build_head(cfg, backbone, n_out, pretrained=False)
     try:
-        head.load_state_dict(load_file(str(path)))
+        state = load_file(str(path))
+    except Exception as e:  # truncated or overwritten: safetensors raises its own SafetensorError
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise UserError(f"{path} is damaged ({first}); rerun the run with --force to save its head again") from None
+    try:
+        head.load_state_dict(state)
     except (RuntimeError, OSError) as e:
         first = str(e).strip().splitlines()[0]
         raise UserError(f"{path} does not fit the head of this run ({first}); rerun it with --force") from None
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(v.isfinite().all())]
+    if bad:  # NaN/inf weights would draw blank heatmaps, not fail
+        raise UserError(f"{path} holds non-finite values ({', '.join(bad[:3])}); rerun the run with --force")
     return head

@@ -84,7 +84,8 @@ def gain_figure(a: Analysis) -> tuple[Figure | None, str | None]:
         ax.errorbar(mg.mean_rel_gain_pct[ok], y[ok], xerr=err[:, ok], fmt="none", ecolor="0.15", capsize=3, lw=1)
         for yi, (v, hi, lo) in enumerate(zip(mg.mean_rel_gain_pct, mg.ci_high, mg.ci_low)):
             end_ = (hi if v >= 0 else lo) if math.isfinite(hi) else v
-            ax.annotate(f"{v:+.1f}%", (end_, yi), xytext=(4 if v >= 0 else -4, 0), textcoords="offset points",
+            # past the whisker's cap (capsize 3 points), never on it
+            ax.annotate(f"{v:+.1f}%", (end_, yi), xytext=(7 if v >= 0 else -7, 0), textcoords="offset points",
                         ha="left" if v >= 0 else "right", va="center", fontsize=8)
         ax.set_yticks(y, [f"{m} ({d})" for m, d in zip(mg.model, mg.datasets)])
         ax.axvline(0, color="0.2", lw=1)
@@ -157,9 +158,13 @@ def heatmap_figure(a: Analysis, sec: SectionKey) -> tuple[Figure | None, str | N
     mat.columns = [dataset_label(d) for d in mat.columns]
     _theme()
     sns.set_style("white")  # no grid lines across the grey 'no run' cells
-    fig, ax = plt.subplots(figsize=(1.1 * len(datasets) + 2.8, 0.5 * len(models) + 1.6))
+    one_cell = int(np.isfinite(mat.to_numpy(dtype=float)).sum()) <= 1
+    # the size follows the cells: a 2x1 map is small, as its table is
+    fig, ax = plt.subplots(figsize=(0.95 * len(datasets) + 2.4 + (0 if one_cell else 0.9), 0.42 * len(models) + 1.0))
     ax.set_facecolor("#d9d9d9")  # missing cells show as grey, labelled below; never as a colour value
-    sns.heatmap(mat, annot=True, fmt=".3f", cmap="viridis" if a.higher_is_better else "viridis_r", ax=ax, linewidths=0.5, linecolor="white",
+    vmin, vmax = color_range(a)
+    sns.heatmap(mat, annot=True, fmt=".3f", cmap="viridis" if a.higher_is_better else "viridis_r", ax=ax,
+                linewidths=0.5, linecolor="white", vmin=vmin, vmax=vmax, cbar=not one_cell,
                 cbar_kws={"label": f"test {a.metric.upper()}"}, annot_kws={"fontsize": 8})
     for i, m in enumerate(mat.index):
         for j, d in enumerate(mat.columns):
@@ -170,8 +175,27 @@ def heatmap_figure(a: Analysis, sec: SectionKey) -> tuple[Figure | None, str | N
     ax.set_title(section_title(sec), fontsize=10)
     plt.setp(ax.get_xticklabels(), rotation=30, ha="right")
     plt.setp(ax.get_yticklabels(), rotation=0)
+    scale = (f"one colour scale for {a.metric.upper()} across the report, {vmin:.2f} to {vmax:.2f}"
+             + (" (below 0.5 is below chance and shows as 0.5)" if a.metric == "auc" else "")
+             + "; colour differences are not significance: the paired tests are in the tables")
     return _figure(f"heatmap_{sec.slug}", f"Heatmap — {section_title(sec)}", fig,
-                   f"Seed mean of test {a.metric.upper()}; grey cells had no run."), None
+                   f"Seed mean of test {a.metric.upper()}; grey cells had no run; {scale}."), None
+
+
+# metrics whose range is fixed: colours span it, so no heatmap stretches a small difference
+FIXED_RANGE = {"auc": (0.5, 1.0), "acc": (0.0, 1.0), "balanced_acc": (0.0, 1.0), "macro_f1": (0.0, 1.0),
+               "kappa": (-1.0, 1.0)}
+
+
+def color_range(a: Analysis) -> tuple[float, float]:
+    """One colour scale per metric for every heatmap of a report: the metric's fixed range where it
+    has one (AUC from chance, 0.5, to 1), else the range of all the report's cells of that metric."""
+    if a.metric in FIXED_RANGE:
+        return FIXED_RANGE[a.metric]
+    v = a.summary["mean"].to_numpy(dtype=float)
+    v = v[np.isfinite(v)]
+    lo, hi = (float(v.min()), float(v.max())) if v.size else (0.0, 1.0)
+    return lo, hi if hi > lo else lo + 1e-9
 
 
 def _blocks(a: Analysis, run_ids: list[str]) -> int | None:
