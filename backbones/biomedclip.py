@@ -11,7 +11,15 @@ readout "cls": the trunk's pooled token (before the projection; default)
         "proj": the same @ head.proj, the CLIP image embedding
 
 ``--weights PATH`` takes the release file ``open_clip_pytorch_model.bin`` (full CLIP:
-``visual.trunk.*``, ``visual.head.proj.weight``, text tower dropped) or the tower alone.
+``visual.trunk.*``, ``visual.head.proj.weight``; the text tower is read only by ``text_tower``) or the
+image tower alone.
+
+Text tower (zero-shot runs only): open_clip's ``HFTextEncoder`` as BiomedCLIP's open_clip_config.json
+builds it (PubMedBERT, CLS of the last hidden state, MLP projection to 512, 256 tokens), its
+weights from the same checkpoint (``text.*``) and its logit scale ``logit_scale.exp()``. The BERT
+config and tokenizer files come from the Hugging Face hub (TEXT_REPO): offline without them in the
+HF cache it refuses in one line naming them. The tiny test variant has a small random BERT and a
+character-level WordPiece vocabulary written locally.
 """
 from __future__ import annotations
 
@@ -21,7 +29,7 @@ from torch import nn
 from bench.errors import UserError
 
 from . import hub, timm_common
-from .base import Backbone, Spec
+from .base import Backbone, Spec, TextTower
 from .clip import OPENAI_MEAN, OPENAI_STD
 from .registry import Adapter, WeightFile
 from .vit_common import TINY, TimmViT, vit_kwargs
@@ -31,13 +39,19 @@ FILENAME = "open_clip_pytorch_model.bin"
 TRUNK = "vit_base_patch16_224"
 # variant -> (timm kwargs overrides, projection dim); "tiny" is random-only, for tests
 VARIANTS: dict[str, tuple[dict, int]] = {"vitb16": ({}, 512), "tiny": (dict(TINY), 16)}
+# the text tower of open_clip_config.json (text_cfg): what zero-shot runs build
+TEXT_REPO = "microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract"
+TEXT_FILES = ("config.json", "vocab.txt", "tokenizer_config.json")
+TEXT_POOLER, TEXT_PROJ, CONTEXT_LENGTH = "cls_last_hidden_state_pooler", "mlp", 256
+TINY_BERT = dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+                 max_position_embeddings=64)
 
 SPEC = Spec(
     name="biomedclip", family="clip", variants=tuple(VARIANTS), default_variant="vitb16", input_size=224,
     mean=OPENAI_MEAN, std=OPENAI_STD,  # open_clip_config.json preprocess_cfg
     weights_source=f"open_clip hf-hub:{REPO} ({FILENAME}, HF cache)",
-    license="mit", readouts=("cls", "proj"),
-    description="BiomedCLIP ViT-B/16 image tower (PMC-15M figure-caption pairs), text tower dropped",
+    license="mit", readouts=("cls", "proj"), text_readout="proj",
+    description="BiomedCLIP ViT-B/16 image tower (PMC-15M figure-caption pairs); PubMedBERT text tower only for --head zeroshot",
     training_data="PMC-15M: 15M figure-caption pairs from PubMed Central articles",
     paper_use="not in the paper",
     facts={"blocks": 12, "embed_dim": "768 (proj: 512)", "params": "86M"},
@@ -58,6 +72,50 @@ class BiomedCLIPBackbone(TimmViT):
         self.proj = _Projection(trunk.num_features, proj_dim)
         if readout == "proj":
             self.embed_dim = proj_dim
+        self.init_seed = torch.initial_seed()  # what text_tower() needs: a random init's seed, the weights file
+        self.weights_source = ""
+
+    def text_tower(self) -> TextTower:
+        """open_clip's HFTextEncoder (PubMedBERT, CLS pooling, MLP projection), loaded from the checkpoint
+        the image tower came from (``text.*``); random (seeded like the image tower) with random weights."""
+        from open_clip.hf_model import HFTextEncoder
+        from open_clip.tokenizer import HFTokenizer
+        from transformers import BertConfig
+
+        name = self.spec.name if self.variant == self.spec.default_variant else f"{self.spec.name}@{self.variant}"
+        tiny = self.variant == "tiny"
+        folder = tiny_tokenizer_dir() if tiny else text_files(name)
+        config = BertConfig(vocab_size=len(TINY_VOCAB), **TINY_BERT) if tiny else BertConfig.from_pretrained(folder)
+        with torch.random.fork_rng():
+            torch.manual_seed(self.init_seed + 1)
+            text = HFTextEncoder(TEXT_REPO, output_dim=self.proj.weight.shape[0], config=config,
+                                 pooler_type=TEXT_POOLER, proj_type=TEXT_PROJ, pretrained=False)
+        scale = 1 / 0.07  # open_clip's init
+        if self.weights_source:
+            sd = hub.load_state_dict(self.weights_source)
+            if sd and all(k.startswith("module.") for k in sd):
+                sd = {k[len("module."):]: v for k, v in sd.items()}
+            text_sd = {k[len("text."):]: v for k, v in sd.items() if k.startswith("text.")}
+            if not text_sd:
+                raise UserError(f"--head zeroshot: weights {self.weights_source!r} hold no text tower (text.*); pass "
+                                f"BiomedCLIP's full {FILENAME}")
+            # the release's BERT has no pooler (open_clip builds it without one for CLS pooling)
+            hub.load_into(text, text_sd, name=f"{name} text tower", source=self.weights_source,
+                          allow_missing=("transformer.pooler.",))
+            if "logit_scale" in sd:
+                scale = float(sd["logit_scale"].float().exp().reshape(-1)[0])
+        elif self.weights_id != "random" and not self.weights_id.endswith("-seed0"):
+            raise UserError(f"--head zeroshot: {name}'s weights ({self.weights_id}) hold no text tower; pass "
+                            f"BiomedCLIP's full {FILENAME}")
+        text = text.eval().to(next(self.parameters()).device)
+        tokenizer = HFTokenizer(str(folder), context_length=TINY_BERT["max_position_embeddings"] if tiny else CONTEXT_LENGTH)
+
+        def encode(prompts: list[str]) -> torch.Tensor:
+            with torch.no_grad():
+                return text(tokenizer(prompts).to(next(text.parameters()).device)).float()
+
+        return TextTower(encode, scale, f"open_clip HFTextEncoder ({'tiny BERT' if tiny else TEXT_REPO}), "
+                         f"HFTokenizer", self.weights_id)
 
     def readout(self, h: torch.Tensor) -> torch.Tensor:
         pooled = self.forward_head(self.norm(h), pre_logits=True)  # the trunk's own token pool
@@ -78,7 +136,46 @@ def tower_state(sd: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], d
     return trunk, proj
 
 
+# a character-level WordPiece vocabulary for the tiny test model's BERT tokenizer (no download)
+TINY_VOCAB = (["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + list("abcdefghijklmnopqrstuvwxyz0123456789.,:;'-&()/")
+              + [f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz0123456789"])
+
+
+def tiny_tokenizer_dir():
+    """A folder with the tiny BERT tokenizer's files (written once, in the temp folder)."""
+    import json
+    import tempfile
+    from pathlib import Path
+
+    folder = Path(tempfile.gettempdir()) / "medfm-bench-tiny-bert-tokenizer-v1"
+    if not (folder / "tokenizer_config.json").exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "vocab.txt").write_text("\n".join(TINY_VOCAB) + "\n")
+        (folder / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "BertTokenizer",
+                                                                  "do_lower_case": True}))
+    return folder
+
+
+def text_files(name: str):
+    """The folder (HF cache snapshot) with the text tower's BERT config and tokenizer files; one line
+    naming them when they are not cached and cannot be downloaded."""
+    from pathlib import Path
+
+    found = [hub.hf_cached(TEXT_REPO, f) for f in TEXT_FILES]
+    if all(found):
+        return Path(found[0]).parent
+    try:
+        paths = [hub.hf_file(TEXT_REPO, f, name=name) for f in TEXT_FILES]
+    except UserError as e:
+        why = str(e).rsplit("(", 1)[-1].split(")")[0] if "(" in str(e) else str(e)
+        raise UserError(f"--head zeroshot: {name}'s text tower needs its PubMedBERT config and tokenizer from the "
+                        f"Hugging Face hub: {', '.join(TEXT_FILES)} of {TEXT_REPO}, not in the HF cache ({why}); "
+                        f"fetch them once online (huggingface-cli download {TEXT_REPO} {' '.join(TEXT_FILES)})") from None
+    return Path(paths[0]).parent
+
+
 def _load(backbone: BiomedCLIPBackbone, sd: dict[str, torch.Tensor], *, name: str, source: str) -> None:
+    backbone.weights_source = str(source)
     trunk, proj = tower_state(sd)
     if not trunk or not proj:
         raise UserError(f"weights {source!r} do not fit backbone {name!r}: no open_clip TimmModel image tower "

@@ -234,3 +234,50 @@ def test_prompt_sets_are_data_for_every_dataset():
     # own data: its class names, the generic templates; multi-label as NAME against 'no NAME'
     g = prompts.find("folder:/x").with_classes(["benign", "malignant"], False)
     assert g.classes == ("benign", "malignant") and g.templates == prompts.GENERIC_TEMPLATES
+
+
+def test_biomedclip_shaped_model_equals_clip_benchmark_and_open_clip(tmp_path):
+    """A BiomedCLIP-shaped checkpoint (timm ViT trunk + projection, open_clip HFTextEncoder with a BERT,
+    MLP projection, CLS pooling): our class embeddings are CLIP_benchmark's on open_clip's own encoder,
+    the logits its logit scale x cosine, ACC and AUC exactly."""
+    from open_clip.hf_model import HFTextEncoder
+    from open_clip.tokenizer import HFTokenizer
+    from transformers import BertConfig
+
+    from backbones.biomedclip import TEXT_POOLER, TEXT_PROJ, TINY_BERT, TINY_VOCAB, tiny_tokenizer_dir
+
+    torch.manual_seed(3)
+    image = backbones.build("biomedclip", "tiny", weights="random", readout="proj", input_size=32)
+    text = HFTextEncoder("bert", output_dim=16, config=BertConfig(vocab_size=len(TINY_VOCAB), **TINY_BERT),
+                         pooler_type=TEXT_POOLER, proj_type=TEXT_PROJ, pretrained=False).eval()
+    sd = {f"visual.trunk.{k}": v for k, v in image.state_dict().items() if k != "proj.weight"}
+    sd["visual.head.proj.weight"] = image.proj.weight.detach()
+    sd.update({f"text.{k}": v for k, v in text.state_dict().items() if not k.startswith("transformer.pooler.")})
+    sd["logit_scale"] = torch.tensor(float(np.log(40.0)))
+    path = tmp_path / "open_clip_pytorch_model.bin"
+    torch.save(sd, path)
+
+    b = backbones.build("biomedclip", "tiny", weights=str(path), readout="proj", input_size=32).eval()
+    tower = b.text_tower()
+    assert tower.logit_scale == pytest.approx(40.0, rel=1e-6)
+    ours = zeroshot.build_classifier(tower.encode, tuple(CLASSES), tuple(TEMPLATES), tower.logit_scale)
+    tok = HFTokenizer(str(tiny_tokenizer_dir()), context_length=TINY_BERT["max_position_embeddings"])
+    theirs = zsc.zero_shot_classifier(_Encoder(text), tok, CLASSES, TEMPLATES, "cpu", amp=False)
+    assert torch.allclose(ours.weights, theirs.t(), atol=1e-6)
+    x = torch.randn(30, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        feats = b(x)
+        assert torch.allclose(feats, image(x), atol=1e-5)  # the image tower loaded back from the file
+        want = (40.0 * F.normalize(feats, dim=-1) @ theirs).softmax(-1).numpy()
+    got = ours.scores(feats.numpy())
+    assert np.allclose(got, want, atol=1e-5)
+    y = np.arange(30) % 3
+    assert metrics.acc("multi-class", y, got) == metrics.acc("multi-class", y, want)
+    assert metrics.auc("multi-class", y, got) == metrics.auc("multi-class", y, want)
+
+
+def test_hub_tokenizers_refuse_offline_in_one_line():
+    b = backbones.build("biomedclip", "vitb16", weights="random", readout="proj")
+    with pytest.raises(UserError, match=r"config.json, vocab.txt, tokenizer_config.json of microsoft/BiomedNLP") as e:
+        b.text_tower()
+    assert "\n" not in str(e.value)
