@@ -50,6 +50,9 @@ class Spec:
     # architecture, init or weights): the version enters the run id once above 1, so unchanged
     # variants keep their ids and a changed one never reuses an old result
     versions: dict = field(default_factory=dict, compare=False, hash=False)
+    # input channels: 3 (gray images repeated to RGB), or 0: the dataset's own count (1 for gray
+    # images, 3 for RGB), given to the adapter's build as ``in_chans`` and kept by the preprocessing
+    in_chans: int = 3
     # the readout whose vectors live in the text tower's embedding space (a CLIP's projected image
     # embedding): what `--head zeroshot` and `--init zeroshot` read; "" = no text tower. Variants
     # without one (e.g. captioning models) refuse in Backbone.text_tower
@@ -57,6 +60,12 @@ class Spec:
 
     def version(self, variant: str) -> int:
         return int(self.versions.get(variant, 1))
+
+    def text_refusal(self, variant: str) -> str:
+        """Why ``variant`` has no text tower for zero-shot runs ("" = it has one): checked when a
+        zero-shot config is resolved, before anything is built. Families with variants of both kinds
+        override it."""
+        return "" if self.text_readout else f"{self.name} ({self.family}) is an image model without one"
 
     def is_test_model(self, variant: str) -> bool:
         """A random-init model for the test suite, not the family's real model: every variant of
@@ -108,6 +117,7 @@ class Backbone(nn.Module):
 
     def readout(self, h: torch.Tensor) -> torch.Tensor:  # h -> (B, D)
         raise NotImplementedError
+    in_chans: int = 3  # channels stem() takes (Spec.in_chans 0: the dataset's own, set at build)
 
     def tokens(self, h: torch.Tensor) -> torch.Tensor:  # h -> (B, N, C)
         raise NotImplementedError

@@ -281,3 +281,48 @@ def test_hub_tokenizers_refuse_offline_in_one_line():
     with pytest.raises(UserError, match=r"config.json, vocab.txt, tokenizer_config.json of microsoft/BiomedNLP") as e:
         b.text_tower()
     assert "\n" not in str(e.value)
+
+
+def test_blip_itc_zero_shot(tmp_path, data_root):
+    """BLIP base's image-text contrastive side: vision_proj readout, BERT text encoder in text mode ->
+    text_proj, similarity / temp; loaded from a model_base.pth-shaped checkpoint; captioning refuses."""
+    from transformers import BertTokenizer, BlipTextConfig, BlipTextModel
+
+    from backbones.blip import TINY_TEXT
+    from backbones.biomedclip import TINY_VOCAB, tiny_tokenizer_dir
+
+    torch.manual_seed(5)
+    image = backbones.build("blip", "tiny", weights="random", readout="proj", input_size=32)
+    text = BlipTextModel(BlipTextConfig(**TINY_TEXT, vocab_size=len(TINY_VOCAB), pad_token_id=0, bos_token_id=None,
+                                        sep_token_id=None, eos_token_id=None), add_pooling_layer=False).eval()
+    text_proj = torch.nn.Linear(16, 16)
+    sd = {f"visual_encoder.{k}": v for k, v in image.state_dict().items() if not k.startswith("vision_proj.")}
+    sd = {("visual_encoder.encoder.layers." + k[len("visual_encoder.blocks."):]) if k.startswith("visual_encoder.blocks.")
+          else k: v for k, v in sd.items()}
+    sd = {k.replace("visual_encoder.", "vision_model."): v for k, v in sd.items()}  # transformers layout
+    sd.update({f"vision_proj.{k}": v for k, v in image.vision_proj.state_dict().items()})
+    sd.update({f"text_encoder.{k}": v for k, v in text.state_dict().items()})
+    sd.update({f"text_proj.{k}": v for k, v in text_proj.state_dict().items()})
+    sd["temp"] = torch.tensor(0.05)
+    path = tmp_path / "model_base.pth"
+    torch.save(sd, path)
+    b = backbones.build("blip", "tiny", weights=str(path), readout="proj", input_size=32).eval()
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(b(x), image(x), atol=1e-5)
+    tower = b.text_tower()
+    assert tower.logit_scale == pytest.approx(20.0)
+    tok = BertTokenizer.from_pretrained(str(tiny_tokenizer_dir()))
+    t = tok(TEMPLATES, padding="max_length", truncation=True, max_length=35, return_tensors="pt")
+    with torch.no_grad():
+        want = text_proj(text(input_ids=t.input_ids, attention_mask=t.attention_mask).last_hidden_state[:, 0])
+    assert torch.allclose(tower.encode(TEMPLATES), want, atol=1e-5)
+    with pytest.raises(UserError, match="needs a text tower: blip@captioning-base is a captioning model"):
+        api.config("blip", "breastmnist", variant="captioning-base", head="zeroshot")
+    with pytest.raises(UserError, match="captioning model without BLIP's image-text contrastive"):
+        backbones.build("blip", "captioning-base", weights="random", readout="proj")
+    with pytest.raises(UserError, match="vocab.txt, tokenizer_config.json of bert-base-uncased"):
+        backbones.build("blip", "base", weights="random", readout="proj").text_tower()
+    res = api.run("blip", "breastmnist", variant="tiny", weights="random", head="zeroshot", input_size=32,
+                  results_dir=tmp_path / "r", data_root=data_root, skip_md5=True, quiet=True)
+    assert res.config.readout == "proj" and 0 <= res.metric("auc") <= 1

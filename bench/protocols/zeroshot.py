@@ -20,9 +20,10 @@ def _complete(cfg, explicit: frozenset, what: str):
     from .. import prompts
 
     spec = backbones.get(cfg.backbone).spec
-    if not spec.text_readout:
-        raise UserError(f"{what} needs a text tower: {cfg.backbone} ({spec.family}) is an image model without one; "
-                        f"use a vision-language backbone (clip, biomedclip, blip) or --head linear|knn")
+    why = spec.text_refusal(cfg.variant)
+    if why:
+        raise UserError(f"{what} needs a text tower: {why}; use a vision-language backbone (clip, biomedclip, blip) "
+                        f"or --head linear|knn")
     if "readout" in explicit and cfg.readout != spec.text_readout:
         raise UserError(f"{what} reads the image embedding of the image-text space, --readout {spec.text_readout}, "
                         f"not --readout {cfg.readout}")
