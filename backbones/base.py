@@ -61,12 +61,6 @@ class Spec:
     def version(self, variant: str) -> int:
         return int(self.versions.get(variant, 1))
 
-    def text_refusal(self, variant: str) -> str:
-        """Why ``variant`` has no text tower for zero-shot runs ("" = it has one): checked when a
-        zero-shot config is resolved, before anything is built. Families with variants of both kinds
-        override it."""
-        return "" if self.text_readout else f"{self.name} ({self.family}) is an image model without one"
-
     def is_test_model(self, variant: str) -> bool:
         """A random-init model for the test suite, not the family's real model: every variant of
         the ``dummy`` family, and a real family's ``tiny`` variant (3 blocks, width 32)."""
@@ -111,13 +105,13 @@ class Backbone(nn.Module):
     # tokens() puts this many non-patch tokens (class, distillation, registers) before the patch
     # tokens, which follow in row-major grid order; 0 for CNN feature maps and SAM
     num_prefix_tokens: int = 0
+    in_chans: int = 3  # channels stem() takes (Spec.in_chans 0: the dataset's own, set at build)
 
     def stem(self, x: torch.Tensor) -> torch.Tensor:  # (B,3,H,W) normalised -> h
         raise NotImplementedError
 
     def readout(self, h: torch.Tensor) -> torch.Tensor:  # h -> (B, D)
         raise NotImplementedError
-    in_chans: int = 3  # channels stem() takes (Spec.in_chans 0: the dataset's own, set at build)
 
     def tokens(self, h: torch.Tensor) -> torch.Tensor:  # h -> (B, N, C)
         raise NotImplementedError

@@ -24,6 +24,7 @@ class Builder(Protocol):
     # variant: one of spec.variants; weights: "default" | "random" | a local file path;
     # readout: one of spec.readouts (None = the spec's first); input_size: the size images
     # will have (adapters with position embeddings interpolate them to it; None = native).
+    # A spec with in_chans 0 (the dataset's own channel count) is also given in_chans=1|3.
 
 
 @dataclass(frozen=True)

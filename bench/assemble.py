@@ -38,11 +38,26 @@ def pick_device(name: str) -> torch.device:
     return device
 
 
-def build_backbone(cfg: RunConfig, weights: str | None = None) -> Backbone:
+def build_backbone(cfg: RunConfig, weights: str | None = None, opts: RunOptions | None = None) -> Backbone:
     # random init must not depend on what ran before in this process
+    channels = in_chans(cfg, opts)
     seed_everything(cfg.seed)
     return adapt.build(cfg.backbone, cfg.variant, weights or cfg.weights, readout=cfg.readout,
-                       input_size=cfg.input_size)
+                       input_size=cfg.input_size, **channels)
+
+
+def in_chans(cfg: RunConfig, opts: RunOptions | None = None) -> dict:
+    """``{"in_chans": N}`` for a backbone that takes the dataset's own channel count (Spec.in_chans
+    0): the source's count where it knows it without loading (MedMNIST), else the data's (read with
+    ``opts``; without them, 3); ``{}`` for every other backbone (3 channels, gray repeated)."""
+    import backbones
+
+    if backbones.get(cfg.backbone).spec.in_chans:
+        return {}
+    n = datasets.source_for(cfg.dataset).n_channels(cfg.dataset)
+    if n is None and opts is not None:
+        n = datasets.load(cfg.dataset, cfg.size, datasets.load_options(cfg, opts)).n_channels
+    return {"in_chans": n or 3}
 
 
 def open_context(cfg: RunConfig, opts: RunOptions, model: Backbone | None = None,
@@ -58,9 +73,11 @@ def open_context(cfg: RunConfig, opts: RunOptions, model: Backbone | None = None
         ds = datasets.load(cfg.dataset, cfg.size, datasets.load_options(cfg, opts)).validate()
     if cfg.data_fingerprint and cfg.data_fingerprint != ds.fingerprint:
         raise UserError(f"{cfg.dataset}: the data changed while this run was planned ({ds.path}); run it again")
+    channels = in_chans(cfg, opts) if model is None else {}  # (a load, if any, draws from no generator)
     seed_everything(cfg.seed)  # a random init, heads and batches draw from the seed, also for a caller's model
     if model is None:
-        model = adapt.build(cfg.backbone, cfg.variant, cfg.weights, readout=cfg.readout, input_size=cfg.input_size)
+        model = adapt.build(cfg.backbone, cfg.variant, cfg.weights, readout=cfg.readout, input_size=cfg.input_size,
+                            **channels)
     parse_unfreeze(cfg.unfreeze, model.num_blocks)  # N > block count is an error before any work
     execution.prepare(model.eval().to(device), opts.channels_last)
     pre = preprocess.for_run(cfg, model, ds, cache_dir)

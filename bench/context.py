@@ -51,10 +51,26 @@ def feature_parts(cfg: "RunConfig", weights: str, data_fingerprint: str, split: 
     # later knobs enter the key only when set, so features cached before them stay valid
     later = {k: getattr(cfg, k) for k, default in (("normalize", "backbone"), ("crop_from", 0))
              if getattr(cfg, k) != default}
+    later.update(_backbone_parts(cfg))
     return {"what": what, "backbone": cfg.backbone, "variant": cfg.variant, "weights": weights,
             "readout": cfg.readout, "input_size": cfg.input_size, "resize": cfg.resize, "gray": cfg.gray,
             "dataset_md5": data_fingerprint, "split": split, "limit": cfg.limit, "precision": precision,
             "libraries": library_versions(), **later, **({"execution": execution} if execution else {})}
+
+
+def _backbone_parts(cfg: "RunConfig") -> dict:
+    """The backbone's definition where it is not the first: its variant's version above 1 (a
+    changed architecture never reads the features of the old one) and ``in_chans: "dataset"`` for
+    a backbone that takes the dataset's own channel count (gray images kept one channel)."""
+    import backbones
+
+    spec = backbones.get(cfg.backbone).spec
+    out: dict = {}
+    if spec.version(cfg.variant) > 1:
+        out["backbone_version"] = spec.version(cfg.variant)
+    if spec.in_chans == 0:
+        out["in_chans"] = "dataset"
+    return out
 
 
 @dataclass

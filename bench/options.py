@@ -153,7 +153,9 @@ OPTIONS: tuple[Option, ...] = (
            "backbone names (lora, via peft; the stem stays frozen), or biases and norms only (bitfit)"),
     O("seed", int, 0, low=0, high=2**63 - 1),
     O("limit", int, None, low=2, help="cap images per split (smoke runs; recorded in results)"),
-    O("select", str, "auc", choices=("auc", "acc", "loss"), help="val criterion for model selection"),
+    O("select", str, "auc", choices=("auc", "acc", "loss", "last"),
+      help="val criterion for model selection (last: no selection, the model after the last epoch is tested; "
+           "trained protocols only)"),
     O("layers", str, "", late=True, metavar="all|every:K|LIST",
       help="layer-wise probe (--head linear or knn): one pass keeps the pooled readout after each chosen block "
            "(1..L; every:K also keeps L), one result row per layer"),

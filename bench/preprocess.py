@@ -3,7 +3,8 @@
 No PIL and no per-image Python: one transfer of uint8 per batch (pinned when on CUDA), then
 float conversion, channel handling, fitting to the input size and normalisation on the device.
 Two stages, so augmentation can run between them in pixel space: ``pixels`` (float in [0, 1],
-3 channels, fitted) and ``finish`` (normalise; ``pad-normalized`` pads only now, with 0, the
+3 channels, fitted; a gray image stays 1 channel for a backbone that takes the dataset's own
+channel count, ``in_chans`` 1) and ``finish`` (normalise; ``pad-normalized`` pads only now, with 0, the
 order of MedMNIST+'s transforms).
 """
 from __future__ import annotations
@@ -38,6 +39,7 @@ class Preprocess:
     std: tuple[float, float, float]
     gray: str = "repeat"  # repeat: gray -> RGB; red: only the first input channel carries signal
     crop_from: int = 0    # resize-crop: side resized to before the centre crop
+    in_chans: int = 3     # 1: gray images stay one channel (Backbone.in_chans; RGB is never reduced)
 
     def to_device(self, batch: np.ndarray, device: torch.device) -> torch.Tensor:
         """uint8 (B,H,W[,C]) numpy -> uint8 (B,C,H,W) tensor on ``device`` (one batch; loops read
@@ -50,24 +52,25 @@ class Preprocess:
         return t.unsqueeze(1) if t.ndim == 3 else t.permute(0, 3, 1, 2)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """uint8 (B,C,H,W) on the device -> normalised float (B,3,S,S)."""
+        """uint8 (B,C,H,W) on the device -> normalised float (B,3,S,S) (B,1,S,S: gray kept, in_chans 1)."""
         return self.finish(self.pixels(x), gray_input=x.shape[1] == 1)
 
     def pixels(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 (B,C,H,W) -> float (B,3,h,w) in [0, 1], fitted (except pad-normalized: padded in finish)."""
         x = x.float().div_(255.0)
-        if x.shape[1] == 1:
+        if x.shape[1] == 1 and self.in_chans != 1:
             x = x.expand(-1, 3, -1, -1)
         return self.fit(x)
 
     def finish(self, x: torch.Tensor, gray_input: bool) -> torch.Tensor:
         """Pixels -> what the backbone sees: normalised, then (pad-normalized) padded with 0."""
-        mean = torch.tensor(self.mean, device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, device=x.device).view(1, 3, 1, 1)
+        c = x.shape[1]  # 1: a gray image kept as it is (in_chans 1): the first entry of mean and std
+        mean = torch.tensor(self.mean[:c], device=x.device).view(1, c, 1, 1)
+        std = torch.tensor(self.std[:c], device=x.device).view(1, c, 1, 1)
         x = (x - mean) / std
         if self.resize == "pad-normalized":
             x = _pad(x, self.input_size)
-        if gray_input and self.gray == "red":
+        if gray_input and self.gray == "red" and c == 3:
             # the paper's alternative to repeating: only the first-layer filters of the red
             # channel see the image (the other channels are zero after normalisation)
             x = torch.cat([x[:, :1], torch.zeros_like(x[:, 1:])], dim=1)
@@ -115,4 +118,5 @@ def normalization(cfg: "RunConfig", model: "Backbone", ds: "Dataset", cache_dir:
 def for_run(cfg: "RunConfig", model: "Backbone", ds: "Dataset", cache_dir: Path) -> Preprocess:
     """The preprocessing a run's config asks for, with its --normalize statistics."""
     mean, std = normalization(cfg, model, ds, cache_dir, cfg.limit)
-    return Preprocess(cfg.input_size, cfg.resize, mean, std, cfg.gray, crop_from=cfg.crop_from)
+    return Preprocess(cfg.input_size, cfg.resize, mean, std, cfg.gray, crop_from=cfg.crop_from,
+                      in_chans=getattr(model, "in_chans", 3))

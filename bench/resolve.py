@@ -45,6 +45,10 @@ def resolve(backbone: str, dataset: str, **given: Any) -> RunConfig:
                         f"{cfg.unfreeze}" + (" --linear-mode online" if cfg.linear_mode == "online" else ""))
     check_subset(cfg)
     protocol.validate(cfg)
+    if cfg.select == "last" and protocol.kind == "probe" and protocol.selects_on_val(cfg):
+        raise UserError(f"--select last tests the model after its last epoch, with nothing chosen on val: only "
+                        f"for trained models (--unfreeze lastN|all, --head mlp|deit); --head {cfg.head} "
+                        f"--unfreeze {cfg.unfreeze} chooses its head on val: use --select auc|acc|loss")
     return cfg.replace(definitions=definitions(cfg))
 
 

@@ -250,6 +250,8 @@ def finetune(ctx: RunContext, plan: Plan, head: nn.Module) -> ProtocolOutput:
     starts = batch_starts(n_train, cfg.batch_size)
     steps_per_epoch = len(starts)
     y_val = ds.splits["val"].labels if metrics.is_multilabel(ds.task) else ds.splits["val"].labels[:, 0]
+    last = cfg.select == "last"  # no selection on val: the model after the last epoch is tested
+    criterion = "loss" if last else cfg.select  # (recorded: val loss of the epoch tested)
 
     ckpt = checkpoint_for(opts, cfg)
     state = ckpt.load(trainable, opt, gen, aug_gen) if not opts.force else None
@@ -294,13 +296,13 @@ def finetune(ctx: RunContext, plan: Plan, head: nn.Module) -> ProtocolOutput:
             loss_sum += loss.item()
             step += 1
         val_scores, val_loss = predict("val")
-        value = float(heads.selection_values(cfg.select, ds.task, y_val, val_scores[None],
+        value = float(heads.selection_values(criterion, ds.task, y_val, val_scores[None],
                                               torch.tensor([val_loss]))[0])
         curves.append({"epoch": epoch, "train_loss": loss_sum / steps_per_epoch, "val_loss": val_loss,
                        "val_auc": _safe_auc(ds.task, y_val, val_scores), "val_acc": metrics.acc(ds.task, y_val, val_scores),
                        "lr": opt.param_groups[-1]["lr"]})
         # ties on the criterion (AUC saturates on easy data) go to the lower val loss
-        if best is None or (value, -val_loss) > (best["value"], -best["val_loss"]):
+        if best is None or last or (value, -val_loss) > (best["value"], -best["val_loss"]):
             best = {"value": value, "val_loss": val_loss, "epoch": epoch, "state": _trainable_state(trainable)}
             bad_epochs = 0
         else:
@@ -326,7 +328,7 @@ def finetune(ctx: RunContext, plan: Plan, head: nn.Module) -> ProtocolOutput:
     n_train_params = sum(p.numel() for g in groups for p in g["params"])
     counts = {"backbone": sum(p.numel() for p in backbone_params), "head": sum(p.numel() for p in head.parameters()),
               "total": n_train_params, "adapt": cfg.adapt or "none"}
-    selected = {"head": cfg.head, "unfreeze": cfg.unfreeze, "epoch": best["epoch"], f"val_{cfg.select}": best["value"],
+    selected = {"head": cfg.head, "unfreeze": cfg.unfreeze, "epoch": best["epoch"], f"val_{criterion}": best["val_loss"] if last else best["value"],
                 "trainable_params": n_train_params, "prefix_cached": list(plan.cached_splits)}
     return ProtocolOutput(val_scores, test_scores, selected, [{"split": "val", **c} for c in curves],
                           extra={"backbone_trained": backbone_trained, "trainable_parameters": counts}, files=files)

@@ -471,6 +471,50 @@ def test_simplecnn_is_the_primer_cnn(tmp_path):
     assert backbones.get("simplecnn").weight_files("scratch") == []
 
 
+def test_simplecnn_is_the_primers_model_exactly():
+    """The primer's network: Conv2d(3x3, pad 1) -> BatchNorm2d -> ReLU -> MaxPool2d(2, 2) three times
+    (16, 32, 64), Flatten -> Linear(576, 128) -> ReLU -> Linear(128, classes); gray input stays 1
+    channel: 97,634 parameters for 1 channel, 28 px, 2 classes."""
+    spec = backbones.get("simplecnn").spec
+    assert spec.in_chans == 0 and spec.version("scratch") == 2  # the dataset's own channels; version bumped
+    b = backbones.build("simplecnn", None, "random", in_chans=1)
+    layers = [type(m) for blk in b.blocks for m in blk]
+    assert layers == [nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.MaxPool2d] * 3
+    convs = [m for m in b.modules() if isinstance(m, nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels, c.kernel_size, c.padding) for c in convs] == [
+        (1, 16, (3, 3), (1, 1)), (16, 32, (3, 3), (1, 1)), (32, 64, (3, 3), (1, 1))]
+    pools = [m for m in b.modules() if isinstance(m, nn.MaxPool2d)]
+    assert all((p.kernel_size, p.stride) == (2, 2) for p in pools)
+    head = nn.Linear(b.embed_dim, 2)  # the run's linear head: Linear(128, classes)
+    assert sum(p.numel() for p in [*b.parameters(), *head.parameters()]) == 97_634
+    assert b.in_chans == 1 and tuple(b(torch.randn(2, 1, 28, 28)).shape) == (2, 128)
+    assert backbones.build("simplecnn", None, "random", in_chans=3).blocks[0][0].in_channels == 3
+    with pytest.raises(UserError, match="1 \\(gray\\) or 3"):
+        backbones.build("simplecnn", None, "random", in_chans=2)
+
+
+def test_simplecnn_keeps_gray_images_one_channel_in_a_run(tmp_path):
+    from bench.assemble import open_context
+    from bench.resolve import resolve
+    from bench.run_config import RunOptions
+
+    opts = RunOptions(results_dir=tmp_path / "r", cache_dir=tmp_path / "c", device="cpu", quiet=True)
+    gray = open_context(resolve("simplecnn", "breastmnist", unfreeze="all", recipe="primer"), opts)
+    assert gray.model.in_chans == 1 and gray.pre.in_chans == 1
+    x = gray.pre.layout(torch.from_numpy(gray.dataset.splits["test"].images[:4]))
+    assert tuple(gray.pre(x).shape) == (4, 1, 28, 28)
+    assert sum(p.numel() for p in gray.model.parameters()) == 97_634 - 258  # the head comes on top
+    rgb = open_context(resolve("simplecnn", "retinamnist", unfreeze="all", recipe="primer"), opts)
+    assert rgb.model.in_chans == 3 and rgb.model.blocks[0][0].in_channels == 3
+    # other backbones still see gray images repeated to RGB
+    dummy = open_context(resolve("dummy", "breastmnist"), opts)
+    assert dummy.pre.in_chans == 3
+    # the feature-cache key knows the channels and the bumped version
+    parts = gray.feature_parts("test")
+    assert parts["in_chans"] == "dataset" and parts["backbone_version"] == 2
+    assert "in_chans" not in dummy.feature_parts("test")
+
+
 # ----------------------------------------------------------------------------- listing and end to end
 
 MEDICAL = {

@@ -50,11 +50,14 @@ def test_existing_run_ids_unchanged_and_medfm_is_the_default(kw, run_id):
 
 
 def test_recipe_names_are_declared_once_and_values_pass_their_options():
-    assert options.choices("recipe") == recipes.RECIPE_NAMES == ("medfm", "paper", "medmnistplus", "medmnist-v2")
+    assert options.choices("recipe") == recipes.RECIPE_NAMES == ("medfm", "paper", "medmnistplus", "medmnist-v2",
+                                                                 "primer")
     assert recipes.get("medfm").sets == {}
     docgen.check_recipes()
     for r in recipes.RECIPES.values():
         for s in r.sets.values():
+            if s.source == recipes.PR:  # the seed document: a tutorial with no repository to cite a line of
+                continue
             assert s.source.split(":")[0].split("@")[0] in ("joanaapa/Foundation-Medical",
                                                          "sdoerrich97/rethinking-model-prototyping-MedMNISTPlus",
                                                          "MedMNIST/experiments", "timm==0.9.16"), s.source
@@ -64,10 +67,11 @@ def test_recipe_names_are_declared_once_and_values_pass_their_options():
 # a head x unfreeze per recipe whose protocol reads every per-protocol option the recipe sets
 PROTOCOL_RUNS = {"paper": [dict(head="deit"), dict(head="linear")],
                  "medmnistplus": [dict(head="linear"), dict(head="knn"), dict(unfreeze="all")],
-                 "medmnist-v2": [dict(unfreeze="all")]}
+                 "medmnist-v2": [dict(unfreeze="all")],
+                 "primer": [dict(backbone="simplecnn", unfreeze="all")]}
 
 
-@pytest.mark.parametrize("name", ["paper", "medmnistplus", "medmnist-v2"])
+@pytest.mark.parametrize("name", ["paper", "medmnistplus", "medmnist-v2", "primer"])
 def test_each_recipe_resolves_to_its_documented_values(name):
     r = recipes.get(name)
     seen = set()
@@ -358,3 +362,40 @@ def test_resize_nearest_replicates_pixels():
     y = pre(x)[0, 0]
     want = torch.repeat_interleave(torch.repeat_interleave(x[0, 0].float() / 255, 4, 0), 4, 1)
     assert torch.equal(y, want)
+
+
+# -- the SimpleCNN primer (the seed document) ------------------------------------------------------
+
+def test_primer_recipe_is_the_primers_choices_each_sourced():
+    r = recipes.get("primer")
+    assert r.values() == {"epochs": 5, "lr": 1e-3, "weight_decay": 0.0, "batch_size": 64, "warmup": 0,
+                          "schedule": "constant", "patience": 0, "select": "last", "augment": "none",
+                          "normalize": "half", "grad_clip": 0.0}
+    assert {s.source for s in r.sets.values()} == {"the SimpleCNN primer (seed document)"}
+    cfg = cfg_of(backbone="simplecnn", recipe="primer", unfreeze="all")
+    assert (cfg.epochs, cfg.lr, cfg.batch_size, cfg.select, cfg.normalize) == (5, 1e-3, 64, "last", "half")
+    assert "primer" in cfg.id_dict().values()
+
+
+def test_select_last_is_for_trained_models_only():
+    assert options.choices("select") == ("auc", "acc", "loss", "last")
+    cfg = cfg_of(unfreeze="all", select="last")
+    assert not cfg.protocol.selects_on_val(cfg)  # nothing is chosen on val: no small-val warning
+    assert cfg_of(unfreeze="all").protocol.selects_on_val(cfg_of(unfreeze="all"))
+    with pytest.raises(UserError, match="--select last tests the model after its last epoch"):
+        cfg_of(head="linear", select="last")  # the linear-probe grid chooses its head on val
+    assert cfg_of(head="knn", select="last").protocol.name == "knn"  # kNN chooses nothing
+
+
+def test_select_last_tests_the_model_after_the_last_epoch(tmp_path):
+    """--select last: the epoch tested is the last, whatever val says; the recorded val number is its loss."""
+    res = tmp_path / "r"
+    common = ["run", "--backbone", "dummy", "--dataset", "breastmnist", "--limit", "40", "--unfreeze", "all",
+              "--epochs", "4", "--lr", "0.05", "--results-dir", str(res), "--device", "cpu", "-q"]
+    assert main([*common, "--select", "last"]) == 0
+    (meta,) = [json.loads(p.read_text()) for p in (res / "meta").glob("*.json")]
+    assert meta["selected"]["epoch"] == 4 and "val_loss" in meta["selected"]
+    import pandas as pd
+
+    (curve,) = [pd.read_csv(p) for p in (res / "curves").glob("*.csv")]
+    assert math.isclose(meta["selected"]["val_loss"], float(curve.val_loss.iloc[-1]), rel_tol=1e-6)

@@ -395,7 +395,9 @@ def test_reference_numbers_are_sourced_and_anchors_hold(fixture_results, tmp_pat
     assert v("ResNet-18 (28)", "retinamnist", "auc") == 0.717 and v("ResNet-18 (28)", "retinamnist", "acc") == 0.524
     assert set(ref[ref.dataset != "average"].method) == {
         "ResNet-18 (28)", "ResNet-18 (224)", "ResNet-50 (28)", "ResNet-50 (224)", "auto-sklearn", "AutoKeras",
-        "Google AutoML Vision"}
+        "Google AutoML Vision", "SimpleCNN (primer)"}
+    assert v("SimpleCNN (primer)", "pneumoniamnist", "acc") == 0.8782  # the seed document's one run
+    assert ref[ref.method == "SimpleCNN (primer)"].runs.tolist() == ["1"]
     assert ref[ref.dataset != "average"].dataset.nunique() == 12
     make_report(fixture_results, tmp_path / "rep", formats=("md",), with_reference=True, n_boot=N_BOOT)
     md = (tmp_path / "rep" / "report.md").read_text()
@@ -479,3 +481,50 @@ def test_latex_maps_the_statistics_symbols_to_commands():
 
     out = tex("χ² p (Holm) · CD (α=0.05) = q_α √(k(k+1)/(6N)) · (p − y)²")
     assert out.isascii() and r"$\chi$\textsuperscript{2}" in out and r"$\alpha$" in out and r"$\surd$" in out
+
+
+def test_reproductions_put_each_published_number_beside_ours(tmp_path):
+    """A reference row's `ours` runs: seed mean, bootstrap interval over test images and a reading;
+    a single published run is compared as one; a published dataset not run here says so."""
+    import numpy as np
+
+    from bench.cli import main
+    from bench.report.reproduce import parse_ours, reading, reproduction_table
+
+    assert parse_ours("backbone=simplecnn recipe=primer unfreeze=all") == {
+        "backbone": "simplecnn", "recipe": "primer", "unfreeze": "all"}
+    o = {"values": [0.80, 0.83], "ci_low": 0.79, "ci_high": 0.86}
+    assert reading(0.81, o, single=False) == "published inside our interval"
+    assert reading(0.90, o, single=False) == "published above our interval"
+    assert reading(0.8782, o, single=True) == ("published above our interval; a single published run, compared as "
+                                               "one: above our 2 single runs (0.800–0.830)")
+    assert reading(float("nan"), o, single=False) == "no published number"
+    assert reading(0.9, {"values": []}, single=False) == "not run here"
+
+    res = tmp_path / "r"
+    for seed in (0, 1):
+        assert main(["run", "--backbone", "simplecnn", "--dataset", "breastmnist", "--recipe", "primer",
+                     "--unfreeze", "all", "--epochs", "1", "--limit", "60", "--seed", str(seed),
+                     "--results-dir", str(res), "--device", "cpu", "-q"]) == 0
+    ref = pd.DataFrame([
+        {"method": "SimpleCNN (primer)", "resolution": "28", "dataset": "pneumoniamnist", "split": "test",
+         "metric": "acc", "value": 0.8782, "source": "the primer", "note": "", "runs": "1",
+         "ours": "backbone=simplecnn recipe=primer unfreeze=all size=28"},
+        {"method": "SimpleCNN (primer)", "resolution": "28", "dataset": "breastmnist", "split": "test",
+         "metric": "acc", "value": 0.5, "source": "made up", "note": "", "runs": "1",
+         "ours": "backbone=simplecnn recipe=primer unfreeze=all size=28"},
+        {"method": "ResNet-18 (28)", "resolution": "28", "dataset": "breastmnist", "split": "test",
+         "metric": "acc", "value": 0.863, "source": "v2", "note": "", "runs": "",
+         "ours": "backbone=resnet18_28 recipe=medmnist-v2 unfreeze=all size=28"}])
+    a = Analysis(load_results(res), "acc", None, n_boot=200, require_baseline=False)
+    t, notes = reproduction_table(a, ref)
+    d = t.data.set_index("dataset")
+    assert list(t.data.method) == ["SimpleCNN (primer)", "SimpleCNN (primer)"]  # no ResNet-18 (28) runs here
+    breast = d.loc["breastmnist"]
+    values = [float(x) for x in breast.single_runs.split()]
+    assert len(values) == 2 and np.isclose(breast["mean"], np.mean(values))
+    assert breast.ci_low <= breast["mean"] <= breast.ci_high and breast.seeds == "0 1"
+    assert "a single published run, compared as one" in breast.reading
+    assert d.loc["pneumoniamnist"].reading == "not run here"
+    md = "\n".join(" | ".join(c.text for c in row) for row in t.rows)
+    assert "0.8782 (1 run) | not run here" in md

@@ -145,6 +145,11 @@ class DatasetSource:
         """Classifier width without loading (dry runs count head parameters with it)."""
         return None
 
+    def n_channels(self, dataset: str) -> int | None:
+        """Image channels (1 gray, 3 RGB) without loading, where known (a backbone that takes the
+        dataset's own channel count is built with it; None: the data is read to find out)."""
+        return None
+
     def n_samples(self, dataset: str, size: int) -> dict[str, int] | None:
         """Images per split without loading (cost estimates), where known."""
         return None

@@ -33,6 +33,9 @@ class Finetune(Protocol):
 
         return self.options if cfg.adapt == "lora" else tuple(o for o in self.options if o not in LORA_OPTIONS)
 
+    def selects_on_val(self, cfg) -> bool:
+        return cfg.select != "last"  # --select last: the model after the last epoch, nothing chosen on val
+
     def plan(self, cfg, model):
         """Which blocks train and whether the frozen prefix is cached (bench.train.Plan)."""
         from ..train import plan_for

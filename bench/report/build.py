@@ -166,6 +166,11 @@ def build(a: T.Analysis, *, with_reference: bool = False, figures: bool = True) 
         ref.tables.append(t)
         ref.notes += notes
         sections.append(ref)
+        from .reproduce import reproduction_table
+
+        t, notes = reproduction_table(a, load_reference())
+        if t is not None:  # runs here that reproduce a published number (the reference's `ours`)
+            sections.append(Section("Reproductions: published numbers beside ours", tables=[t], notes=notes))
 
     # every table's CSV names each model's backbone, variant, weights and recipe
     for sec in sections:

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from ..errors import UserError
-from .grid import SLURM_KEYS, from_args
+from .grid import SLURM_KEYS, expand_present, from_args
 
 EXECUTORS = ("inline", "local", "slurm")
 
@@ -133,7 +133,8 @@ def main(args: argparse.Namespace) -> int:
     quiet = bool(grid.execution.get("quiet"))
     shard, shard_src = _shard(args, conf, executor)
     opts = _options(grid.execution, verbose)
-    plan = Plan.build(grid.points(), shard, opts)
+    points = expand_present(grid.points(), opts.data_root, bool(opts.skip_md5))  # `datasets: present`
+    plan = Plan.build(points, shard, opts)
 
     if getattr(args, "dry_run", False):
         s = summarize(plan, opts, retry)

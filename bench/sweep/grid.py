@@ -148,6 +148,31 @@ def _expand_special(key: str, value: Any) -> Any:
     return value
 
 
+PRESENT = "present"  # `datasets: present`: every dataset known by name whose file is already here
+
+
+def expand_present(points: list[dict], data_root: Path | None, skip_md5: bool = False) -> list[dict]:
+    """Points with ``dataset: present`` -> one point per dataset of `datasets: all` whose file for
+    the point's size is in the data root (or shipped with the package): what a sweep can run with
+    no download; files added later join the next time. A point whose size none has is dropped."""
+    from ..datasets import LoadOptions, all_names, source_for
+
+    lo = LoadOptions(root=data_root, check_md5=not skip_md5, download=False)
+    out: list[dict] = []
+    for point in points:
+        if point.get("dataset") != PRESENT:
+            out.append(point)
+            continue
+        size = point.get("size", options.get("size").default)
+        for name in all_names():
+            src = source_for(name)
+            if src.sizes is not None and size not in src.sizes:
+                continue
+            if not src.missing(name, size, lo) and src.expected_fingerprint(name, size, lo) is not None:
+                out.append({**point, "dataset": name})
+    return _unique(out)
+
+
 def _axis(name: str, values: Any, keys: tuple[str, ...]) -> Axis:
     if not isinstance(values, list) or not values:
         raise UserError(f"{name}: expected a non-empty list, got {values!r}")
