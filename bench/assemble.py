@@ -62,23 +62,26 @@ def in_chans(cfg: RunConfig, opts: RunOptions | None = None) -> dict:
 
 def open_context(cfg: RunConfig, opts: RunOptions, model: Backbone | None = None,
                  cache: FeatureCache | None = None, timings: Timings | None = None) -> RunContext:
-    """Everything ``cfg`` runs on: data loaded and checked against the planned fingerprint, the
-    backbone built (or the caller's, seeded alike), placed and checked against --unfreeze, the
-    preprocessing of its normalisation, and the --train-fraction / --shots subset."""
+    """Everything ``cfg`` runs on: the backbone built (or the caller's, seeded alike) and checked
+    against --unfreeze and the protocol (``Protocol.check``), data loaded and checked against the
+    planned fingerprint, the model placed, the preprocessing of its normalisation, and the
+    --train-fraction / --shots subset. Every check of the input is here, before the run writes
+    anything (its lock, results/splits, features): bench.runner opens the context first."""
     timings = timings or Timings()
     device = pick_device(opts.device)
     cache_dir = Path(opts.cache_dir or default_cache_dir())
-    cache = cache or FeatureCache(cache_dir)
-    with timings("load_data"):
-        ds = datasets.load(cfg.dataset, cfg.size, datasets.load_options(cfg, opts)).validate()
-    if cfg.data_fingerprint and cfg.data_fingerprint != ds.fingerprint:
-        raise UserError(f"{cfg.dataset}: the data changed while this run was planned ({ds.path}); run it again")
     channels = in_chans(cfg, opts) if model is None else {}  # (a load, if any, draws from no generator)
     seed_everything(cfg.seed)  # a random init, heads and batches draw from the seed, also for a caller's model
     if model is None:
         model = adapt.build(cfg.backbone, cfg.variant, cfg.weights, readout=cfg.readout, input_size=cfg.input_size,
                             **channels)
     parse_unfreeze(cfg.unfreeze, model.num_blocks)  # N > block count is an error before any work
+    cfg.protocol.check(cfg, model)  # e.g. --layers past the block count: before the data is read
+    with timings("load_data"):  # loading draws from no global generator: the model's init stays the seed's
+        ds = datasets.load(cfg.dataset, cfg.size, datasets.load_options(cfg, opts)).validate()
+    if cfg.data_fingerprint and cfg.data_fingerprint != ds.fingerprint:
+        raise UserError(f"{cfg.dataset}: the data changed while this run was planned ({ds.path}); run it again")
+    cache = cache or FeatureCache(cache_dir)
     execution.prepare(model.eval().to(device), opts.channels_last)
     pre = preprocess.for_run(cfg, model, ds, cache_dir)
     trained_on, subset = subsets.apply(cfg, ds)  # --train-fraction / --shots: the train rows it learns from

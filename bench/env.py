@@ -31,6 +31,28 @@ def env_number(name: str, default: float, *, low: float = 0.0, integer: bool = F
     return int(value) if integer else value
 
 
+# the numeric settings read from the environment: name -> (default, lowest value, integer?)
+NUMBERS: dict[str, tuple[float, float, bool]] = {
+    "BENCH_PROGRESS_SECONDS": (30.0, 0.0, False),      # off a terminal: seconds between progress lines
+    "BENCH_MMAP_THRESHOLD": (float(1 << 30), 0.0, True),  # bytes above which a dataset array is memory-mapped
+    "BENCH_PROBE_TIMEOUT": (3.0, 0.1, False),         # seconds to wait for a download host (backbones.hub)
+    "BENCH_PREFIX_MEMORY_GB": (4.0, 0.0, False),      # a frozen prefix's outputs above this stay on disk
+}
+
+
+def setting(name: str) -> float:
+    """A numeric setting of ``NUMBERS`` (one line naming it when its value is not a number)."""
+    default, low, integer = NUMBERS[name]
+    return env_number(name, int(default) if integer else default, low=low, integer=integer)
+
+
+def check_settings() -> None:
+    """Every numeric setting read once, so a bad value is one line before anything is written, not
+    a traceback (or a stray lock file) when a run first reads it."""
+    for name in NUMBERS:
+        setting(name)
+
+
 def default_cache_dir() -> Path:
     return Path(os.environ.get("BENCH_CACHE_DIR") or Path.home() / ".cache" / "medfm-bench")
 

@@ -11,6 +11,14 @@ class UserError(Exception):
     exit_code = 2
 
 
+class TrainingDiverged(UserError):
+    """The loss became NaN or infinite, or grew past ``bench.heads.DIVERGED_FACTOR`` times its first
+    value: the run stops with this one-line reason (recorded by a sweep as a failure of the run).
+    Exit code 1: the input was valid, the run failed."""
+
+    exit_code = 1
+
+
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """' (did you mean: a, b?)' for close matches, else a list of valid choices."""
     choices = sorted(choices)

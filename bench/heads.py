@@ -14,12 +14,27 @@ import torch
 import torch.nn.functional as F
 
 from . import metrics
+from .errors import TrainingDiverged
 from .options import choices
 from .progress import track
 
 DEFAULT_LRS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1)
 DEFAULT_WDS = (0.0, 1e-3)
 SELECT = choices("select")
+# a training loss has diverged when it is NaN or infinite, or over this many times its first value
+# (taken as at least LOSS_FLOOR, so a first loss near 0 does not make every later one "diverged")
+DIVERGED_FACTOR = 1e6
+LOSS_FLOOR = 1e-3
+
+
+def diverged_why(loss: float, first: float) -> str | None:
+    """How a training loss diverged ("became nan", "became 1e+16, over 1e+06 times its first
+    value (0.69)"), or None while it has not."""
+    if not math.isfinite(loss):
+        return f"became {loss}"
+    if loss > DIVERGED_FACTOR * max(first, LOSS_FLOOR):
+        return f"became {loss:.3g}, over {DIVERGED_FACTOR:g} times its first value ({first:.3g})"
+    return None
 
 
 def scores_from_logits(task: str, logits: torch.Tensor) -> torch.Tensor:
@@ -76,6 +91,8 @@ class LinearGridResult:
     epoch: int
     val_value: float
     grid: list[dict] = field(default_factory=list)  # one row per (head, checkpoint) for the record
+    # grid members left out of selection because their training loss diverged: lr, wd, epoch, why
+    diverged: list[dict] = field(default_factory=list)
 
     def scores(self, task: str, x: np.ndarray, device: torch.device) -> np.ndarray:
         xt = (torch.from_numpy(x).to(device) - self.mean) / self.std
@@ -105,7 +122,11 @@ def train_linear_grid(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarra
                       wds: tuple[float, ...] = DEFAULT_WDS, epochs: int = 100, batch_size: int = 256,
                       select: str = "auc", seed: int = 0, device: torch.device | None = None,
                       evals: int = 20, quiet: bool = False) -> LinearGridResult:
-    """Train len(lrs) x len(wds) linear heads together with Adam; pick one on val."""
+    """Train len(lrs) x len(wds) linear heads together with Adam; pick one on val.
+
+    A head whose training loss diverges (``diverged_why``; a non-finite val loss too) stops
+    learning and is left out of selection (``diverged``); when every head diverges the run stops
+    (TrainingDiverged)."""
     device = device or torch.device("cpu")
     gen = torch.Generator().manual_seed(seed)
     xtr = torch.from_numpy(x_train).to(device)
@@ -131,9 +152,18 @@ def train_linear_grid(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarra
     n = len(xtr)
     steps_per_epoch = max(1, math.ceil(n / batch_size))
     eval_at = set(np.unique(np.linspace(1, epochs, min(evals, epochs)).round().astype(int)).tolist())
-    best = (-math.inf, math.inf, 0, 0, None, None)  # value, val loss, head, epoch, w, b
+    # each head's best (value, val loss, epoch, w, b): the choice among heads is made at the end, so
+    # a head that diverges after its best evaluation is still left out
+    head_best: list[tuple | None] = [None] * n_heads
     grid: list[dict] = []
     step = 0
+    # divergence, kept on the device (no sync per step): the first loss of each head, which heads
+    # diverged, and at which epoch with which loss; read at evaluations
+    first_loss: torch.Tensor | None = None
+    dead = torch.zeros(n_heads, dtype=torch.bool, device=device)
+    dead_epoch = torch.zeros(n_heads, dtype=torch.long, device=device)
+    dead_loss = torch.zeros(n_heads, device=device)
+    diverged: dict[int, dict] = {}
     for epoch in track(range(1, epochs + 1), epochs, "linear grid", "epoch", quiet):
         perm = torch.randperm(n, generator=gen).to(device)
         for i in range(steps_per_epoch):
@@ -148,28 +178,58 @@ def train_linear_grid(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarra
             gw = gw + wd_t * w  # L2 penalty on weights only
             step += 1
             with torch.no_grad():
+                loss = loss.detach()
+                first_loss = loss.clone() if first_loss is None else first_loss
+                bad = ~torch.isfinite(loss) | (loss > DIVERGED_FACTOR * first_loss.clamp_min(LOSS_FLOOR))
+                new = bad & ~dead
+                dead_epoch = torch.where(new, epoch, dead_epoch)
+                dead_loss = torch.where(new, loss, dead_loss)
+                dead |= bad
+                lr_live = torch.where(dead.view(-1, 1, 1), 0.0, lr_t)  # a diverged head learns no further
                 for j, (p, g) in enumerate(zip((w, b), (gw, gb))):
                     m[j].mul_(beta1).add_(g, alpha=1 - beta1)
                     v[j].mul_(beta2).addcmul_(g, g, value=1 - beta2)
                     mhat = m[j] / (1 - beta1 ** step)
                     vhat = v[j] / (1 - beta2 ** step)
-                    p.sub_(lr_t * mhat / (vhat.sqrt() + eps))
+                    p.sub_(lr_live * mhat / (vhat.sqrt() + eps))
         if epoch in eval_at:
             with torch.no_grad():
                 logits = torch.einsum("nd,hdc->hnc", xva, w) + b
                 losses = _per_head_loss(task, logits, yva)
+                gone = (dead | ~torch.isfinite(losses)).cpu().numpy()
                 scores = scores_from_logits(task, logits).cpu().numpy()
+                if gone.any():
+                    scores[gone] = 0.0  # NaN scores of a diverged head must not reach the metrics
                 values = selection_values(select, task, yva_np, scores, losses)
+            for h in map(int, np.flatnonzero(gone)):
+                if h not in diverged:
+                    trained = bool(dead[h])
+                    got, first = float(dead_loss[h]), float(first_loss[h])
+                    why = f"the training loss {diverged_why(got, first) or f'became {got:.3g}'}" \
+                        if trained else f"the val loss became {float(losses[h])}"
+                    diverged[h] = {"lr": pairs[h][0], "wd": pairs[h][1],
+                                   "epoch": int(dead_epoch[h]) if trained else epoch, "why": why}
             for h, (lr, wd) in enumerate(pairs):
                 grid.append({"lr": lr, "wd": wd, "epoch": epoch, "val_loss": float(losses[h]),
-                             f"val_{select}": float(values[h])})
+                             f"val_{select}": float("nan") if gone[h] else float(values[h])})
                 # ties on the criterion (AUC saturates on easy data) go to the lower val loss
-                if (values[h], -float(losses[h])) > (best[0], -best[1]):
-                    best = (float(values[h]), float(losses[h]), h, epoch, w[h].clone(), b[h, 0].clone())
-    value, _, h, epoch, bw, bb = best
-    if bw is None:  # every evaluation was -inf (degenerate val split): keep the last state of head 0
-        h, epoch, bw, bb = 0, epochs, w[0].clone(), b[0, 0].clone()
-    return LinearGridResult(bw, bb, mean, std, pairs[h][0], pairs[h][1], epoch, value, grid)
+                mine = head_best[h] or (-math.inf, math.inf)
+                if h not in diverged and (values[h], -float(losses[h])) > (mine[0], -mine[1]):
+                    head_best[h] = (float(values[h]), float(losses[h]), epoch, w[h].clone(), b[h, 0].clone())
+    if len(diverged) == n_heads:
+        d = diverged[0]
+        raise TrainingDiverged(f"every member of the linear grid diverged ({n_heads} heads; e.g. lr {d['lr']:g}, "
+                               f"weight decay {d['wd']:g}: {d['why']} at epoch {d['epoch']}); "
+                               f"check the features for NaN or huge values")
+    held = [h for h in range(n_heads) if h not in diverged and head_best[h] is not None]
+    if held:  # the best value; ties to the lower val loss, then the earlier evaluation, then the earlier head
+        h = max(held, key=lambda i: (head_best[i][0], -head_best[i][1], -head_best[i][2], -i))
+        value, _, epoch, bw, bb = head_best[h]
+    else:  # every evaluation was -inf (degenerate val split): the last state of a head that held
+        h = next(i for i in range(n_heads) if i not in diverged)
+        value, epoch, bw, bb = -math.inf, epochs, w[h].clone(), b[h, 0].clone()
+    left_out = [diverged[i] for i in sorted(diverged)]
+    return LinearGridResult(bw, bb, mean, std, pairs[h][0], pairs[h][1], epoch, value, grid, left_out)
 
 
 KNN_METRICS, KNN_VOTES = choices("knn_metric"), choices("knn_vote")

@@ -7,7 +7,7 @@ import sys
 import time
 from typing import Iterable, Iterator, TypeVar
 
-from .env import env_number
+from .env import setting
 
 T = TypeVar("T")
 
@@ -22,7 +22,7 @@ class Progress:
     def __init__(self, total: int, desc: str, unit: str = "it", quiet: bool = False) -> None:
         self.total, self.desc, self.unit, self.quiet = total, desc, unit, quiet
         self.n, self.t0 = 0, time.monotonic()
-        self.every = env_number("BENCH_PROGRESS_SECONDS", 30.0, low=0.0)
+        self.every = setting("BENCH_PROGRESS_SECONDS")
         self.last = self.t0
         self.bar = None
         if not quiet and sys.stderr.isatty():

@@ -89,6 +89,10 @@ class Protocol:
     def validate(self, cfg: "RunConfig") -> None:
         """Checks across options, once every option is resolved (UserError)."""
 
+    def check(self, cfg: "RunConfig", model) -> None:
+        """Checks against the built backbone (e.g. its block count), made before the run reads its
+        data or writes anything, so a refused run leaves nothing behind (UserError)."""
+
     def shares(self, cfg: "RunConfig") -> tuple | None:
         """Key of the frozen computation this run shares with others (None: nothing shared)."""
         return None

@@ -12,6 +12,7 @@ from . import assemble, metrics
 from .cache import FeatureCache
 from .run_config import RunConfig, RunOptions
 from .protocol import ProtocolOutput
+from .env import check_settings
 from .progress import log
 from .resolve import bind_data, definition_versions
 from .results import ResultStore, RunResult
@@ -25,19 +26,22 @@ def execute(cfg: RunConfig, opts: RunOptions, *, model: Backbone | None = None,
     its weights must be what ``cfg`` says (bench.api.run fingerprints an instance for the id).
     ``cache``: the feature cache to use (default: ``opts.cache_dir``). ``lock``: hold the run's
     lock while it runs, so two processes never run one id at once (False: the caller holds it)."""
+    check_settings()  # a BENCH_* number that is not one: one line now, not a traceback mid-run
     cfg = bind_data(cfg, opts)  # a different file under the same dataset name is a different run
     store = ResultStore(opts.results_dir)
     if store.is_done(cfg.run_id) and not opts.force:
         log(f"{cfg.run_id}: already done ({store.csv_path(cfg.run_id)}); --force to rerun", opts.quiet)
         return RunResult.read(store, cfg.run_id)
     store.check_writable()
+    protocol = cfg.protocol
+    t0 = time.perf_counter()
+    # the input is checked (model, data, options against both) before the lock is taken: a refused
+    # run leaves nothing in the results folder, not even locks/
+    ctx = assemble.open_context(cfg, opts, model, cache)
     with store.lock(cfg.run_id) if lock else contextlib.nullcontext():
         if lock and store.is_done(cfg.run_id) and not opts.force:  # finished by another process meanwhile
             return RunResult.read(store, cfg.run_id)
         store.remove_stale(cfg.run_id)  # we hold the lock: temporaries of this id are from a killed run
-        protocol = cfg.protocol
-        t0 = time.perf_counter()
-        ctx = assemble.open_context(cfg, opts, model, cache)
         out = protocol.run(ctx)
         ds = ctx.source or ctx.dataset  # the whole dataset, also when a train subset was trained on
         y_val, y_test = ds.targets("val"), ds.targets("test")

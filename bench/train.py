@@ -23,13 +23,14 @@ from backbones.base import Backbone
 from . import adapt, augment, datapath, heads, metrics
 from .run_config import RunConfig, RunOptions, parse_unfreeze
 from .context import RunContext
-from .errors import UserError
+from .env import setting
+from .errors import TrainingDiverged
 from .features import autocast, precision
 from .progress import track
 from .protocol import ProtocolOutput
 from .trained_heads import build_head as _build_head
 
-PREFIX_MEMORY_BYTES = int(float(os.environ.get("BENCH_PREFIX_MEMORY_GB", "4")) * (1 << 30))
+PREFIX_MEMORY_BYTES = int(setting("BENCH_PREFIX_MEMORY_GB") * (1 << 30))
 
 
 def build_head(cfg: RunConfig, model: Backbone, n_out: int, pretrained: bool | None = None) -> nn.Module:
@@ -110,13 +111,6 @@ def param_groups(cfg: RunConfig, model: Backbone, head: nn.Module, plan: Plan,
         out.append({"params": params, "lr": cfg.lr * scale, "base_lr": cfg.lr * scale,
                     "weight_decay": 0.0 if no_decay else cfg.weight_decay})
     return out
-
-
-class TrainingDiverged(UserError):
-    """The loss became NaN or infinite: the run stops with this one-line reason (recorded by a
-    sweep as a failure of the run). Exit code 1: the input was valid, the run failed."""
-
-    exit_code = 1
 
 
 def batch_starts(n: int, batch_size: int) -> list[int]:
@@ -266,6 +260,8 @@ def finetune(ctx: RunContext, plan: Plan, head: nn.Module) -> ProtocolOutput:
     step = start_epoch * steps_per_epoch
     t_train = time.perf_counter()
     bad_epochs = (state or {}).get("bad_epochs", 0)
+    # divergence is judged against the first loss (resumed: the first epoch's mean)
+    first_loss = curves[0]["train_loss"] if curves else None
     for epoch in track(range(start_epoch + 1, cfg.epochs + 1), cfg.epochs - start_epoch, "fine-tune", "epoch",
                        opts.quiet):
         if stopped:
@@ -283,9 +279,12 @@ def finetune(ctx: RunContext, plan: Plan, head: nn.Module) -> ProtocolOutput:
                 logits = forward_batch("train", x, train=True).float()
             loss = heads.loss_fn(ds.task, logits, torch.from_numpy(train_labels[idx]).to(device), class_weight=weight)
             opt.zero_grad(set_to_none=True)
-            if not torch.isfinite(loss):  # a diverged run must not be selected or resumed from
+            loss_value = loss.item()
+            first_loss = loss_value if first_loss is None else first_loss
+            why = heads.diverged_why(loss_value, first_loss)
+            if why:  # a diverged run must not be selected or resumed from
                 batches.close()  # the reader thread stops now, not when the traceback is freed
-                raise TrainingDiverged(f"{cfg.run_id}: the training loss became {loss.item()} at epoch {epoch}, "
+                raise TrainingDiverged(f"{cfg.run_id}: the training loss {why} at epoch {epoch}, "
                                        f"step {i + 1}; lower --lr (now {cfg.lr:g}) or use --grad-clip")
             scaler.scale(loss).backward()
             if cfg.grad_clip:
@@ -293,7 +292,7 @@ def finetune(ctx: RunContext, plan: Plan, head: nn.Module) -> ProtocolOutput:
                 torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], cfg.grad_clip)
             scaler.step(opt)
             scaler.update()
-            loss_sum += loss.item()
+            loss_sum += loss_value
             step += 1
         val_scores, val_loss = predict("val")
         value = float(heads.selection_values(criterion, ds.task, y_val, val_scores[None],

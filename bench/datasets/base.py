@@ -64,6 +64,11 @@ class Dataset:
                 raise UserError(f"{where}: the {split} split is empty")
             if s.images.dtype != np.uint8:
                 raise UserError(f"{where}: {split} images are {s.images.dtype}, expected uint8")
+            channels = 1 if s.images.ndim == 3 else s.images.shape[-1] if s.images.ndim == 4 else 0
+            if channels != self.n_channels:  # e.g. RGB arrays under a gray dataset's name
+                want = "(N, H, W) or (N, H, W, 1)" if self.n_channels == 1 else f"(N, H, W, {self.n_channels})"
+                raise UserError(f"{where}: {split} images have shape {tuple(s.images.shape)}, but the dataset has "
+                                f"{self.n_channels} channel(s): expected {want}")
             y = s.labels
             want = n_out if self.multilabel else 1
             if y.ndim != 2 or y.shape != (len(s), want):

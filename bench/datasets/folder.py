@@ -55,6 +55,11 @@ class FolderSource(ImageSource):
         index = {n: i for i, n in enumerate(names)}
         entries = [Entry(p, p.relative_to(root).as_posix(), (index[c.name],), split)
                    for split, cls in layout.items() for c in cls for p in _images(c)]
+        found = {e.label[0] for e in entries}
+        empty = [n for n in names if index[n] not in found]
+        if empty:  # an empty folder is not a class: it would be an output no image has (NaN AUC)
+            raise UserError(f"{dataset}: class folder(s) {', '.join(empty[:5])}{' ...' if len(empty) > 5 else ''} "
+                            f"hold no images ({', '.join(IMAGE_SUFFIXES)}) in {root}; add images or remove the folder")
         task = infer_task(len(names), False, opts.get("task"), dataset)
         return Manifest(dataset, self.name, root, entries, {str(i): n for i, n in enumerate(names)}, task)
 

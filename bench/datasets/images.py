@@ -587,15 +587,17 @@ def build(m: Manifest, size: int, opts: LoadOptions) -> Dataset:
         finally:
             lock.release()
     meta, splits = got
-    split_file = save_split(meta, opts)
     if opts.limit is not None:
         splits = {s: Split(v.images[:opts.limit], v.labels[:opts.limit]) for s, v in splits.items()}
     splits = {s: Split(v.images, np.array(v.labels, np.int64)) for s, v in splits.items()}  # labels: small, in RAM
-    extra = {**m.extra, "split": {"rule": meta["split_rule"], "file": str(split_file) if split_file else None},
-             "skipped_unreadable": [p for p, _ in meta["skipped"]], "decode": {
-                 "cache": str(folder), "policy": "short side to size (bilinear), centre crop; 16-bit min-max"}}
-    return Dataset(m.name, size, m.task, m.label_names, meta["n_channels"], splits, fp,
-                   modality=opts.get("modality") or m.modality, source=m.source, path=m.path, extra=extra)
+    split = {"rule": meta["split_rule"], "file": None}
+    extra = {**m.extra, "split": split, "skipped_unreadable": [p for p, _ in meta["skipped"]], "decode": {
+        "cache": str(folder), "policy": "short side to size (bilinear), centre crop; 16-bit min-max"}}
+    ds = Dataset(m.name, size, m.task, m.label_names, meta["n_channels"], splits, fp,
+                 modality=opts.get("modality") or m.modality, source=m.source, path=m.path, extra=extra).validate()
+    split_file = save_split(meta, opts)  # into the results folder: only for data a run can use
+    split["file"] = str(split_file) if split_file else None
+    return ds
 
 
 def save_split(meta: dict, opts: LoadOptions) -> Path | None:

@@ -154,6 +154,9 @@ class LayerProbe(Protocol):
     def validate(self, cfg) -> None:
         parse_layers(cfg.layers)
 
+    def check(self, cfg, model) -> None:
+        parse_layers(cfg.layers, model.num_blocks)
+
     def shares(self, cfg) -> tuple:
         return probe_shares(cfg)  # the last layer is the probes' readout: one group, one pass
 

@@ -47,7 +47,16 @@ class LinearProbe(Protocol):
                     f"val_{cfg.select}": res.val_value, "grid_size": len({(g['lr'], g['wd']) for g in res.grid})}
         curves = [{"lr": g["lr"], "wd": g["wd"], "epoch": g["epoch"], "split": "val", "metric": k[4:], "value": g[k]}
                   for g in res.grid for k in g if k.startswith("val_")]
-        return ProtocolOutput(val, test, selected, curves,
+        extra = {}
+        if res.diverged:  # grid members whose loss diverged: left out of selection, and said so
+            from ..progress import log
+
+            d = res.diverged[0]
+            selected["diverged"] = len(res.diverged)
+            extra["diverged"] = res.diverged
+            log(f"warning: {len(res.diverged)} of {selected['grid_size']} linear heads diverged and were left out of "
+                f"selection (e.g. lr {d['lr']:g}, weight decay {d['wd']:g}: {d['why']} at epoch {d['epoch']})")
+        return ProtocolOutput(val, test, selected, curves, extra=extra,
                               files={"head": (res.head_state(), {"format": "medfm-bench-head", "head": "probe"})})
 
 

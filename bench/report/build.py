@@ -55,7 +55,12 @@ def make_report(results_dir: Path, out: Path, *, baseline: str | None = None, fi
 
         sec = explanations_section(Path(results_dir), set(rs.runs.run_id))
         report.sections += [sec] if sec else []
-    return write(report, Path(out), fmts)
+    try:
+        return write(report, Path(out), fmts)
+    except OSError as e:  # e.g. --out under /sys, or a disk that filled up: one line, not a traceback
+        from ..fsio import disk_error
+
+        raise disk_error(e, "report", Path(e.filename or out)) from None
 
 
 def _check_formats(formats) -> list[str]:

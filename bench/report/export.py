@@ -57,19 +57,28 @@ def _cell(v: object) -> object:
 
 def export(results_dir: Path, out: Path, filters: list[str] | tuple[str, ...] = ()) -> tuple[Path, int, int]:
     """Write the tidy table to ``out`` (.csv or .parquet); returns (path, rows, runs)."""
+    import io
+
+    from ..fsio import atomic_write_bytes, check_creatable
+
     out = Path(out)
     suffix = out.suffix.lower()
     if suffix not in EXPORT_FORMATS:
         raise UserError(f"--out {out}: use a .csv or .parquet file name")
+    if out.is_dir():
+        raise UserError(f"--out {out} is a folder; give a file name ending in .csv or .parquet")
+    check_creatable(out.parent, "export folder", "--out")  # unwritable: one line before the table is built
     df = tidy_table(results_dir, filters)
-    out.parent.mkdir(parents=True, exist_ok=True)
     if suffix == ".csv":
-        df.to_csv(out, index=False)
+        data = df.to_csv(index=False).encode()
     else:
+        buf = io.BytesIO()
         try:
-            df.to_parquet(out, index=False)
+            df.to_parquet(buf, index=False)
         except ImportError:
             raise UserError("writing .parquet needs pyarrow (pip install pyarrow); or use --out FILE.csv") from None
+        data = buf.getvalue()
+    atomic_write_bytes(out, data, "export")  # whole or not at all; a full or read-only disk is one line
     return out, len(df), int(df.run_id.nunique())
 
 

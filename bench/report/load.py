@@ -248,10 +248,34 @@ def _read_run_csv(path: Path) -> pd.DataFrame:
     if missing:
         raise UserError(f"{path} lacks column(s) {', '.join(missing)}; it was not written by `bench run`")
     df = df[list(ROW_COLUMNS)].assign(layer=df["layer"] if "layer" in df.columns else "")  # --layers runs
+    _check_numbers(df)
     df["value"] = pd.to_numeric(df["value"], errors="coerce")  # "nan" stays NaN, never 0
     for col in ("size", "input_size", "seed"):
         df[col] = pd.to_numeric(df[col], errors="coerce").astype("Int64")
     return df
+
+
+# columns the report reads as integers: the ones every row has, and the ones that may be empty (a
+# run without --input-size record or --limit; a layer-wise run's rows of the layer it selected)
+_INTEGERS, _INTEGERS_OR_EMPTY = ("size", "seed"), ("input_size", "limit", "layer")
+
+
+def _check_numbers(df: pd.DataFrame) -> None:
+    """Every value the report reads as a number is one (an edited or damaged CSV is named, never a
+    traceback): ``value`` a number, "nan" or empty (a metric with none); sizes, seed, limit and
+    layer integers."""
+    text = df["value"].str.strip()
+    bad = pd.to_numeric(text, errors="coerce").isna() & ~text.str.lower().isin(["", "nan"])
+    if bad.any():
+        row = df[bad].iloc[0]
+        raise UserError(f"{row.split} {row.metric} = {row.value!r} is not a number")
+    for col in _INTEGERS + _INTEGERS_OR_EMPTY:
+        text = df[col].str.strip()
+        given = text != "" if col in _INTEGERS_OR_EMPTY else pd.Series(True, index=df.index)
+        whole = text.map(lambda t: bool(re.fullmatch(r"-?\d{1,19}", t)) and abs(int(t)) < 2 ** 63)
+        bad = given & ~whole  # as bench writes them: no 28.0, no 1e400, within int64
+        if bad.any():
+            raise UserError(f"column {col} holds {df.loc[bad, col].iloc[0]!r}, not an integer")
 
 
 def _read_failures(folder: Path) -> list[dict]:

@@ -80,7 +80,9 @@ def _shard(args: argparse.Namespace, conf: dict, executor: str) -> tuple[tuple[i
     text = _setting(args, conf, "shard")
     if text is not None:
         return parse_shard(str(text)), "--shard"
-    ntasks = int(os.environ.get("SLURM_NTASKS") or 1)
+    from ..env import env_number
+
+    ntasks = env_number("SLURM_NTASKS", 1, low=1, integer=True)
     if ntasks > 1 and executor != "slurm":  # `srun -n N bench sweep ...` splits itself
         return parse_shard(f"{os.environ.get('SLURM_PROCID', '0')}/{ntasks}"), "SLURM_PROCID/SLURM_NTASKS"
     return (0, 1), ""

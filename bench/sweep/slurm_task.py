@@ -6,17 +6,17 @@ with the process), so a requeued task finishes each run exactly once.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import replace
 
 import submitit
 
+from ..env import env_number
 from .worker import RunResult, Settings, configure_threads, run_bundle
 
 
 class SweepTask(submitit.helpers.Checkpointable):
     def __call__(self, cfgs: list[dict], settings: Settings) -> list[RunResult]:
-        configure_threads(int(os.environ.get("SLURM_CPUS_PER_TASK") or 0) or None)
+        configure_threads(env_number("SLURM_CPUS_PER_TASK", 0, integer=True) or None)
         try:
             env = submitit.JobEnvironment()
             tag = f"{env.job_id}"
