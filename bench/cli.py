@@ -57,7 +57,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"{res.run_id}: skipped, result exists at {res.path} (--force to rerun)")
         return 0
     sel = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in res.selected.items())
+    from .labels import run_label
+
     print(f"{res.run_id}: done in {res.timings['total_s']:.1f}s")
+    print(f"  {run_label(cfg)}")  # as reports and bench explain name it
     print(f"  selected: {sel}")
     kinds = [w.get("kind") for w in res.meta.get("warnings") or []]
     for split in ("val", "test"):

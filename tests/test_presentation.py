@@ -91,3 +91,18 @@ def test_listings_fit_100_columns_unless_wide(what, capsys):
     wide = capsys.readouterr().out.splitlines()
     if what != "protocols":
         assert max(map(len, wide)) > 100
+
+
+def test_one_label_style_names_lora_and_random_weights_everywhere():
+    from bench.labels import protocol_label, run_label
+    from bench.report.tables import SectionKey, section_title
+    from bench.resolve import resolve
+
+    assert protocol_label("mlp", "last2", "lora") == "mlp head, last 2 blocks fine-tuned with LoRA"
+    assert protocol_label("linear", "none", "none") == "linear head, frozen backbone"
+    sec = SectionKey("mlp", "last2", 28, None, "resize", "", "lora")
+    assert section_title(sec).startswith("mlp head, last 2 blocks fine-tuned with LoRA") and "lora" in sec.slug
+    # bench explain and the CLI name a run as the report does
+    cfg = resolve("deit", "breastmnist", variant="small", weights="random", head="mlp", unfreeze="last2", adapt="bitfit")
+    assert run_label(cfg) == "deit small (random) · mlp head, last 2 blocks fine-tuned with BitFit"
+    assert run_label(resolve("dummy", "breastmnist")) == "dummy (random) (test model) · linear head, frozen backbone"

@@ -20,6 +20,7 @@ from ..run_config import RunConfig, RunOptions
 from ..progress import log
 from ..datasets import Dataset
 from ..errors import UserError, did_you_mean
+from ..labels import run_label
 from .. import preprocess
 from ..env import default_cache_dir
 from ..preprocess import Preprocess
@@ -163,9 +164,8 @@ class Rebuilt:
         return np.concatenate(out) if out else np.zeros((0, self.dataset.n_outputs), np.float32)
 
     def describe(self) -> str:
-        c = self.cfg
-        weights = "" if c.weights == "default" else f" [{Path(c.weights).name if '/' in c.weights else c.weights}]"
-        return f"{c.backbone}{weights} · {c.head} · unfreeze {c.unfreeze}"
+        """The run as the report and the CLI name it (bench.labels)."""
+        return run_label(self.cfg)
 
 
 class Net(nn.Module):

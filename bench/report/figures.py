@@ -16,7 +16,8 @@ import seaborn as sns  # noqa: E402
 
 from .doc import Figure  # noqa: E402
 from .ranking import Ranking  # noqa: E402
-from .tables import (Analysis, SectionKey, dataset_label, dataset_order, mean_gains, protocol_label,  # noqa: E402
+from ..labels import protocol_label  # noqa: E402
+from .tables import (Analysis, SectionKey, dataset_label, dataset_order, mean_gains,  # noqa: E402
                      section_title, setting_label)
 from .load import unfreeze_order  # noqa: E402
 
@@ -254,7 +255,7 @@ def resolution_figure(a: Analysis) -> tuple[Figure | None, str | None]:
     """Metric against image size per protocol, averaged over datasets common to all sizes."""
     s = a.summary.dropna(subset=["mean"])
     recs = []
-    for proto, grp in s.groupby(s.section.map(lambda k: protocol_label(k.head, k.unfreeze))):
+    for proto, grp in s.groupby(s.section.map(lambda k: protocol_label(k.head, k.unfreeze, k.adapt))):
         sizes = grp.section.map(lambda k: k.size)
         if sizes.nunique() < 2:
             continue
@@ -289,7 +290,7 @@ def resolution_figure(a: Analysis) -> tuple[Figure | None, str | None]:
 
 
 # the ways of adapting a backbone, from least to most trained (the legend's order)
-ADAPTATION_ORDER = ("linear probe", "MLP head", "DeiT head", "BitFit", "LoRA", "last-N", "full fine-tuning")
+ADAPTATION_ORDER = ("zero-shot", "linear probe (zero-shot init)", "linear probe", "MLP head", "DeiT head", "BitFit", "LoRA", "last-N", "full fine-tuning")
 
 
 def adaptation_kind(cfg: dict) -> str | None:
@@ -298,6 +299,10 @@ def adaptation_kind(cfg: dict) -> str | None:
     head, unfreeze, adapt = cfg.get("head"), cfg.get("unfreeze"), cfg.get("adapt") or "none"
     if head == "knn" or cfg.get("layers") or (cfg.get("train_fraction") or 1.0) < 1.0 or cfg.get("shots"):
         return None
+    if head == "zeroshot":
+        return "zero-shot"  # 0 trainable parameters: the start of the axis
+    if unfreeze == "none" and head == "linear" and cfg.get("init") == "zeroshot":
+        return "linear probe (zero-shot init)"
     if unfreeze == "none":
         return {"linear": "linear probe", "mlp": "MLP head", "deit": "DeiT head"}.get(head, f"{head} head")
     kind = {"lora": "LoRA", "bitfit": "BitFit"}.get(adapt) or ("full fine-tuning" if unfreeze == "all" else "last-N")
@@ -326,7 +331,7 @@ def adaptation_figure(a: Analysis) -> tuple[Figure | None, str | None]:
         kind = adaptation_kind(meta.get("config") or {})
         if kind is None:
             continue
-        n = trainable_total(meta)
+        n = 0 if kind == "zero-shot" else trainable_total(meta)
         if n is None:
             uncounted += 1
             continue
@@ -355,8 +360,8 @@ def adaptation_figure(a: Analysis) -> tuple[Figure | None, str | None]:
                 xs.append(x)
                 ys.append(y)
         ax.step(xs, ys, where="post", color="0.45", linestyle="--", linewidth=1, zorder=0)
-        ax.set_xscale("log")
-    g.set_axis_labels("trainable parameters (log)", f"test {a.metric.upper()} (seed mean)")
+        ax.set_xscale("symlog", linthresh=1) if (pts.params == 0).any() else ax.set_xscale("log")
+    g.set_axis_labels("trainable parameters (log; zero-shot at 0)", f"test {a.metric.upper()} (seed mean)")
     g.set_titles(col_template="{col_name}")
     note = (f"{uncounted} cell(s) left out: their runs do not record trainable-parameter counts (rerun them "
             f"to include them)." if uncounted else None)

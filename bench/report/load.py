@@ -9,19 +9,19 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from ..errors import UserError, did_you_mean
+from ..labels import default_variant, model_label
 
 ROW_COLUMNS = ("run_id", "backbone", "variant", "weights", "dataset", "size", "input_size", "resize",
                "head", "unfreeze", "seed", "limit", "split", "metric", "value")
 CONFIG_COLUMNS = ROW_COLUMNS[1:12]
 # a protocol is (head, unfreeze); the rest of a section key are settings that change the numbers
-SECTION_KEYS = ("head", "unfreeze", "size", "input_size", "resize", "limit")
+SECTION_KEYS = ("head", "unfreeze", "adapt", "size", "input_size", "resize", "limit")
 # keys of the JSON config that never distinguish models: they are the cell's row/column or seed
 _NOT_MODEL_KEYS = {"dataset", "seed", "weights_fingerprint", *SECTION_KEYS}
 # what makes a run part of the depth or label-budget study (bench.report.transfer): such runs get
@@ -119,6 +119,9 @@ def load_results(results_dir: Path, filters: list[str] | tuple[str, ...] = ()) -
                         f"{skipped[0]['reason']}")
     rows = pd.concat(frames, ignore_index=True)
     rows = newest_definitions(rows, meta)
+    # --adapt is in the run's config, not its rows: LoRA and BitFit runs get sections of their own
+    adapt = {r: _norm(((meta.get(r) or {}).get("config") or {}).get("adapt")) for r in rows.run_id.unique()}
+    rows = rows.assign(adapt=rows.run_id.map(lambda r: "" if adapt[r] in ("", "none") else adapt[r]))
     n_total = rows.run_id.nunique()
     rows = apply_filters(rows, filters)
     study = rows.run_id.map(lambda r: study_run((meta.get(r) or {}).get("config") or {}))
@@ -359,59 +362,20 @@ _IDENTITY_KEYS = {"backbone", "variant", "weights", "recipe"}
 
 def run_identity(per_run: pd.DataFrame, meta: dict[str, dict]) -> pd.DataFrame:
     """Per run (index: run_id): backbone, variant, weights (``default``, ``random`` or a file
-    name, never a path), recipe ("" when none) and the label those give."""
+    name, never a path), recipe ("" when none) and the label those give (bench.labels)."""
     recipes = {rid: _norm((meta.get(rid, {}).get("config") or {}).get("recipe")) for rid in per_run.index}
     several_recipes = len(set(recipes.values())) > 1
     variants = per_run.groupby("backbone").variant.agg(lambda v: set(map(_norm, v)))
     recs = {}
     for rid, r in per_run.iterrows():
-        backbone, variant, weights = str(r["backbone"]), _norm(r["variant"]), weights_name(r["weights"])
-        parts = [backbone]
-        if variant and (len(variants[backbone]) > 1 or variant != default_variant(backbone)):
-            parts.append(variant)
-        test_model = is_test_model(backbone, variant)
-        if test_model and weights == "default":
-            weights = "random"  # a test model's "default" weights are a fixed random init
-        if weights != "default":
-            parts.append(f"({weights})")
-        if test_model:
-            parts.append("(test model)")
-        if several_recipes:
-            parts.append(f"[{recipes[rid] or 'no recipe'}]")
+        backbone, variant = str(r["backbone"]), _norm(r["variant"])
+        show = len(variants[backbone]) > 1 or variant != default_variant(backbone)
+        label, weights = model_label(backbone, variant, r["weights"], show_variant=show,
+                                     recipe=recipes[rid] if several_recipes else None)
         recs[rid] = {"backbone": backbone, "variant": variant, "weights": weights, "recipe": recipes[rid],
-                     "label": " ".join(parts)}
+                     "label": label}
     return pd.DataFrame.from_dict(recs, orient="index",
                                   columns=["backbone", "variant", "weights", "recipe", "label"])
-
-
-def is_test_model(backbone: str, variant: str) -> bool:
-    """A random-init model of the test suite (dummy, a real family's ``tiny``), never a real one."""
-    import backbones
-
-    try:
-        spec = backbones.get(backbone).spec
-    except Exception:  # a plugin no longer installed: nothing known of it
-        return False
-    return spec.is_test_model(variant or spec.default_variant)
-
-
-def weights_name(value: object) -> str:
-    """``default`` / ``random`` as they are; a local file by its name only (no machine paths)."""
-    v = _norm(value) or "default"
-    return v if v in ("default", "random") else Path(v).name
-
-
-@lru_cache(maxsize=None)
-def default_variant(backbone: str) -> str | None:
-    """The registry's default variant, or None when the backbone cannot be looked up here (a
-    plugin that is not installed, an offline timm name): then the variant shows only when
-    several ran."""
-    try:
-        from backbones.registry import get
-
-        return get(backbone).spec.default_variant
-    except Exception:  # any failure only costs a longer label, never the report
-        return None
 
 
 def model_table(rs: RunSet) -> pd.DataFrame:

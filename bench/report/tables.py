@@ -20,6 +20,7 @@ from . import stats as S
 from .caveats import legend as caveat_legend
 from .caveats import mark
 from .doc import Cell, Table
+from ..labels import protocol_label
 from .load import SECTION_KEYS, RunSet, model_table, unfreeze_order
 
 ALPHA = 0.05
@@ -40,14 +41,15 @@ class SectionKey:
     input_size: int | None
     resize: str
     limit: str
+    adapt: str = ""   # --adapt lora|bitfit ("" for none): LoRA runs are their own section, so titled
 
     @property
-    def protocol(self) -> tuple[str, str]:
-        return (self.head, self.unfreeze)
+    def protocol(self) -> tuple[str, str, str]:
+        return (self.head, self.unfreeze, self.adapt)
 
     @property
     def sort_key(self) -> tuple:
-        return (_HEAD_ORDER.get(self.head, 9), self.head, unfreeze_order(self.unfreeze), self.size,
+        return (_HEAD_ORDER.get(self.head, 9), self.head, unfreeze_order(self.unfreeze), self.adapt, self.size,
                 self.input_size or 0, self.resize, self.limit)
 
     def __lt__(self, other: "SectionKey") -> bool:  # pandas sorts group keys
@@ -55,7 +57,7 @@ class SectionKey:
 
     @property
     def slug(self) -> str:
-        parts = [self.head, self.unfreeze, str(self.size)]
+        parts = [self.head, self.unfreeze, self.adapt, str(self.size)]
         if self.input_size:
             parts.append(f"in{self.input_size}")
         parts.append(self.resize)
@@ -67,12 +69,8 @@ class SectionKey:
 _HEAD_ORDER = {"linear": 0, "knn": 1, "mlp": 2, "deit": 3}
 
 
-def protocol_label(head: str, unfreeze: str) -> str:
-    frozen = {"none": "frozen backbone", "all": "all blocks fine-tuned"}.get(unfreeze)
-    if frozen is None:
-        n = unfreeze[4:] if unfreeze.startswith("last") else unfreeze
-        frozen = f"last {n} block{'s' if n != '1' else ''} fine-tuned"
-    return f"{head} head, {frozen}"
+def _adapt(v: object) -> str:
+    return "" if v is None or str(v) in ("", "none", "nan", "None", "<NA>") else str(v)
 
 
 def setting_label(k: SectionKey) -> str:
@@ -87,7 +85,7 @@ def setting_label(k: SectionKey) -> str:
 
 
 def section_title(k: SectionKey) -> str:
-    return f"{protocol_label(k.head, k.unfreeze)} · {setting_label(k)}"
+    return f"{protocol_label(k.head, k.unfreeze, k.adapt)} · {setting_label(k)}"
 
 
 # MedMNIST's own order and names (medmnist.INFO), kept here so a report never imports torch
@@ -168,7 +166,8 @@ class Analysis:
         ins = r.input_size
         return SectionKey(str(r.head), str(r.unfreeze), int(r.size),
                           None if ins is None or pd.isna(ins) else int(ins), str(r.resize),
-                          "" if str(r.limit) in ("", "<NA>", "nan", "None") else str(r.limit))
+                          "" if str(r.limit) in ("", "<NA>", "nan", "None") else str(r.limit),
+                          _adapt(getattr(r, "adapt", "")))
 
     def sections(self) -> list[SectionKey]:
         return sorted(set(self.summary.section), key=lambda k: k.sort_key)
@@ -573,7 +572,7 @@ def reference_table(a: Analysis, ref: pd.DataFrame) -> tuple[Table, list[str]]:
     if metric_ref == metric:
         for sec in a.sections():
             for m in a.models(sec):
-                row = [Cell(f"{m} · {protocol_label(sec.head, sec.unfreeze)} · {setting_label(sec)}")]
+                row = [Cell(f"{m} · {protocol_label(sec.head, sec.unfreeze, sec.adapt)} · {setting_label(sec)}")]
                 for d in datasets:
                     c = a.cell(sec, m, d)
                     row.append(Cell(fmt(c["mean"])) if c is not None and math.isfinite(c["mean"]) else Cell.empty())

@@ -19,7 +19,8 @@ from . import stats as S
 from .caveats import legend as caveat_legend
 from .caveats import mark
 from .doc import Cell, Figure, Section, Table
-from .tables import Analysis, dataset_label, dataset_order, fmt, protocol_label
+from ..labels import protocol_label
+from .tables import Analysis, dataset_label, dataset_order, fmt
 
 # -- depth ---------------------------------------------------------------------------------------
 
@@ -142,6 +143,8 @@ def depth_section(a: Analysis, figures: bool) -> Section | None:
 
 def _budget(meta: dict) -> tuple[str, float] | None:
     cfg = meta.get("config") or {}
+    if cfg.get("head") == "zeroshot":  # the 0-label point (bench.report.zeroshot)
+        return "zeroshot", 0.0
     if cfg.get("shots"):
         return "shots", float(cfg["shots"])
     f = cfg.get("train_fraction") or 1.0
@@ -150,13 +153,15 @@ def _budget(meta: dict) -> tuple[str, float] | None:
 
 def _budget_label(meta: dict) -> str:
     kind, amount = _budget(meta)
-    return {"all": "", "shots": f" ({amount:g} shots)", "fraction": f" ({amount * 100:g}% of train)"}[kind]
+    return {"zeroshot": " (zero-shot)", "all": "", "shots": f" ({amount:g} shots)", "fraction": f" ({amount * 100:g}% of train)"}[kind]
 
 
 def _per_class(meta: dict) -> float | None:
     """Train labels per class the run learned from: the mean over classes of its images per class
     (multi-label: positives per label), from the subset or the whole train split; runs written
     before those counts were recorded: images / classes."""
+    if (meta.get("config") or {}).get("head") == "zeroshot":
+        return 0.0  # no train label
     counts = (meta.get("train_subset") or {}).get("per_class") or (meta.get("dataset") or {}).get("train_per_class")
     if counts:
         return float(np.mean(counts))
@@ -176,6 +181,9 @@ def labels_data(a: Analysis) -> pd.DataFrame:
     full = full[~full.run_id.isin(sub.run_id)]
     rows = pd.concat([sub, full], ignore_index=True)
     rows = rows[(rows.split == "test") & (rows.metric == a.metric)]
+    from .zeroshot import zero_label_rows  # zero-shot runs of the same backbone: each curve's 0-label point
+
+    rows = pd.concat([rows, zero_label_rows(a, rows, keys)], ignore_index=True)
     recs = []
     for r in rows.itertuples():
         meta = a.rs.meta.get(r.run_id, {})
@@ -210,11 +218,11 @@ def labels_table(a: Analysis, df: pd.DataFrame) -> Table:
     rows, marked = [], set()
     for r in df.sort_values(["dataset", "model", "head", "unfreeze", "per_class"]).itertuples():
         budget = {"shots": f"{int(r.amount)} per class", "fraction": f"{r.amount:g} of train",
-                  "all": "all labels"}[r.budget]
+                  "all": "all labels", "zeroshot": "0 (zero-shot)"}[r.budget]
         ci = f"[{fmt(r.ci_low)}, {fmt(r.ci_high)}]" if math.isfinite(r.ci_low) else "—"
         tags = [t for t in r.caveats.split("; ") if t]
         marked |= set(tags)
-        rows.append([Cell(r.model), Cell(dataset_label(r.dataset)), Cell(protocol_label(r.head, r.unfreeze)),
+        rows.append([Cell(r.model), Cell(dataset_label(r.dataset)), Cell(protocol_label(r.head, r.unfreeze, getattr(r, "adapt", ""))),
                      Cell(budget), Cell(f"{r.per_class:.1f}"), Cell(mark(fmt(r.mean), tags)), Cell(ci),
                      Cell(str(r.seeds))])
     return Table("label_efficiency", "Metric against labels per class",
@@ -232,11 +240,12 @@ def labels_figure(a: Analysis, df: pd.DataFrame) -> Figure:
 
     _theme()
     colors = model_colors(a, extra=df.model)
-    df = df.assign(protocol=[protocol_label(h, u) for h, u in zip(df["head"], df.unfreeze)])
+    adapt = df["adapt"] if "adapt" in df.columns else [""] * len(df)
+    df = df.assign(protocol=[protocol_label(h, u, a) for h, u, a in zip(df["head"], df.unfreeze, adapt)])
     datasets, protocols = dataset_order(df.dataset), sorted(set(df.protocol))
     fig, axes = plt.subplots(len(protocols), len(datasets), figsize=(4.4 * len(datasets), 3.3 * len(protocols)),
                              squeeze=False)
-    markers = {"shots": "s", "fraction": "o", "all": "D"}
+    markers = {"shots": "s", "fraction": "o", "all": "D", "zeroshot": "*"}
     for i, p in enumerate(protocols):
         for j, d in enumerate(datasets):
             ax = axes[i, j]
@@ -254,7 +263,10 @@ def labels_figure(a: Analysis, df: pd.DataFrame) -> Figure:
                     ax.plot(marked.per_class, marked["mean"], markers.get(kind, "o"), ms=8, mfc="white",
                             mec=c, mew=1.5)
                     ax.plot(marked.per_class, marked["mean"], "x", color=c, ms=5)
-            ax.set_xscale("log")
+            if (df.per_class == 0).any():  # zero-shot runs: the curves start at 0 labels (linear up to 1)
+                ax.set_xscale("symlog", linthresh=1)
+            else:
+                ax.set_xscale("log")
             ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))  # 1, 10, 100: not 10^k
             ax.xaxis.set_minor_formatter(NullFormatter())
             ax.set_title(f"{dataset_label(d)} · {p}")
@@ -263,7 +275,7 @@ def labels_figure(a: Analysis, df: pd.DataFrame) -> Figure:
     _legend_below(fig, list(axes.flat))
     return _figure("metric_vs_labels", "Metric against labels per class", fig,
                    f"Seed means of test {a.metric.upper()} against train labels per class (squares: N shots per "
-                   f"class, circles: a fraction of the train split, diamond: all labels), with 95% bootstrap "
+                   f"class, circles: a fraction of the train split, diamond: all labels, star: zero-shot at 0 labels), with 95% bootstrap "
                    f"intervals over the test images of the seed mean. A hollow marker with a cross has a caveat "
                    f"(its mark in the table: e.g. a kNN k cut to the smallest class, a val split too small to "
                    f"select on, constant scores).")
