@@ -7,6 +7,20 @@ from functools import lru_cache
 from pathlib import Path
 
 ADAPT_NAMES = {"lora": "LoRA", "bitfit": "BitFit"}
+# said wherever random-weight runs are shown (docs, the report's header, depth and feature-map outputs)
+RANDOM_INIT_NOTE = ("Runs marked (random) start from a random init, not pretrained weights: they measure an "
+                    "architecture's random features. timm zero-initialises the last BatchNorm of each ResNet block, so "
+                    "at random init a block without a downsampling shortcut passes its input through unchanged (5 of "
+                    "ResNet-18's 8 blocks): layer-wise probes of such runs repeat their numbers across those blocks, "
+                    "and their feature maps repeat.")
+
+
+def is_random(cfg_or_weights: object, backbone: str = "", variant: str = "") -> bool:
+    """Does a run start from a random init (--weights random, or a test model's fixed init)?"""
+    weights = getattr(cfg_or_weights, "weights", cfg_or_weights)
+    backbone = getattr(cfg_or_weights, "backbone", backbone)
+    variant = getattr(cfg_or_weights, "variant", variant)
+    return weights_name(weights) == "random" or is_test_model(backbone, _norm(variant))
 
 
 def _norm(v: object) -> str:

@@ -106,3 +106,19 @@ def test_one_label_style_names_lora_and_random_weights_everywhere():
     cfg = resolve("deit", "breastmnist", variant="small", weights="random", head="mlp", unfreeze="last2", adapt="bitfit")
     assert run_label(cfg) == "deit small (random) · mlp head, last 2 blocks fine-tuned with BitFit"
     assert run_label(resolve("dummy", "breastmnist")) == "dummy (random) (test model) · linear head, frozen backbone"
+
+
+def test_random_weight_runs_carry_the_random_init_note(tmp_path, data_root, capsys):
+    from bench.labels import RANDOM_INIT_NOTE
+    from bench.report import make_report
+
+    results = tmp_path / "res"
+    for extra in ([], ["--layers", "all"]):
+        assert main(["run", "--backbone", "dummy", "--dataset", "breastmnist", "--data-root", str(data_root),
+                     "--skip-md5", "--results-dir", str(results), "--device", "cpu", "-q", "--head-epochs", "2",
+                     *extra]) == 0
+    capsys.readouterr()
+    out = make_report(results, tmp_path / "rep", formats=["md"])
+    md = Path(out).read_text() if Path(out).is_file() else (tmp_path / "rep" / "report.md").read_text()
+    # in the overview, and again under the depth section, whose repeated numbers it explains
+    assert md.count(RANDOM_INIT_NOTE) == 2

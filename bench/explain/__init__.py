@@ -20,6 +20,7 @@ import torch
 
 from ..run_config import RunOptions
 from ..progress import log
+from ..labels import RANDOM_INIT_NOTE, is_random
 from ..errors import UserError, did_you_mean
 from ..fsio import atomic_write_bytes, atomic_write_text
 from ..env import now
@@ -281,11 +282,15 @@ def _feature_maps(rb: Rebuilt, picks: list[Pick], split: str, folder: Path) -> P
     maps = [[stages[k][1][i].float().mean(0).cpu().numpy() for k in keep] for i in range(len(idx))]
     title = (f"mean activation after each stage · {rb.describe()} · {rb.cfg.dataset} {split} · {rb.run_id}"
              + (f" ({len(keep)} of {len(stages)} shown)" if len(keep) < len(stages) else ""))
+    if is_random(rb.cfg):  # identical stages of a random init are the init's, not the model's
+        title += ("\nrandom init: timm's zero-initialised last BatchNorm makes ResNet blocks without a downsampling "
+                  "shortcut identities, so their maps repeat")
     png = draw.feature_sheet(title, _originals(rb, split, picks), names, maps)
     return _write(folder, f"feature-maps-{split}", png, {
         "kind": "feature-maps", "runs": [rb.run_id], "split": split, "indices": idx.tolist(), "stages": names,
         "title": title, "caption": f"Channel-mean activation after the stem and blocks of {rb.describe()} "
-                                   f"for {rb.cfg.dataset} {split} images {', '.join(map(str, idx.tolist()))}."})
+                                   f"for {rb.cfg.dataset} {split} images {', '.join(map(str, idx.tolist()))}."
+                                   + (f" {RANDOM_INIT_NOTE}" if is_random(rb.cfg) else "")})
 
 
 __all__ = ["Request", "explain", "rebuild", "heatmaps", "stage_outputs", "METHODS"]

@@ -11,6 +11,7 @@ import pandas as pd
 from ..errors import UserError, did_you_mean
 from . import ranking as R
 from . import render
+from ..labels import RANDOM_INIT_NOTE
 from . import tables as T
 from .doc import Cell, Report, Section, Table
 from .load import RunSet, load_results
@@ -87,6 +88,8 @@ def build(a: T.Analysis, *, with_reference: bool = False, figures: bool = True) 
     overview = Section("Average over datasets", intro="The MedMNIST+ layout: one row per model, one column "
                        "per image size, the mean over datasets of each model's seed means.")
     overview.tables += T.average_tables(a)
+    if (a.model_info.weights == "random").any():  # said up front: these are not pretrained models
+        overview.notes.append(RANDOM_INIT_NOTE)
     sections.append(overview)
 
     comparable = a.baseline is not None and any(a.baseline_model(s) for s in secs)
@@ -159,7 +162,9 @@ def build(a: T.Analysis, *, with_reference: bool = False, figures: bool = True) 
 
     from . import transfer  # the depth and label-budget studies: only where such runs exist
 
-    for make in (transfer.depth_section, transfer.labels_section):
+    from .zeroshot import zeroshot_section  # zero-shot runs: the prompt ensemble against each template
+
+    for make in (transfer.depth_section, transfer.labels_section, lambda a, _figures: zeroshot_section(a)):
         study = make(a, figures)
         sections += [study] if study is not None else []
 

@@ -19,7 +19,7 @@ from . import stats as S
 from .caveats import legend as caveat_legend
 from .caveats import mark
 from .doc import Cell, Figure, Section, Table
-from ..labels import protocol_label
+from ..labels import RANDOM_INIT_NOTE, protocol_label
 from .tables import Analysis, dataset_label, dataset_order, fmt
 
 # -- depth ---------------------------------------------------------------------------------------
@@ -136,6 +136,8 @@ def depth_section(a: Analysis, figures: bool) -> Section | None:
     s.tables.append(depth_table(a, df))
     if figures:
         s.figures.append(depth_figure(a, df))
+    if df.model.str.contains(r"\(random\)", regex=True).any():
+        s.notes.append(RANDOM_INIT_NOTE)
     return s
 
 
