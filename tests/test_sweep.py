@@ -384,3 +384,26 @@ def test_dry_run_costs_the_grid_in_image_passes(tmp_path, data_root, capsys):
     assert main(argv + ["--dry-run"]) == 0
     assert "cost of the whole grid (done runs and cached features included): 384 backbone image passes" in \
         capsys.readouterr().out
+
+
+# -- `datasets: present` and configs/reproductions.yaml ------------------------------------------------
+
+def test_datasets_present_is_every_dataset_whose_file_is_here(tmp_path):
+    from bench.sweep.grid import expand_present, load
+
+    point = {"backbone": "dummy", "dataset": "present", "size": 28}
+    # the default data root: the BreastMNIST and RetinaMNIST shipped with the package (nothing else here)
+    shipped = {p["dataset"] for p in expand_present([point], None)}
+    assert {"breastmnist", "retinamnist"} <= shipped
+    assert expand_present([point], tmp_path) == []  # an empty --data-root: nothing is present
+    write_synthetic_npz(tmp_path, "pneumoniamnist")
+    assert [p["dataset"] for p in expand_present([point], tmp_path, skip_md5=True)] == ["pneumoniamnist"]
+    assert expand_present([{**point, "dataset": "breastmnist"}], tmp_path) == [{**point, "dataset": "breastmnist"}]
+    # the reproductions config: the primer and MedMNIST v2 at 3 seeds, the kNN side by side at one
+    points = expand_present(load(ROOT / "configs" / "reproductions.yaml").points(), None)
+    by = {}
+    for p in points:
+        by.setdefault((p["backbone"], p["recipe"]), set()).add((p["dataset"], p["seed"]))
+    assert {d for d, _ in by[("simplecnn", "primer")]} == shipped
+    assert len(by[("simplecnn", "primer")]) == len(by[("resnet18_28", "medmnist-v2")]) == 3 * len(shipped)
+    assert len(by[("timm:resnet18.a1_in1k", "medmnistplus")]) == len(shipped)
