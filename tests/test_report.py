@@ -528,3 +528,5 @@ def test_reproductions_put_each_published_number_beside_ours(tmp_path):
     assert d.loc["pneumoniamnist"].reading == "not run here"
     md = "\n".join(" | ".join(c.text for c in row) for row in t.rows)
     assert "0.8782 (1 run) | not run here" in md
+    assert notes == ["No runs here reproduce: ResNet-18 (28) (backbone=resnet18_28 recipe=medmnist-v2 unfreeze=all "
+                     "size=28)."]

@@ -95,12 +95,13 @@ def reproduction_table(a: Analysis, ref: pd.DataFrame) -> tuple[Table | None, li
     """Publication x dataset x metric: the published number, ours (seed mean, interval, single
     runs) and the reading; None when no run here reproduces any reference row."""
     ref = ref[ref.ours.astype(str).str.strip() != ""]
-    rows, recs, notes = [], [], []
+    rows, recs, notes, absent = [], [], [], []
     for method, mr in ref.groupby("method", sort=False):
         want = parse_ours(mr.ours.iloc[0])
         metrics = list(dict.fromkeys(mr.metric))
         ran = {d for d in set(a.rs.rows.dataset) for m in metrics if not matching_runs(a, want, d, m).empty}
         if not ran:
+            absent.append(f"{method} ({mr.ours.iloc[0]})")
             continue
         published_ds = [d for d in dataset_order(mr.dataset) if d not in ran]
         shown_not_run = published_ds if len(published_ds) <= MAX_NOT_RUN_ROWS else []
@@ -134,6 +135,8 @@ def reproduction_table(a: Analysis, ref: pd.DataFrame) -> tuple[Table | None, li
                              "reading": text, "run_ids": " ".join(o["run_ids"])})
     if not rows:
         return None, []
+    if absent:
+        notes.append(f"No runs here reproduce: {'; '.join(absent)}.")
     sources = "; ".join(dict.fromkeys(s for s in (r["source"] for r in recs) if s))
     t = Table("reproductions", "Published numbers beside ours",
               ["publication", "dataset", "metric", "published", "ours: seed mean", "95% interval",
