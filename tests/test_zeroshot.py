@@ -326,3 +326,29 @@ def test_blip_itc_zero_shot(tmp_path, data_root):
     res = api.run("blip", "breastmnist", variant="tiny", weights="random", head="zeroshot", input_size=32,
                   results_dir=tmp_path / "r", data_root=data_root, skip_md5=True, quiet=True)
     assert res.config.readout == "proj" and 0 <= res.metric("auc") <= 1
+
+
+def test_report_starts_label_efficiency_at_zero_labels(data_root, tmp_path):
+    """A report holding zero-shot and shot runs: each label-efficiency curve starts at 0 labels (the
+    zero-shot run), zero-shot rows are in the tables with their template interval, and 'How much
+    adaptation' has its 0-trainable-parameter end."""
+    import pandas as pd
+
+    from bench.report import make_report
+
+    kw = dict(variant="tiny", weights="random", input_size=32, results_dir=tmp_path / "r", data_root=data_root,
+              skip_md5=True, quiet=True)
+    api.run("clip", "breastmnist", head="zeroshot", **kw)
+    for shots in (2, 5):
+        api.run("clip", "breastmnist", head="linear", init="zeroshot", shots=shots, head_epochs=2, **kw)
+    api.run("clip", "breastmnist", head="linear", init="zeroshot", head_epochs=2, **kw)
+    out = tmp_path / "report"
+    make_report(tmp_path / "r", out, formats=("md", "png"), n_boot=50)
+    t = pd.read_csv(out / "tables" / "label_efficiency.csv")
+    assert t.per_class.min() == 0.0 and set(t.budget) == {"zeroshot", "shots", "all"}
+    assert (out / "figures" / "metric_vs_labels.png").exists()
+    z = pd.read_csv(out / "tables" / "zeroshot_templates.csv")
+    assert len(z) == 1 and z["min"].iloc[0] <= z["max"].iloc[0]
+    md = (out / "report.md").read_text()
+    assert "Zero labels: zero-shot from prompts" in md and "0 (zero-shot)" in md
+    assert (out / "figures" / "metric_vs_trainable_parameters.png").exists()
