@@ -5,6 +5,9 @@ The Python API (bench.api) is importable from here without loading torch until i
     import bench
     result = bench.run(backbone="resnet18", dataset="breastmnist", weights="random")
 """
+import sys
+import types
+
 __version__ = "0.2.0"
 
 _API = ("run", "sweep", "report", "load_results", "config")
@@ -17,5 +20,18 @@ def __getattr__(name: str):
         return getattr(api, name)
     raise AttributeError(f"module 'bench' has no attribute {name!r}")
 
+
+class _Package(types.ModuleType):
+    """`bench.sweep` and `bench.report` are subpackages as well as API functions: importing one
+    must not put the package where the function was, so the API's names work in any order in one
+    process (the subpackages stay importable by name: ``from bench.report import make_report``)."""
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if name in _API and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
 
 __all__ = list(_API)

@@ -5,6 +5,7 @@ docs pages with these, and ``python -m bench.docgen`` prints them.
 """
 from __future__ import annotations
 
+import argparse
 import re
 import sys
 from pathlib import Path
@@ -130,11 +131,88 @@ def backbone_table() -> str:
     return markdown_table()
 
 
+CONFIGS = PYPROJECT.parent / "configs"
+
+
+def grid_plan(config: Path) -> dict:
+    """What `bench sweep CONFIG --dry-run --json` reports, computed the same way (nothing is run)."""
+    import contextlib
+    import io
+    import json
+
+    from .sweep import add_sweep_arguments, main
+
+    parser = argparse.ArgumentParser(prog="bench sweep", allow_abbrev=False)
+    add_sweep_arguments(parser)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+        main(parser.parse_args([str(config), "--dry-run", "--json"]))
+    return json.loads(out.getvalue())
+
+
+def grid_table(configs: Path = CONFIGS) -> str:
+    """docs/performance.md's table of the shipped grids: runs and backbone image passes, as the
+    dry run plans them (grids that take `datasets: present` depend on the data root: left out)."""
+    lines = ["| grid | runs | probe runs | trained runs | backbone image passes |", "|---|---|---|---|---|"]
+    for path in sorted(configs.glob("*.yaml")):
+        if "present" in path.read_text():
+            continue
+        d = grid_plan(path)
+        passes = sum(d["image_passes"].values())
+        lines.append(f"| `configs/{path.name}` | {d['runs']} | {d['probe_runs']} | {d['trained_runs']} | "
+                     f"{passes / 1e6:,.2f} M |")
+    return "\n".join(lines)
+
+
+BENCH_RESULTS = PYPROJECT.parent / "benchmarks" / "results.csv"
+
+
+def _latest(benchmark: str, results: Path = BENCH_RESULTS) -> dict[str, dict[str, float]]:
+    """context -> metric -> value of a benchmark's latest row per (context, metric) in results.csv."""
+    import csv
+
+    out: dict[str, dict[str, float]] = {}
+    with open(results, newline="") as f:
+        for row in csv.DictReader(f):
+            if row["benchmark"] == benchmark:
+                out.setdefault(row["context"], {})[row["metric"]] = float(row["value"])
+    return out
+
+
+def throughput_table(results: Path = BENCH_RESULTS) -> str:
+    """docs/performance.md's extraction throughput table, from bench_throughput.py's latest rows."""
+    lines = ["| backbone (variant, input) | images/s | one BreastMNIST probe's extraction |", "|---|---|---|"]
+    for context, m in _latest("throughput", results).items():
+        if "images_per_s" not in m:
+            continue
+        model = context.split(",")[0]
+        extract = m.get("breastmnist_probe_extract_s")
+        lines.append(f"| {model} | {m['images_per_s']:.1f} | " + (f"{extract:.0f} s |" if extract else "— |"))
+    return "\n".join(lines)
+
+
+def probe_table(results: Path = BENCH_RESULTS) -> str:
+    """docs/performance.md's linear probe against extraction, from bench_probe.py's latest rows."""
+    context, m = list(_latest("probe", results).items())[-1]
+    return "\n".join([
+        f"| {context} | seconds |", "|---|---|",
+        f"| extraction pass alone (train+val+test) | {m['extraction_s']:.1f} |",
+        f"| whole `bench run --head linear` (load, extract, 16-head grid x 100 epochs, select, evaluate, write) "
+        f"| {m['probe_s']:.1f} |",
+        f"| naive probe, backbone run every epoch: one epoch | {m['naive_epoch_s']:.1f} |",
+        f"| naive probe, 100 epochs (projected from 2 measured epochs) | {m['naive_100_epochs_projected_s']:.0f} |",
+        "",
+        f"probe / extraction = **{m['probe_over_extraction']:.2f}**; the naive probe would take "
+        f"{m['naive_over_probe']:.0f}x longer."])
+
+
 DOCS = PYPROJECT.parent / "docs"
 # each generated block: its generator and the page that holds it between
 # "<!-- generated: NAME ... -->" and "<!-- /generated: NAME -->"
 GENERATED = {"options": (option_table, "cli.md"), "recipes": (recipe_tables, "recipes.md"),
-             "layers": (layers_table, "how-it-works.md"), "backbones": (backbone_table, "backbones.md")}
+             "layers": (layers_table, "how-it-works.md"), "backbones": (backbone_table, "backbones.md"),
+             "grids": (grid_table, "performance.md"), "throughput": (throughput_table, "performance.md"),
+             "probe": (probe_table, "performance.md")}
 
 
 def _span(text: str, name: str) -> tuple[int, int]:

@@ -65,3 +65,37 @@ def test_docs_build_strict(tmp_path):
                           env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert (site / "index.html").is_file() and (site / "recipes" / "index.html").is_file()
+
+
+def test_every_generated_block_is_current():
+    """Tables the docs derive (options, recipes, layers, backbones, grid sizes and costs from the
+    planner, measured figures from benchmarks/results.csv) equal what their generators give now."""
+    from bench import docgen
+
+    stale = [name for name, (make, _) in docgen.GENERATED.items() if docgen.block(name) != make()]
+    assert not stale, f"stale generated docs blocks {stale}: run python -m bench.docgen --write"
+
+
+def test_the_smoke_grid_size_quoted_in_the_readme_is_the_planned_one():
+    import re
+
+    from bench import docgen
+
+    runs = docgen.grid_plan(ROOT / "configs" / "smoke.yaml")["runs"]
+    for page in (ROOT / "README.md", ROOT / "docs" / "index.md", ROOT / "docs" / "getting-started.md"):
+        quoted = re.findall(r"(\d+) runs", page.read_text())
+        assert quoted and all(int(n) == runs for n in quoted), (page, quoted, runs)
+
+
+def test_a_changed_config_makes_the_grid_table_stale(tmp_path):
+    """The check can fail: one more seed in a copy of the smoke grid changes its row."""
+    import shutil
+
+    from bench import docgen
+
+    shutil.copy(ROOT / "configs" / "smoke.yaml", tmp_path / "smoke.yaml")
+    before = docgen.grid_table(tmp_path)
+    path = tmp_path / "smoke.yaml"
+    path.write_text(path.read_text().replace("seeds: [0, 1]", "seeds: [0, 1, 2]"))
+    after = docgen.grid_table(tmp_path)
+    assert "| 16 |" in before and "| 24 |" in after
