@@ -115,10 +115,24 @@ def cmd_weights(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from .report import make_report
 
+    if args.log:
+        from .tracking import check_available
+
+        check_available(args.log)
     out = make_report(args.results_dir, args.out, baseline=args.baseline, filters=args.filter or [],
                       formats=tuple(args.format), with_reference=args.with_reference, metric=args.metric,
                       n_boot=args.n_boot, seed=args.bootstrap_seed)
     print(f"report written to {out}")
+    if args.log:
+        from .tracking import groups_of, track_report
+
+        from .results import ResultStore
+
+        folder = Path(args.out)
+        groups = [args.log_group] if args.log_group else groups_of(args.results_dir, ResultStore(args.results_dir).run_ids())
+        for where, got in track_report(args.results_dir, folder, args.log, groups).items():
+            if "error" not in got:
+                print(f"report attached to {where}")
     return 0
 
 
@@ -150,10 +164,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="bench", description="Benchmark natural-domain foundation models on MedMNIST+.")
+    p = argparse.ArgumentParser(prog="bench", description="Benchmark natural-domain foundation models on MedMNIST+.",
+                                allow_abbrev=False)  # --log is never read as --log-dir, nor any prefix as a flag
     sub = p.add_subparsers(dest="command", required=True)
 
-    r = sub.add_parser("run", help="one backbone x dataset x protocol x seed")
+    r = sub.add_parser("run", allow_abbrev=False, help="one backbone x dataset x protocol x seed")
     from . import options
 
     options.add_arguments(r)
@@ -161,19 +176,19 @@ def build_parser() -> argparse.ArgumentParser:
                    "trainable parameters; touch nothing")
     r.set_defaults(fn=cmd_run)
 
-    ls = sub.add_parser("ls", help="list datasets, backbones, protocols, options, recipes or a dataset's zero-shot prompts")
+    ls = sub.add_parser("ls", allow_abbrev=False, help="list datasets, backbones, protocols, options, recipes or a dataset's zero-shot prompts")
     ls.add_argument("what", choices=("datasets", "backbones", "protocols", "options", "recipes", "prompts"))
     ls.add_argument("name", nargs="?", default="", help="prompts: the dataset (default: the datasets that have a set)")
     ls.add_argument("--data-root", type=Path)
     ls.add_argument("--wide", action="store_true", help="one line per row, however wide (default: wrapped to 100 columns)")
     ls.set_defaults(fn=cmd_ls)
 
-    w = sub.add_parser("weights", help="which weight files each backbone needs; fetch them")
+    w = sub.add_parser("weights", allow_abbrev=False, help="which weight files each backbone needs; fetch them")
     w.add_argument("action", choices=("ls", "fetch"))
     w.add_argument("names", nargs="*", help="backbone names (ls: default all)")
     w.set_defaults(fn=cmd_weights)
 
-    rep = sub.add_parser("report", help="tables and figures from the results folder")
+    rep = sub.add_parser("report", allow_abbrev=False, help="tables and figures from the results folder")
     rep.add_argument("--results-dir", type=Path, default=Path("results"))
     rep.add_argument("--out", type=Path, default=Path("reports/latest"))
     rep.add_argument("--baseline", help="model the gains are relative to (default: the first of resnet50, "
@@ -184,19 +199,23 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--metric", default="auc")
     rep.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for intervals and paired tests")
     rep.add_argument("--bootstrap-seed", type=int, default=0)
+    rep.add_argument("--log", action="append", choices=("tensorboard", "mlflow", "wandb"),
+                     help="also attach the report's tables and figures to the tracked group(s) of its runs (repeatable)")
+    rep.add_argument("--log-group", metavar="NAME", help="--log: the group (default: the groups its runs were "
+                     "tracked in, else medfm-bench)")
     rep.set_defaults(fn=cmd_report)
 
-    res = sub.add_parser("results", help="what a results folder holds (ls); every run as one tidy table (export)")
+    res = sub.add_parser("results", allow_abbrev=False, help="what a results folder holds (ls); every run as one tidy table (export)")
     res_sub = res.add_subparsers(dest="action", required=True)
-    res_ls = res_sub.add_parser("ls", help="runs done and failed per model x dataset")
-    res_ex = res_sub.add_parser("export", help="every run merged into one tidy CSV or Parquet table")
+    res_ls = res_sub.add_parser("ls", allow_abbrev=False, help="runs done and failed per model x dataset")
+    res_ex = res_sub.add_parser("export", allow_abbrev=False, help="every run merged into one tidy CSV or Parquet table")
     res_ex.add_argument("--out", type=Path, required=True, help="FILE.csv or FILE.parquet")
     res_ex.add_argument("--filter", action="append", help="KEY=VALUE, e.g. dataset=breastmnist (repeatable)")
     for q in (res_ls, res_ex):
         q.add_argument("--results-dir", type=Path, default=Path("results"))
     res.set_defaults(fn=cmd_results)
 
-    ex = sub.add_parser("explain", help="Grad-CAM / attention rollout, filters and feature maps of finished runs")
+    ex = sub.add_parser("explain", allow_abbrev=False, help="Grad-CAM / attention rollout, filters and feature maps of finished runs")
     ex.add_argument("run_ids", nargs="+", metavar="RUN_ID", help="one or more run ids (or unique prefixes); "
                     "several: also a comparison sheet on the same images")
     ex.add_argument("--method", default="gradcam", help="gradcam | gradcam++ | scorecam | eigencam | rollout (ViTs)")
@@ -211,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                       "skip_md5", "quiet"))
     ex.set_defaults(fn=cmd_explain)
 
-    sw = sub.add_parser("sweep", help="a grid of runs from a YAML file and/or flags")
+    sw = sub.add_parser("sweep", allow_abbrev=False, help="a grid of runs from a YAML file and/or flags")
     from .sweep import add_sweep_arguments  # light import (no torch): bench --help stays fast
     add_sweep_arguments(sw)
     sw.set_defaults(fn=cmd_sweep)

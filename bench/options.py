@@ -56,6 +56,7 @@ class Option:
     # so every earlier run keeps its id and result file
     late: bool = False
     pattern: str | None = None         # a str value must match this regex in full (e.g. --device)
+    multiple: bool = False             # several values (the flag repeated, a YAML list): a tuple
 
     @property
     def flag(self) -> str:
@@ -65,6 +66,8 @@ class Option:
         """Validate one (already typed) value; None means "not given"."""
         if value is None:
             return None
+        if self.multiple and isinstance(value, (list, tuple)):
+            return tuple(dict.fromkeys(self.check(v) for v in value))  # each once, in order
         if self.choices is not None and value not in self.choices:
             raise UserError(f"unknown {self.flag[2:]} {value!r}; {did_you_mean(str(value), self.choices)}")
         if self.pattern is not None and not re.fullmatch(self.pattern, str(value)):
@@ -91,6 +94,8 @@ class Option:
         if value is None:
             return None
         label = where or self.name
+        if self.multiple:
+            return tuple(self.coerce(v, where) for v in (value if isinstance(value, (list, tuple)) else [value]))
         if self.type is bool:
             if not isinstance(value, bool):
                 raise UserError(f"{label}: expected true or false, got {value!r}")
@@ -267,6 +272,12 @@ OPTIONS: tuple[Option, ...] = (
            "dataset (0: the cores this run may use: all, or in a sweep with --workers W, cores / W); at most "
            "that share"),
     O("quiet", bool, False, group=WHERE, scope="exec", short="-q", help="no progress output"),
+    O("log", str, None, group=WHERE, scope="exec", multiple=True, choices=("tensorboard", "mlflow", "wandb"),
+      help="also track the run in this tracker, after its result is written (repeatable; a tracker that fails "
+           "is one warning, never a failed run; docs/tracking.md)"),
+    O("log_group", str, None, group=WHERE, scope="exec", metavar="NAME",
+      help="--log: the group of tracked runs (MLflow experiment, W&B group, TensorBoard folder; default: "
+           "bench run: medfm-bench, bench sweep: the YAML's name: or file name)"),
 )
 del O
 
@@ -316,7 +327,10 @@ def add_arguments(parser: argparse.ArgumentParser, *, many: bool = False, only: 
         flags = [o.flag] + ([o.short] if o.short else [])
         text = o.help_text() + _dynamic_help(o.name)
         text = text.replace("%", "%%")  # argparse formats help with %
-        if o.type is bool:
+        if o.multiple:  # repeated, in `bench run` and `bench sweep` alike
+            g.add_argument(*flags, dest=o.name, action="append", type=o.type, default=None,
+                           metavar=o.metavar, help=text)
+        elif o.type is bool:
             if many:
                 g.add_argument(*flags, dest=o.name, action=argparse.BooleanOptionalAction, default=None, help=text)
             else:

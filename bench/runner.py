@@ -8,7 +8,7 @@ import time
 
 from backbones.base import Backbone
 
-from . import assemble, metrics
+from . import assemble, metrics, tracking
 from .cache import FeatureCache
 from .run_config import RunConfig, RunOptions
 from .protocol import ProtocolOutput
@@ -27,6 +27,7 @@ def execute(cfg: RunConfig, opts: RunOptions, *, model: Backbone | None = None,
     ``cache``: the feature cache to use (default: ``opts.cache_dir``). ``lock``: hold the run's
     lock while it runs, so two processes never run one id at once (False: the caller holds it)."""
     check_settings()  # a BENCH_* number that is not one: one line now, not a traceback mid-run
+    tracking.check_available(opts.log)  # --log with its library missing: one line, before anything runs
     cfg = bind_data(cfg, opts)  # a different file under the same dataset name is a different run
     store = ResultStore(opts.results_dir)
     if store.is_done(cfg.run_id) and not opts.force:
@@ -56,4 +57,6 @@ def execute(cfg: RunConfig, opts: RunOptions, *, model: Backbone | None = None,
         store.write_run(cfg, by_split, {**ctx.record(out), "definitions": definition_versions(cfg)}, (y_test, out.test_scores), out.curves, layers=layers,
                         model_files=out.files)
         protocol.finished(cfg, opts)  # e.g. drop a resume checkpoint: only now, after the results are written
+        if opts.log:  # from the written files; a tracker failure is one warning, recorded in the meta
+            tracking.track_run(opts.results_dir, cfg.run_id, opts.log, opts.log_group)
         return RunResult.read(store, cfg.run_id, status="done")

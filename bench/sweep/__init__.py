@@ -103,6 +103,22 @@ def _options(execution: dict, verbose: bool):
                           "force": False, "quiet": not verbose})
 
 
+def _sweep_name(args: argparse.Namespace) -> str:
+    """The tracked group of a sweep (--log without --log-group): the YAML's ``name:``, else its file
+    name, else "sweep" (flags only)."""
+    config = getattr(args, "config", None)
+    if not config:
+        return "sweep"
+    import yaml
+
+    try:
+        doc = yaml.safe_load(Path(config).read_text())
+    except (OSError, yaml.YAMLError):
+        doc = None
+    name = doc.get("name") if isinstance(doc, dict) else None
+    return str(name) if name else Path(config).stem
+
+
 def _prefetch(cfgs, opts) -> None:
     """Download missing dataset files once, here, before workers race for them (compute nodes
     are often offline, login nodes are not)."""
@@ -135,6 +151,14 @@ def main(args: argparse.Namespace) -> int:
     quiet = bool(grid.execution.get("quiet"))
     shard, shard_src = _shard(args, conf, executor)
     opts = _options(grid.execution, verbose)
+    if opts.log:
+        from dataclasses import replace
+
+        from ..tracking import check_available
+
+        check_available(opts.log)  # a missing tracker library: one line before anything runs
+        if not opts.log_group:  # the sweep's runs are one tracked group
+            opts = replace(opts, log_group=_sweep_name(args))
     points = expand_present(grid.points(), opts.data_root, bool(opts.skip_md5))  # `datasets: present`
     plan = Plan.build(points, shard, opts)
 
