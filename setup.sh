@@ -11,7 +11,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -c "import torch, torchvision" 2>/dev/null \
     || .venv/bin/python -m pip install -q "torch==${TORCH_VERSION:-2.14.1}" "torchvision==${TORCHVISION_VERSION:-0.29.1}"
-  .venv/bin/python -m pip install -q -e ".[test,docs]"
+  .venv/bin/python -m pip install -q -e ".[test,docs,tracking]"
   .venv/bin/python -m pip install -q --no-deps "clip-benchmark>=1.6"  # the test-zeroshot extra, without its retrieval deps
   if [ -d examples/bench-plugin-example ]; then
     .venv/bin/python -m pip install -q -e examples/bench-plugin-example
