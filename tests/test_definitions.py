@@ -91,6 +91,13 @@ def test_a_bumped_definition_reruns_and_keeps_the_old_files(tmp_path, data_root,
     rs = load_runs(results)
     err = capsys.readouterr().err
     assert list(rs.runs.run_id) == [new] and "left out 1 run(s) made before a definition changed" in err
+    # the export lists every run, each with the definitions it ran with, as bench.load_results does
+    import bench
+    from bench.report.export import tidy_table
+
+    table = tidy_table(results)
+    assert set(table.run_id) == {old, new} == set(bench.load_results(results).run_id)
+    assert set(table.drop_duplicates("run_id").definitions) == {"", "backbone:dummy@tiny=2"}
 
 
 def test_protocols_and_recipes_carry_versions():

@@ -27,7 +27,7 @@ def tidy_table(results_dir: Path, filters: list[str] | tuple[str, ...] = ()) -> 
     adapt), its task, creation date, git revision and device, ``layer`` (a layer-wise run's block;
     empty on the rows of the layer it selected) and ``caveats`` (the report's marks for that
     metric, bench.report.caveats). Config keys a run lacks are empty."""
-    rs = load_results(Path(results_dir), list(filters))
+    rs = load_results(Path(results_dir), list(filters), all_definitions=True)
     rows = rs.all_rows
     cfg_keys = sorted({k for m in rs.meta.values() for k in (m.get("config") or {})} - set(ROW_COLUMNS))
     per_run = {}
@@ -92,7 +92,7 @@ def status_table(results_dir: Path) -> pd.DataFrame:
         raise UserError(f"results folder {root} does not exist; run `bench run ...` or `bench sweep ...` first")
     frames, meta, status = [], {}, {}
     if ResultStore(root).result_csvs():
-        rs = load_results(root)
+        rs = load_results(root, all_definitions=True)
         runs = rs.all_rows.drop_duplicates("run_id").set_index("run_id")  # every kind of run
         frames.append(runs[list(ROW_COLUMNS[1:12])])
         meta.update(rs.meta)

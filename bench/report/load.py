@@ -96,7 +96,8 @@ class RunSet:
         return {str(k): str(v) for k, v in (self.meta.get(run_id, {}).get("labels") or {}).items()}
 
 
-def load_results(results_dir: Path, filters: list[str] | tuple[str, ...] = ()) -> RunSet:
+def load_results(results_dir: Path, filters: list[str] | tuple[str, ...] = (), *, all_definitions: bool = False
+                 ) -> RunSet:
     from ..results import ResultStore
 
     root = Path(results_dir)
@@ -118,7 +119,8 @@ def load_results(results_dir: Path, filters: list[str] | tuple[str, ...] = ()) -
         raise UserError(f"no valid runs in {runs_dir}: {len(skipped)} skipped, e.g. {skipped[0]['file']}: "
                         f"{skipped[0]['reason']}")
     rows = pd.concat(frames, ignore_index=True)
-    rows = newest_definitions(rows, meta)
+    if not all_definitions:  # a report compares; an export lists every run (its config has `definitions`)
+        rows = newest_definitions(rows, meta)
     # --adapt is in the run's config, not its rows: LoRA and BitFit runs get sections of their own
     adapt = {r: _norm(((meta.get(r) or {}).get("config") or {}).get("adapt")) for r in rows.run_id.unique()}
     rows = rows.assign(adapt=rows.run_id.map(lambda r: "" if adapt[r] in ("", "none") else adapt[r]))
