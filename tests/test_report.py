@@ -530,3 +530,15 @@ def test_reproductions_put_each_published_number_beside_ours(tmp_path):
     assert "0.8782 (1 run) | not run here" in md
     assert notes == ["No runs here reproduce: ResNet-18 (28) (backbone=resnet18_28 recipe=medmnist-v2 unfreeze=all "
                      "size=28)."]
+
+
+def test_a_multiclass_brier_above_one_is_in_range(tmp_path):
+    """bench.metrics.brier sums over classes for multi-class tasks: up to 2 (one-hot kNN votes reach 1.08)."""
+    from bench.report.load import _check_run
+
+    def df(value):
+        return pd.DataFrame({"run_id": ["r1"], "layer": [""], "split": ["val"], "metric": ["brier"], "value": [value]})
+
+    assert _check_run(None, tmp_path / "r1.csv", df(1.08333), {}) == "r1"
+    with pytest.raises(UserError, match="val brier = 2.5 is out of its range"):
+        _check_run(None, tmp_path / "r1.csv", df(2.5), {})
