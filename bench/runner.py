@@ -29,6 +29,7 @@ def execute(cfg: RunConfig, opts: RunOptions, *, model: Backbone | None = None,
     check_settings()  # a BENCH_* number that is not one: one line now, not a traceback mid-run
     tracking.check_available(opts.log)  # --log with its library missing: one line, before anything runs
     cfg = bind_data(cfg, opts)  # a different file under the same dataset name is a different run
+    definitions = definition_versions(cfg)  # recorded with the result: what each definition's version was
     store = ResultStore(opts.results_dir)
     if store.is_done(cfg.run_id) and not opts.force:
         log(f"{cfg.run_id}: already done ({store.csv_path(cfg.run_id)}); --force to rerun", opts.quiet)
@@ -54,7 +55,7 @@ def execute(cfg: RunConfig, opts: RunOptions, *, model: Backbone | None = None,
         by_split = scored(out)
         layers = {k: (scored(o), o.test_scores) for k, o in out.layers.items()} if out.layers else None
         ctx.timings.values["total_s"] = time.perf_counter() - t0
-        store.write_run(cfg, by_split, {**ctx.record(out), "definitions": definition_versions(cfg)}, (y_test, out.test_scores), out.curves, layers=layers,
+        store.write_run(cfg, by_split, {**ctx.record(out), "definitions": definitions}, (y_test, out.test_scores), out.curves, layers=layers,
                         model_files=out.files)
         protocol.finished(cfg, opts)  # e.g. drop a resume checkpoint: only now, after the results are written
         if opts.log:  # from the written files; a tracker failure is one warning, recorded in the meta
