@@ -16,7 +16,7 @@ from safetensors.torch import save_file
 
 import backbones
 from backbones import deit, dino, dinov2
-from bench.config import parse_unfreeze
+from bench.run_config import parse_unfreeze
 from bench.errors import UserError
 from test_adapters_foundation import check_unfreeze
 

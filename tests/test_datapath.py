@@ -174,7 +174,7 @@ def test_compile_that_fails_warns_once_and_runs_eager(capsys, data_root, tmp_pat
 
 
 def test_execution_options_enter_the_cache_key_only_when_on():
-    from bench.config import make_run_options
+    from bench.run_config import make_run_options
     from bench.context import feature_parts
     from bench.execution import cache_parts
     from bench.resolve import resolve

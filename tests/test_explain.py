@@ -16,7 +16,7 @@ import torch
 
 import backbones
 from bench.cli import main
-from bench.config import make_run_options
+from bench.run_config import make_run_options
 from bench.errors import UserError
 from bench.explain import heatmaps, stage_outputs
 from bench.explain.cams import layer_names
@@ -397,7 +397,7 @@ def test_rebuilt_scores_in_the_runs_precision_heatmaps_in_fp32(monkeypatch, caps
 def test_lora_run_saved_with_save_model_is_explained(env, capsys):
     from safetensors.torch import load_file
 
-    from bench.config import RunConfig
+    from bench.run_config import RunConfig
     from bench.assemble import build_backbone
 
     run_id = _run(env, "--backbone", "dummy", "--unfreeze", "last1", "--adapt", "lora", "--epochs", "2",

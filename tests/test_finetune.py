@@ -21,7 +21,7 @@ import backbones
 import bench.train
 from bench import augment
 from bench.cli import main
-from bench.config import parse_unfreeze
+from bench.run_config import parse_unfreeze
 from bench.errors import UserError
 from bench.resolve import resolve
 from bench.train import Checkpoint, class_weights, epoch_order, lr_factor, param_groups, plan_for
