@@ -529,7 +529,7 @@ MEDICAL = {
 
 
 def test_listed_with_source_and_license(capsys):
-    assert main(["ls", "backbones"]) == 0
+    assert main(["ls", "backbones", "--wide"]) == 0
     out = capsys.readouterr().out
     for name in MEDICAL:
         spec = backbones.get(name).spec

@@ -343,12 +343,15 @@ def test_shipped_medmnist_files_are_the_fallback(tmp_path, capsys, monkeypatch):
     from bench.datasets import medmnist as M
 
     monkeypatch.setattr(M, "_TOLD", set())
-    ds = datasets.load("breastmnist", 28, LoadOptions(root=tmp_path / "empty", download=False))
+    monkeypatch.setenv("MEDMNIST_ROOT", str(tmp_path / "empty"))  # the default root holds nothing
+    ds = datasets.load("breastmnist", 28, LoadOptions(download=False))
     assert ds.path.parent.name == "medmnist" and len(ds.splits["train"]) == 546
     assert "using the copy shipped with medfm-bench" in capsys.readouterr().err
-    assert datasets.source_for("breastmnist").missing("breastmnist", 28, LoadOptions(root=tmp_path)) == []
+    assert datasets.source_for("breastmnist").missing("breastmnist", 28, LoadOptions()) == []
+    # a data root the user names gets no stand-in: the file is missing there
+    assert datasets.source_for("breastmnist").missing("breastmnist", 28, LoadOptions(root=tmp_path)) == ["breastmnist.npz"]
     assert datasets.all_names() == datasets.source_for("breastmnist").names()  # own data is never `all`
-    assert main(["ls", "datasets", "--data-root", str(tmp_path / "empty")]) == 0
+    assert main(["ls", "datasets", "--wide"]) == 0
     rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.strip()}
     assert "28 (shipped)" in rows["breastmnist"] and "28 (shipped)" in rows["retinamnist"]
     assert "(shipped)" not in rows["pneumoniamnist"]
@@ -360,7 +363,8 @@ def test_retinamnist_ships_in_parts_and_is_joined_md5_checked(tmp_path, monkeypa
 
     monkeypatch.setenv("BENCH_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setattr(M, "_SHIPPED", {})
-    ds = datasets.load("retinamnist", 28, LoadOptions(root=tmp_path / "empty", download=False))
+    monkeypatch.setenv("MEDMNIST_ROOT", str(tmp_path / "empty"))  # the default root holds nothing
+    ds = datasets.load("retinamnist", 28, LoadOptions(download=False))
     assert {k: len(v) for k, v in ds.splits.items()} == {"train": 1080, "val": 120, "test": 400}
     joined = tmp_path / "cache" / "samples" / "retinamnist.npz"
     assert ds.path == joined and M.md5sum(joined) == M.expected_md5("retinamnist", 28)

@@ -125,7 +125,7 @@ def test_paper_yaml_dry_run_shows_the_recipe(capsys, tmp_path):
 
 
 def test_ls_recipes_lists_every_value(capsys):
-    assert main(["ls", "recipes"]) == 0
+    assert main(["ls", "recipes", "--wide"]) == 0
     out = capsys.readouterr().out
     for r in recipes.RECIPES.values():
         assert f"{r.name}: " in out

@@ -331,13 +331,14 @@ class MedMNISTSource(DatasetSource):
         return MODALITY.get(self._flag(dataset), "")
 
     def list_rows(self, root: Path | None) -> list[list[str]]:
+        serves = shipped_serves(root)  # a --data-root the user names gets no stand-in
         root = Path(root or default_root())
         rows = []
         for flag in flags():
             i = info(flag)
             n = i["n_samples"]
             local = [str(s) for s in SIZES if (root / file_name(flag, s)).exists()]
-            local += [f"{s} (shipped)" for s in SIZES if str(s) not in local and ships(flag, s)]
+            local += [f"{s} (shipped)" for s in SIZES if serves and str(s) not in local and ships(flag, s)]
             rows.append([flag, i["task"], str(len(i["label"])), str(i["n_channels"]), str(n["train"]),
                          str(n["val"]), str(n["test"]), ",".join(local) or "-", f"medmnist ({root})"])
         return rows
