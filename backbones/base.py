@@ -61,6 +61,12 @@ class Spec:
     def version(self, variant: str) -> int:
         return int(self.versions.get(variant, 1))
 
+    def text_refusal(self, variant: str) -> str:
+        """Why ``variant`` has no text tower for zero-shot runs ("" = it has one): checked when a
+        zero-shot config is resolved, before anything is built. Families with variants of both kinds
+        override it."""
+        return "" if self.text_readout else f"{self.name} ({self.family}) is an image model without one"
+
     def is_test_model(self, variant: str) -> bool:
         """A random-init model for the test suite, not the family's real model: every variant of
         the ``dummy`` family, and a real family's ``tiny`` variant (3 blocks, width 32)."""
@@ -123,14 +129,6 @@ class Backbone(nn.Module):
         ``readout``. Adapters whose readout only fits the last block's output override it."""
         return self.readout(h)
 
-    def normalization(self) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
-        """(mean, std) the weights were trained with; adapters whose variants differ override."""
-        return getattr(self, "_normalization", None) or (self.spec.mean, self.spec.std)
-
-    @property
-    def num_blocks(self) -> int:
-        return len(self.blocks)
-
     def text_tower(self) -> "TextTower":
         """The text side of a vision-language model, built only when a zero-shot run asks for it
         (`--head zeroshot`, `--init zeroshot`): prompts -> embeddings in the space of the
@@ -141,6 +139,14 @@ class Backbone(nn.Module):
         raise UserError(f"--head zeroshot needs a text tower: {self.spec.name} ({self.spec.family}) is an image "
                         f"model without one; use a vision-language backbone (clip, biomedclip, blip) or "
                         f"--head linear|knn")
+
+    def normalization(self) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+        """(mean, std) the weights were trained with; adapters whose variants differ override."""
+        return getattr(self, "_normalization", None) or (self.spec.mean, self.spec.std)
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.blocks)
 
     def run_blocks(self, h: torch.Tensor, start: int = 0, stop: int | None = None) -> torch.Tensor:
         for block in self.blocks[start:stop]:
@@ -236,14 +242,6 @@ class Backbone(nn.Module):
 
 
 @dataclass
-class AttentionMaps:
-    """What attention rollout needs: per block (B, heads, N, N) softmax weights over all tokens,
-    and the token rows the readout reads (a class token; None: every patch token, mean-pooled)."""
-
-    maps: list[torch.Tensor]
-    query_rows: slice | None = None
-
-@dataclass
 class TextTower:
     """What zero-shot heads need of a vision-language model's text side (``Backbone.text_tower``).
 
@@ -257,6 +255,14 @@ class TextTower:
     name: str
     fingerprint: str = ""
 
+
+@dataclass
+class AttentionMaps:
+    """What attention rollout needs: per block (B, heads, N, N) softmax weights over all tokens,
+    and the token rows the readout reads (a class token; None: every patch token, mean-pooled)."""
+
+    maps: list[torch.Tensor]
+    query_rows: slice | None = None
 
 
 def layer_names(blocks: Sequence[nn.Module], within: str = "") -> tuple[str, ...]:
