@@ -139,7 +139,7 @@ def test_killed_fine_tune_resumes_on_cuda(data_root, tmp_path, monkeypatch, caps
     monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)  # same kernels in both runs
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
     args = ["run", "--backbone", "dummy", "--weights", "random", "--unfreeze", "last1", "--epochs", "4",
-            "--batch-size", "16", "--augment", "light"]
+            "--batch-size", "16", "--augment", "light", "--checkpoint-every", "1e-9"]
     assert main([*args, *_common(data_root, tmp_path / "ref"), "-q"]) == 0
     save = Checkpoint.save
 

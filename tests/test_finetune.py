@@ -350,8 +350,11 @@ def test_deit_head_on_every_adapter(capsys, data_root, tmp_path, captured, name)
 
 # --- 6. interrupted fine-tunes -----------------------------------------------------------------
 
+# a short --checkpoint-every: saved at the end of the first epoch 10 ms after the last save (the
+# default, minutes, would save only when training ends)
 RESUME_ARGS = ["--backbone", "dummy", "--weights", "random", "--unfreeze", "last1", "--epochs", "8",
-               "--batch-size", "16", "--lr", "1e-3"]
+               "--batch-size", "16", "--lr", "1e-3", "--checkpoint-every", "0.01"]
+EVERY_EPOCH = ["--checkpoint-every", "1e-9"]  # every epoch ends later than that after the last save
 
 
 def leftovers(*folders: Path) -> list[Path]:
@@ -419,7 +422,7 @@ def interrupt_after_epoch(monkeypatch, epoch: int) -> None:
 ], ids=["linear", "augment+sampler", "all-blocks", "mlp-head"])
 def test_interrupted_run_resumes_to_the_same_numbers(capsys, data_root, tmp_path, monkeypatch, extra):
     args = ["--backbone", "dummy", "--weights", "random", "--unfreeze", "last1", "--epochs", "4",
-            "--batch-size", "32", "--lr", "1e-3", *extra]
+            "--batch-size", "32", "--lr", "1e-3", *EVERY_EPOCH, *extra]
     ref = tmp_path / "ref"
     run_id = run_ok(capsys, *args, *common(data_root, ref))
     results = tmp_path / "r"
@@ -452,7 +455,8 @@ def test_checkpoint_that_fails_half_way_through_loading_restarts_cleanly(capsys,
     """A checkpoint whose weights load but whose optimizer state does not (e.g. written by code
     with other parameter groups) is discarded; the restart must then begin from the initial
     weights, not from the half-loaded ones."""
-    args = ["--backbone", "dummy", "--weights", "random", "--unfreeze", "last1", "--epochs", "3", "--lr", "1e-3"]
+    args = ["--backbone", "dummy", "--weights", "random", "--unfreeze", "last1", "--epochs", "3", "--lr", "1e-3",
+            *EVERY_EPOCH]
     ref = tmp_path / "ref"
     run_id = run_ok(capsys, *args, *common(data_root, ref))
     results = tmp_path / "r"
