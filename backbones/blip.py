@@ -251,19 +251,7 @@ def resize_pos_embed(pos: torch.Tensor, grid: int) -> torch.Tensor:
 def text_files(name: str):
     """The folder (HF cache snapshot) of BLIP's tokenizer files (bert-base-uncased); one line naming
     them when they are not cached and cannot be downloaded."""
-    from pathlib import Path
-
-    found = [hub.hf_cached(TEXT_REPO, f) for f in TEXT_FILES]
-    if all(found):
-        return Path(found[0]).parent
-    try:
-        paths = [hub.hf_file(TEXT_REPO, f, name=name) for f in TEXT_FILES]
-    except UserError as e:
-        why = str(e).rsplit("(", 1)[-1].split(")")[0] if "(" in str(e) else str(e)
-        raise UserError(f"--head zeroshot: {name}'s text encoder needs BLIP's BERT tokenizer from the Hugging Face "
-                        f"hub: {', '.join(TEXT_FILES)} of {TEXT_REPO}, not in the HF cache ({why}); fetch them once "
-                        f"online (huggingface-cli download {TEXT_REPO} {' '.join(TEXT_FILES)})") from None
-    return Path(paths[0]).parent
+    return hub.hf_folder(TEXT_REPO, TEXT_FILES, name=name, what=f"{name}'s text encoder needs BLIP's BERT tokenizer")
 
 
 def load_blip(backbone: BLIPBackbone, sd: dict[str, torch.Tensor], *, name: str, source: str) -> None:

@@ -55,6 +55,22 @@ def hf_cached(repo_id: str, filename: str) -> str | None:
     return found if isinstance(found, str) else None
 
 
+def hf_folder(repo_id: str, filenames: tuple[str, ...] | list[str], *, name: str, what: str) -> Path:
+    """The folder (HF cache snapshot) holding ``filenames`` of ``repo_id``; one line naming them when
+    they are not cached and cannot be downloaded (``what``: what needs them, e.g. a text tower)."""
+    found = [hf_cached(repo_id, f) for f in filenames]
+    if all(found):
+        return Path(found[0]).parent
+    try:
+        paths = [hf_file(repo_id, f, name=name) for f in filenames]
+    except UserError as e:
+        why = str(e).rsplit("(", 1)[-1].split(")")[0] if "(" in str(e) else str(e)
+        raise UserError(f"--head zeroshot: {what} from the Hugging Face hub: {', '.join(filenames)} of {repo_id}, "
+                        f"not in the HF cache ({why}); fetch them once online "
+                        f"(huggingface-cli download {repo_id} {' '.join(filenames)})") from None
+    return Path(paths[0]).parent
+
+
 def hf_file(repo_id: str, filename: str, *, name: str) -> str:
     """Path of ``filename`` from the Hugging Face repo, from the cache or downloaded into it."""
     from huggingface_hub import constants, hf_hub_download
