@@ -12,8 +12,10 @@ model's own output at build time; a model where that fails is refused with a Use
 """
 from __future__ import annotations
 
+import json
 import re
 from functools import lru_cache
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -27,36 +29,18 @@ from .vit_common import READOUTS, TimmMethods, TimmViT, create_model, mirror, vi
 
 VIT_MODULES = ("vision_transformer", "deit", "vision_transformer_hybrid")
 STAGE_LIST = re.compile(r"(layer|s)[1-9]\d*$")  # ResNet layer1..4, RegNet s1..4
+SPEC_MEMO_VERSION = 1  # bump when _describe records other facts
 
 
 @lru_cache(maxsize=32)
 def adapter_for(name: str) -> Adapter:
     """The Adapter for ``timm:name``; the name's pretrained tag (or timm's default) is the variant."""
-    import timm
-
-    arch, _, tag = name.partition(".")
-    if not arch or not timm.is_model(arch):
-        raise UserError(f"timm has no model {name!r}; "
-                        f"{did_you_mean(name, timm.list_models() + timm.list_pretrained())}")
-    tags = [n.partition(".")[2] for n in timm.list_pretrained(f"{arch}.*")]
-    if tag and tag not in tags:
-        hint = did_you_mean(tag, tags) if tags else "it has no pretrained weights (use timm:" + arch + ")"
-        raise UserError(f"timm model {arch!r} has no pretrained tag {tag!r}; {hint}")
-    cfg_obj = timm.models.get_pretrained_cfg(name)
-    cfg = cfg_obj.to_dict() if cfg_obj is not None else {}
-    variant = tag or cfg.get("tag") or "none"
-    model_name = arch if variant == "none" else f"{arch}.{variant}"
-    vit = timm.models.is_model_in_modules(arch, VIT_MODULES)
-    eva = timm.models.is_model_in_modules(arch, timm_special.EVA_MODULES)  # token ViTs with the same readouts
-    mean, std = cfg.get("mean", IMAGENET_MEAN), cfg.get("std", IMAGENET_STD)
+    d = _described(name)
+    model_name, vit, eva = d["model_name"], d["vit"], d["eva"]
     spec = Spec(
-        name=f"timm:{name}", family="timm", variants=(variant,), default_variant=variant,
-        input_size=int(cfg.get("input_size", (3, 224, 224))[-1]),
-        mean=tuple(mean) if len(mean) == 3 else IMAGENET_MEAN,
-        std=tuple(std) if len(std) == 3 else IMAGENET_STD,
-        weights_source=(f"HF hub {cfg['hf_hub_id']}" if cfg.get("hf_hub_id")
-                        else cfg.get("url") or "none (random init only)"),
-        license=cfg.get("license") or "see the timm model card",
+        name=f"timm:{name}", family="timm", variants=(d["variant"],), default_variant=d["variant"],
+        input_size=d["input_size"], mean=tuple(d["mean"]), std=tuple(d["std"]),
+        weights_source=d["weights_source"], license=d["license"],
         readouts=("default", *READOUTS) if vit or eva else ("default",),
         description=f"timm {model_name}",
         facts=MetaFacts(model_name),
@@ -84,6 +68,71 @@ def adapter_for(name: str) -> Adapter:
         return [WeightFile("hf", *loc)] if loc else []
 
     return Adapter(spec, build, files)
+
+
+def _describe(name: str) -> dict:
+    """What the Spec of ``timm:name`` is made of, from timm's registry (imports timm)."""
+    import timm
+
+    arch, _, tag = name.partition(".")
+    if not arch or not timm.is_model(arch):
+        raise UserError(f"timm has no model {name!r}; "
+                        f"{did_you_mean(name, timm.list_models() + timm.list_pretrained())}")
+    tags = [n.partition(".")[2] for n in timm.list_pretrained(f"{arch}.*")]
+    if tag and tag not in tags:
+        hint = did_you_mean(tag, tags) if tags else "it has no pretrained weights (use timm:" + arch + ")"
+        raise UserError(f"timm model {arch!r} has no pretrained tag {tag!r}; {hint}")
+    cfg_obj = timm.models.get_pretrained_cfg(name)
+    cfg = cfg_obj.to_dict() if cfg_obj is not None else {}
+    variant = tag or cfg.get("tag") or "none"
+    mean, std = cfg.get("mean", IMAGENET_MEAN), cfg.get("std", IMAGENET_STD)
+    return {"variant": variant, "model_name": arch if variant == "none" else f"{arch}.{variant}",
+            "vit": bool(timm.models.is_model_in_modules(arch, VIT_MODULES)),
+            # token ViTs with the same readouts
+            "eva": bool(timm.models.is_model_in_modules(arch, timm_special.EVA_MODULES)),
+            "input_size": int(cfg.get("input_size", (3, 224, 224))[-1]),
+            "mean": list(mean) if len(mean) == 3 else list(IMAGENET_MEAN),
+            "std": list(std) if len(std) == 3 else list(IMAGENET_STD),
+            "weights_source": (f"HF hub {cfg['hf_hub_id']}" if cfg.get("hf_hub_id")
+                               else cfg.get("url") or "none (random init only)"),
+            "license": cfg.get("license") or "see the timm model card"}
+
+
+def _memo_path() -> Path | None:
+    """Where what _describe found is remembered for this timm version (its registry is code: one
+    version always says the same), so planning a sweep over timm models need not import timm."""
+    from importlib import metadata
+
+    from bench.env import default_cache_dir
+
+    try:
+        version = metadata.version("timm")
+    except metadata.PackageNotFoundError:
+        return None
+    return default_cache_dir() / "timm-specs" / f"timm-{version}-v{SPEC_MEMO_VERSION}.json"
+
+
+def _described(name: str) -> dict:
+    """``_describe(name)``, remembered on disk per timm version (a name timm refuses is not)."""
+    path = _memo_path()
+    memo: dict = {}
+    if path is not None:
+        try:
+            memo = json.loads(path.read_text())
+        except (OSError, ValueError):
+            memo = {}
+        if isinstance(memo, dict) and isinstance(memo.get(name), dict):
+            return memo[name]
+    described = _describe(name)
+    if path is not None:
+        try:  # a cache that cannot be written costs the next process an import of timm, nothing else
+            from bench.fsio import atomic_write_text
+
+            atomic_write_text(path, json.dumps({**(memo if isinstance(memo, dict) else {}), name: described},
+                                               indent=0), "timm spec memo")
+        except Exception:
+            pass
+    return described
 
 
 class MetaFacts(dict):

@@ -10,6 +10,7 @@ indices). Only bytes move here: float conversion, resize and normalisation stay 
 """
 from __future__ import annotations
 
+import mmap
 import queue
 import threading
 import warnings
@@ -33,10 +34,12 @@ def rows(index: Index, n: int) -> int:
 
 def gather(source: np.ndarray, index: Index, out: np.ndarray | None = None) -> np.ndarray:
     """``source[index]`` as an array of its own (into ``out`` when given): the read happens here,
-    not later on the first touch of a memory-mapped view."""
+    not later on the first touch of a memory-mapped view. The pages of a consecutive batch read
+    from a read-only memory map leave this process's resident set once copied (``release``)."""
     if out is not None:
         if isinstance(index, slice):
             np.copyto(out, source[index])
+            release(source, index)
         else:
             np.take(source, index, axis=0, out=out)
         return out
@@ -44,7 +47,33 @@ def gather(source: np.ndarray, index: Index, out: np.ndarray | None = None) -> n
     if (isinstance(index, slice) and isinstance(got, np.memmap)) or not got.flags.c_contiguous \
             or not got.flags.writeable:
         got = np.array(got, copy=True, order="C")  # a plain, writable array (no file behind it)
+        if isinstance(index, slice):
+            release(source, index)
     return np.asarray(got)
+
+
+def release(source: np.ndarray, index: slice) -> None:
+    """Drop the pages of rows ``index`` of a read-only memory map from this process's resident set
+    (madvise DONTNEED: they stay in the page cache, and a later read maps them again), so a pass
+    over a split larger than RAM holds about a batch of it, not the whole file. Anything else (an
+    array in memory, a writable map, no madvise on this system) is left alone."""
+    mm = getattr(source, "_mmap", None)
+    if mm is None or getattr(source, "mode", None) != "r" or not hasattr(mmap, "MADV_DONTNEED") \
+            or source.ndim == 0 or not source.flags.c_contiguous:
+        return
+    start, stop, step = index.indices(len(source))
+    if step != 1 or stop <= start:
+        return
+    try:
+        base = np.frombuffer(mm, np.uint8).ctypes.data  # where the mapping starts
+        lo = source.ctypes.data - base + start * source.strides[0]
+        hi = lo + (stop - start) * source.strides[0]
+        page = mmap.PAGESIZE
+        lo, hi = lo // page * page, hi // page * page  # whole pages (the partial last one stays)
+        if hi > lo:
+            mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+    except (ValueError, OSError, BufferError):  # a closed map, an unusual layout: nothing to drop
+        pass
 
 
 def host_to_device(batch: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -178,4 +207,4 @@ def batches_of(source: np.ndarray, batches: Sequence[Index], device: torch.devic
     return zip(batches, device_batches(source, batches, device, depth))
 
 
-__all__ = ["device_batches", "batches_of", "sequential", "gather", "host_to_device"]
+__all__ = ["device_batches", "batches_of", "sequential", "gather", "release", "host_to_device"]

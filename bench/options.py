@@ -21,6 +21,7 @@ import argparse
 import math
 import os
 import re
+from functools import lru_cache
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -268,9 +269,9 @@ OPTIONS: tuple[Option, ...] = (
            "this long after the last save, and when training ends; the best epoch's weights stay in memory "
            "(0: no checkpoints)"),
     O("decode_workers", int, 0, group=WHERE, scope="exec", low=0, metavar="N",
-      help="processes that decode and fingerprint images of your own data (folder:, csv:, DICOM), once per "
-           "dataset (0: the cores this run may use: all, or in a sweep with --workers W, cores / W); at most "
-           "that share"),
+      help="processes that decode images of your own data (folder:, csv:, DICOM) once per dataset, and threads "
+           "that fingerprint them (0: the cores this run may use: all, or in a sweep with --workers W, cores / W); "
+           "never more than that share"),
     O("quiet", bool, False, group=WHERE, scope="exec", short="-q", help="no progress output"),
     O("log", str, None, group=WHERE, scope="exec", multiple=True, choices=("tensorboard", "mlflow", "wandb"),
       help="also track the run in this tracker, after its result is written (repeatable; a tracker that fails "
@@ -299,6 +300,7 @@ def choices(name: str) -> tuple[str, ...]:
     return c
 
 
+@lru_cache(maxsize=None)  # OPTIONS is fixed; resolving every point of a sweep asks this
 def names(scope: str | None = None, *, per_protocol: bool | None = None) -> tuple[str, ...]:
     return tuple(o.name for o in OPTIONS if (scope is None or o.scope == scope)
                  and (per_protocol is None or o.per_protocol == per_protocol))

@@ -46,22 +46,26 @@ def decode_workers(requested: int | None = 0) -> int:
     return min(int(requested), share) if requested else share
 
 
-def run_tasks(fn: Callable[[T], R], tasks: Iterable[T], workers: int, in_flight: int | None = None) -> Iterator[R]:
-    """``fn(task)`` for every task, in ``workers`` spawned processes, results as they complete (in
-    no particular order: carry an index in the result where order matters). At most ``in_flight``
-    tasks (default 4 per worker) are handed out at once, so neither the tasks nor the results pile
-    up in memory. ``fn`` must be a module-level function. An exception in a task is raised here
-    and the tasks not started yet are dropped. ``workers`` <= 1 runs everything in this process."""
+def run_tasks(fn: Callable[[T], R], tasks: Iterable[T], workers: int, in_flight: int | None = None,
+              threads: bool = False) -> Iterator[R]:
+    """``fn(task)`` for every task, in ``workers`` spawned processes (``threads``: threads of this
+    process, for work that releases the GIL, such as reading and hashing files), results as they
+    complete (in no particular order: carry an index in the result where order matters). At most
+    ``in_flight`` tasks (default 4 per worker) are handed out at once, so neither the tasks nor the
+    results pile up in memory. ``fn`` must be a module-level function for processes. An exception
+    in a task is raised here and the tasks not started yet are dropped. ``workers`` <= 1 runs
+    everything in this thread."""
     if workers <= 1:
         for task in tasks:
             yield fn(task)
         return
     import multiprocessing as mp
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, ThreadPoolExecutor, wait
 
     limit = in_flight or 4 * workers
     # spawn: forking a process that already runs torch threads (or CUDA) is unsafe
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"))
+    pool = ThreadPoolExecutor(max_workers=workers) if threads else \
+        ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"))
     ok = False
     try:
         pending: set = set()

@@ -115,6 +115,7 @@ def fractions(opts: LoadOptions) -> tuple[float, float, float]:
 
 PARALLEL_MIN = 64       # fewer files than this are read in this process (starting workers costs more)
 CHUNK = 64              # files per task handed to a worker process
+WRITE_BYTES = 32 << 20  # decoded rows a worker holds before writing them out
 
 
 def file_sha(path: Path) -> str:
@@ -165,8 +166,8 @@ _SHAS_MAX = 1 << 20
 
 
 def image_shas(paths: list[Path], opts: LoadOptions, what: str = "") -> list[str]:
-    """``file_sha`` of many image files: read on the run's share of the cores (``--decode-workers``),
-    remembered in this process and in one index per dataset on disk (``digests/images-*.json`` in the
+    """``file_sha`` of many image files: read and hashed on threads, as many as the run's share of
+    the cores (``--decode-workers``; reading and sha256 release the GIL), remembered in this process and in one index per dataset on disk (``digests/images-*.json`` in the
     cache folder: a file whose path, size and mtime are unchanged is not read again), rather than one
     memo file per image."""
     from ..parallel import decode_workers, run_tasks
@@ -191,10 +192,10 @@ def image_shas(paths: list[Path], opts: LoadOptions, what: str = "") -> list[str
             _SHAS.clear()
         workers = decode_workers(opts.workers) if len(todo) >= PARALLEL_MIN else 1
         tasks = [(j, [str(paths[i]) for i in todo[j:j + CHUNK]]) for j in range(0, len(todo), CHUNK)]
-        bar = Progress(len(todo), f"fingerprint {what or 'images'} ({workers} processes)", "file",
+        bar = Progress(len(todo), f"fingerprint {what or 'images'} ({workers} threads)", "file",
                        opts.quiet or len(todo) < PARALLEL_MIN)
         try:
-            for start, shas in run_tasks(_sha_chunk, tasks, workers):
+            for start, shas in run_tasks(_sha_chunk, tasks, workers, threads=True):
                 for i, sha in zip(todo[start:start + CHUNK], shas):
                     out[i] = sha
                     if ":" in sha and isinstance(keys[i], tuple):
@@ -423,65 +424,112 @@ def _read_cached(folder: Path) -> tuple[dict, dict[str, Split]] | None:
         return None
 
 
-def _decode_chunk(task: tuple[str, int, int, list[tuple[int, str]]]) -> tuple[list[int], bool, list[tuple[int, str]]]:
-    """Decode ``(row, path)`` items into rows of the scratch file (written in place with pwrite:
-    no image travels back, and nothing stays mapped). Returns (rows decoded, all of them gray,
-    (row, why) of the unreadable ones). The serial path runs exactly this, in the run's process."""
-    scratch, offset, size, items = task
+Targets = tuple  # ((file, header offset), ...): the staged .npy files decoded rows are written into
+
+
+def _decode_chunk(task: tuple[Targets, int, list[tuple[int, int, int, str]]]
+                  ) -> tuple[list[int], bool, list[tuple[int, str]]]:
+    """Decode ``(entry, target, row, path)`` items into row ``row`` of target file ``target``
+    (written in place with pwrite: no image travels back, nothing stays mapped). Returns (entries
+    decoded, all of them gray, (entry, why) of the unreadable ones). The serial path runs exactly
+    this, in the run's process."""
+    targets, size, items = task
     rowbytes = size * size * 3
     done, gray, bad = [], True, []
-    fd = os.open(scratch, os.O_WRONLY)
+    runs: dict[tuple[int, int], list[np.ndarray]] = {}  # (file, first row) -> consecutive rows
+    ends: dict[int, tuple[int, int]] = {}  # file -> (first row, next row) of its open run
+    fds: dict[int, int] = {}
+    held = 0
+
+    def flush() -> None:  # one write per run of consecutive rows (a task's rows of one split are)
+        for (t, first), rows in runs.items():
+            if t not in fds:
+                fds[t] = os.open(targets[t][0], os.O_WRONLY)
+            _write_at(fds[t], [r.data.cast("B") for r in rows], targets[t][1] + first * rowbytes)
+        runs.clear()
+        ends.clear()
+
     try:
-        for row, path in items:
+        for i, t, row, path in items:
             try:
                 a, g = decode(Path(path), size)
             except UserError:
                 raise  # e.g. DICOM without pydicom: the run's error, not an unreadable image
             except Exception as ex:  # whatever PIL or pydicom says: the image is listed, not a traceback
-                bad.append((row, (str(ex).splitlines() or [type(ex).__name__])[0][:80]))
+                bad.append((i, (str(ex).splitlines() or [type(ex).__name__])[0][:80]))
                 continue
-            os.pwrite(fd, np.ascontiguousarray(a, np.uint8).tobytes(), offset + row * rowbytes)
-            done.append(row)
+            first, following = ends.get(t, (row, row))
+            if following != row:  # not next to the rows before: a new run
+                first = row
+            runs.setdefault((t, first), []).append(np.ascontiguousarray(a, np.uint8))
+            ends[t] = (first, row + 1)
+            done.append(i)
             gray &= g
+            held += rowbytes
+            if held >= WRITE_BYTES:
+                flush()
+                held = 0
+        flush()
     finally:
-        os.close(fd)
+        for fd in fds.values():
+            os.close(fd)
     return done, gray, bad
 
 
-def _read_rows(fd: int, offset: int, rowbytes: int, rows: np.ndarray) -> bytes:
-    """The bytes of ``rows`` (ascending) of a row-major file, one read per contiguous run."""
+def _write_at(fd: int, views: list[memoryview], offset: int) -> None:
+    """``views`` one after another at ``offset`` of ``fd`` (gathered: no copy into one buffer)."""
+    for k in range(0, len(views), 512):  # within IOV_MAX
+        part = views[k:k + 512]
+        want = sum(v.nbytes for v in part)
+        if hasattr(os, "pwritev"):
+            wrote = os.pwritev(fd, part, offset)
+        elif hasattr(os, "pwrite"):
+            wrote = sum(os.pwrite(fd, v, offset + sum(u.nbytes for u in part[:j])) for j, v in enumerate(part))
+        else:  # Windows: no positional writes
+            os.lseek(fd, offset, os.SEEK_SET)
+            wrote = sum(os.write(fd, v) for v in part)
+        if wrote != want:
+            raise OSError(f"short write of decoded images ({wrote} of {want} bytes)")
+        offset += want
+
+
+def _read_rows(sources: list[tuple[int, int]], rowbytes: int, picks: list[tuple[int, int]]) -> bytes:
+    """The bytes of rows ``picks`` ((file, row) pairs) of row-major files ``sources`` ((fd, header
+    offset) each), one read per run of consecutive rows of one file."""
     out = bytearray()
     i = 0
-    while i < len(rows):
+    while i < len(picks):
+        f, start = picks[i]
         j = i + 1
-        while j < len(rows) and rows[j] == rows[j - 1] + 1:
+        while j < len(picks) and picks[j] == (f, picks[j - 1][1] + 1):
             j += 1
-        start, count = int(rows[i]), j - i
-        want = count * rowbytes
+        want = (j - i) * rowbytes
+        fd, offset = sources[f]
         got = os.pread(fd, want, offset + start * rowbytes)
         if len(got) != want:
-            raise OSError(f"short read of the decode scratch file ({len(got)} of {want} bytes)")
+            raise OSError(f"short read of a staged decode file ({len(got)} of {want} bytes)")
         out += got
         i = j
     return bytes(out)
 
 
-def _write_split_images(path: Path, fd: int, offset: int, size: int, rows: np.ndarray, gray: bool) -> dict:
-    """``path`` as np.save would write scratch[rows] (the first channel where every image is
-    gray), staged and checked like save_checked, a block of rows at a time: never the whole split
-    in memory."""
+def _write_split_images(path: Path, sources: list[tuple[int, int]], size: int, picks: list[tuple[int, int]],
+                        gray: bool) -> dict:
+    """``path`` as np.save would write the decoded rows ``picks`` (the first channel where every
+    image is gray), staged and checked like save_checked, a block of rows at a time: never the
+    whole split in memory."""
     from ..cache import checksum
     from ..fsio import tmp_name
 
-    shape = (len(rows), size, size) if gray else (len(rows), size, size, 3)
+    shape = (len(picks), size, size) if gray else (len(picks), size, size, 3)
     rowbytes = size * size * 3
     block = max(1, (64 << 20) // rowbytes)  # ~64 MB of images at a time
-    tmp = tmp_name(path)
+    tmp = tmp_name(path).with_name(tmp_name(path).name + "w")  # not a staged source's name
     try:
         with open(tmp, "wb") as f:
             np.lib.format.write_array_header_1_0(f, {"descr": "|u1", "fortran_order": False, "shape": shape})
-            for i in range(0, len(rows), block):
-                chunk = np.frombuffer(_read_rows(fd, offset, rowbytes, rows[i:i + block]), np.uint8)
+            for i in range(0, len(picks), block):
+                chunk = np.frombuffer(_read_rows(sources, rowbytes, picks[i:i + block]), np.uint8)
                 chunk = chunk.reshape(-1, size, size, 3)
                 f.write(np.ascontiguousarray(chunk[..., 0]).tobytes() if gray else chunk.tobytes())
             f.flush()
@@ -494,61 +542,111 @@ def _write_split_images(path: Path, fd: int, offset: int, size: int, rows: np.nd
     return checked
 
 
+def _publish_staged(tmp: Path, path: Path, n: int, size: int) -> dict:
+    """A staged RGB split file that already is what np.save would write: synced, checked, renamed."""
+    from ..cache import checksum
+
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    checked = {"shape": [n, size, size, 3], "dtype": "uint8", "checksum": checksum(tmp)}
+    os.replace(tmp, path)
+    return checked
+
+
 def _decode_all(m: Manifest, size: int, folder: Path, fp: str, opts: LoadOptions) -> dict:
-    """Decode every image once (on ``--decode-workers`` processes, same bytes as one), then write
-    the splits. Memory stays bounded whatever the number of images: workers write decoded rows
-    straight into a scratch file, and the splits are copied from it a block at a time."""
+    """Decode every image once (on ``--decode-workers`` processes, same bytes as one) and write the
+    splits, with memory bounded whatever the number of images: workers write decoded rows straight
+    into files. The splits are drawn first, so each image lands in its split's file: when every
+    image reads and the data are in colour, those files are the result as they are; otherwise
+    (unreadable images change the split, gray images keep one channel) the splits are copied out
+    of them a block at a time."""
+    import dataclasses
+
+    from ..fsio import tmp_name
     from ..parallel import decode_workers, run_tasks
     from ..progress import Progress
 
     n = len(m.entries)
     if n == 0:
         raise UserError(f"{m.name}: no images found in {m.path} ({', '.join(IMAGE_SUFFIXES)})")
-    scratch = folder / f".all.npy.tmp{os.getpid()}"
-    allimg = np.lib.format.open_memmap(scratch, mode="w+", dtype=np.uint8, shape=(n, size, size, 3))
-    offset = allimg.offset
-    del allimg  # sized and headed; written with pwrite, read with pread
-    ok = np.zeros(n, bool)
-    all_gray = True
-    bad_rows: list[tuple[int, str]] = []
-    workers = decode_workers(opts.workers) if n >= PARALLEL_MIN else 1
-    tasks = ((str(scratch), offset, size, [(r, str(m.entries[r].path)) for r in range(i, min(n, i + CHUNK))])
-             for i in range(0, n, CHUNK))
-    bar = Progress(n, f"decode {m.name} ({size} px, once{f', {workers} processes' if workers > 1 else ''})",
-                   "img", opts.quiet)
     try:
-        for done, gray, bad in run_tasks(_decode_chunk, tasks, workers):
-            ok[done] = True
-            all_gray &= gray
-            bad_rows += bad
-            bar.update(len(done) + len(bad))
-    except BaseException:
-        scratch.unlink(missing_ok=True)
-        raise
-    finally:
-        bar.close()
-    bad = [(m.entries[r].rel, why) for r, why in sorted(bad_rows)]  # in file order, as one process lists them
-    fd = os.open(scratch, os.O_RDONLY)
+        planned, how = assign_splits(m.entries, opts, m.name)
+    except UserError:  # e.g. only an unreadable image lacks a split: decided once the images are read
+        planned, how = None, ""
+    staged: list[Path] = []
+    where: list[tuple[int, int]] = [(0, 0)] * n  # entry -> (staged file, row)
+    counts = []
+    for t, s in enumerate(SPLITS if planned is not None else ("all",)):
+        members = [i for i in range(n) if planned is None or planned[i] == s]
+        for row, i in enumerate(members):
+            where[i] = (t, row)
+        staged.append(tmp_name(folder / f"{s}_images.npy"))
+        counts.append(len(members))
     try:
+        targets = []
+        for path, count in zip(staged, counts):
+            arr = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(count, size, size, 3))
+            targets.append((str(path), int(arr.offset)))
+            del arr  # sized and headed; written with pwrite, read with pread
+        ok = np.zeros(n, bool)
+        all_gray = True
+        bad_rows: list[tuple[int, str]] = []
+        workers = decode_workers(opts.workers) if n >= PARALLEL_MIN else 1
+        tasks = ((tuple(targets), size, [(i, *where[i], str(m.entries[i].path)) for i in range(j, min(n, j + CHUNK))])
+                 for j in range(0, n, CHUNK))
+        bar = Progress(n, f"decode {m.name} ({size} px, once{f', {workers} processes' if workers > 1 else ''})",
+                       "img", opts.quiet)
+        try:
+            for done, gray, bad in run_tasks(_decode_chunk, tasks, workers):
+                ok[done] = True
+                all_gray &= gray
+                bad_rows += bad
+                bar.update(len(done) + len(bad))
+        finally:
+            bar.close()
+        bad = [(m.entries[r].rel, why) for r, why in sorted(bad_rows)]  # in file order, as one process lists them
         if len(bad) > MAX_UNREADABLE * n:
             raise UserError(f"{m.name}: {len(bad)} of {n} images are unreadable (more than "
                             f"{MAX_UNREADABLE:.0%}): {_list_bad(bad)}")
         if bad:
             _warn(f"{m.name}: skipping {len(bad)} unreadable image(s) of {n}: {_list_bad(bad, 10)}", opts.quiet)
-        keep = [e for e, good in zip(m.entries, ok) if good]
         rows = np.flatnonzero(ok)
-        assigned, how = assign_splits(keep, opts, m.name)
+        if bad or planned is None:  # drawn again without the unreadable ones (said once already)
+            keep = [m.entries[r] for r in rows]
+            assigned, how = assign_splits(keep, dataclasses.replace(opts, quiet=True) if planned else opts, m.name)
+        else:
+            assigned = planned
         arrays, rels = {}, {}
-        for s in SPLITS:
-            idx = np.array([r for r, a in zip(rows, assigned) if a == s], np.int64)
-            labels = np.array([m.entries[r].label for r in idx], np.int64).reshape(len(idx), -1)
-            arrays[f"{s}_images.npy"] = _write_split_images(folder / f"{s}_images.npy", fd, offset, size, idx,
-                                                            all_gray)
-            arrays[f"{s}_labels.npy"] = save_checked(folder / f"{s}_labels.npy", labels)
-            rels[s] = [m.entries[r].rel for r in idx]
+        fds = [(os.open(path, os.O_RDONLY), offset) for path, offset in targets]
+        direct = planned is not None and not bad and not all_gray  # the staged files are the result
+        published = {}
+        if direct:  # synced and checksummed side by side (both release the GIL)
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(len(SPLITS)) as pool:
+                futures = {s: pool.submit(_publish_staged, staged[t], folder / f"{s}_images.npy", counts[t], size)
+                           for t, s in enumerate(SPLITS)}
+                published = {s: f.result() for s, f in futures.items()}
+        try:
+            for t, s in enumerate(SPLITS):
+                idx = [r for r, a in zip(rows, assigned) if a == s]
+                target = folder / f"{s}_images.npy"
+                if direct:
+                    arrays[target.name] = published[s]
+                else:
+                    arrays[target.name] = _write_split_images(target, fds, size, [where[r] for r in idx], all_gray)
+                labels = np.array([m.entries[r].label for r in idx], np.int64).reshape(len(idx), -1)
+                arrays[f"{s}_labels.npy"] = save_checked(folder / f"{s}_labels.npy", labels)
+                rels[s] = [m.entries[r].rel for r in idx]
+        finally:
+            for fd, _ in fds:
+                os.close(fd)
     finally:
-        os.close(fd)
-        scratch.unlink(missing_ok=True)
+        for path in staged:
+            path.unlink(missing_ok=True)
     meta = {"fingerprint": fp, "dataset": m.name, "size": size, "n_channels": 1 if all_gray else 3,
             "arrays": arrays, "split_rule": how, "skipped": bad, "paths": rels}
     tmp = folder / f".meta.json.tmp{os.getpid()}"

@@ -308,8 +308,8 @@ def bind_all(cfgs: list[RunConfig], opts: RunOptions) -> list[RunConfig]:
             bound = bind_data(c, opts)
             seen[key] = bound.data_fingerprint
             out.append(bound)
-        else:
-            out.append(c.replace(data_fingerprint=seen[key]))
+        else:  # (a published dataset's identity is "", as the config has it already)
+            out.append(c if c.data_fingerprint == seen[key] else c.replace(data_fingerprint=seen[key]))
     return out
 
 
