@@ -269,8 +269,8 @@ OPTIONS: tuple[Option, ...] = (
            "this long after the last save, and when training ends; the best epoch's weights stay in memory "
            "(0: no checkpoints)"),
     O("decode_workers", int, 0, group=WHERE, scope="exec", low=0, metavar="N",
-      help="processes that decode images of your own data (folder:, csv:, DICOM) once per dataset, and threads "
-           "that fingerprint them (0: the cores this run may use: all, or in a sweep with --workers W, cores / W); "
+      help="threads (processes for DICOM) that decode images of your own data (folder:, csv:, DICOM) once per "
+           "dataset and fingerprint them (0: the cores this run may use: all, or in a sweep with --workers W, cores / W); "
            "never more than that share"),
     O("quiet", bool, False, group=WHERE, scope="exec", short="-q", help="no progress output"),
     O("log", str, None, group=WHERE, scope="exec", multiple=True, choices=("tensorboard", "mlflow", "wandb"),

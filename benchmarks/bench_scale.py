@@ -27,6 +27,7 @@ Everything is written under --work (default: a temporary folder), which is remov
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import resource
@@ -270,20 +271,25 @@ def bench_decode(a, work: Path) -> None:
             finally:
                 parallel.run_tasks = real_run_tasks
             loop[w].append(sum(spent))
-            digests[w] = b"".join((target / f).read_bytes() for f in sorted(os.listdir(target)))
+            h = hashlib.sha256()
+            for f in sorted(os.listdir(target)):
+                h.update((target / f).read_bytes())
+            digests[w] = h.digest()
             shutil.rmtree(cache)
+            os.sync()  # the next run starts with nothing of this one left to write back
+            time.sleep(1)
     same = all(d == digests[1] for d in digests.values())
     rows = [("write_s", write_s)]
     for w in settings:
-        rows += [(f"fingerprint_{w}threads_s", statistics.median(fp[w])), (f"decode_{w}proc_s", statistics.median(dec[w])),
-                 (f"decode_loop_{w}proc_s", statistics.median(loop[w]))]
-    rows += [("decode_serial_over_2proc", statistics.median(dec[1]) / statistics.median(dec[2])),
-             ("decode_loop_serial_over_2proc", statistics.median(loop[1]) / statistics.median(loop[2])),
+        rows += [(f"fingerprint_{w}threads_s", statistics.median(fp[w])), (f"decode_{w}workers_s", statistics.median(dec[w])),
+                 (f"decode_loop_{w}workers_s", statistics.median(loop[w]))]
+    rows += [("decode_serial_over_2workers", statistics.median(dec[1]) / statistics.median(dec[2])),
+             ("decode_loop_serial_over_2workers", statistics.median(loop[1]) / statistics.median(loop[2])),
              ("fingerprint_serial_over_2threads", statistics.median(fp[1]) / statistics.median(fp[2])),
-             ("decode_serial_over_cpu_count_proc", statistics.median(dec[1]) / statistics.median(dec[settings[-1]])),
+             ("decode_serial_over_cpu_count_workers", statistics.median(dec[1]) / statistics.median(dec[settings[-1]])),
              ("cpu_count", float(os.cpu_count() or 1)), ("same_bytes", float(same))]
     record("scale-decode", f"{a.decode_images} JPEGs 256 px RGB -> {a.decode_size} px, fingerprint (sha256) and "
-                           f"decode (PIL) + split files, fresh cache each, median of {a.repeats} alternated, "
+                           f"decode (PIL; N workers: threads) + split files, fresh cache each, median of {a.repeats} alternated, "
                            f"{cores_context()}", rows, a.out)
 
 

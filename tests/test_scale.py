@@ -1,7 +1,7 @@
 """At the user's scale: registries read their entry points once, planning asks per dataset and
 backbone rather than per run, checkpoints follow the clock (and the end of training) and keep the
-best weights without rewriting them, own images decode and fingerprint on several processes with
-the bytes of one, and a run's decode processes fit its share of the cores. No timings here: those
+best weights without rewriting them, own images decode and fingerprint on several threads (processes
+for DICOM) with the bytes of one, and a run's decode workers fit its share of the cores. No timings here: those
 are benchmarks/bench_scale.py's."""
 from __future__ import annotations
 
@@ -241,7 +241,7 @@ def test_a_missing_best_file_restarts_from_scratch(tmp_path):
     assert Checkpoint(tmp_path / "run.pt").load(model, opt, torch.Generator(), torch.Generator()) is None
 
 
-# -- own images on several processes ---------------------------------------------------------------
+# -- own images on several threads or processes ---------------------------------------------------------------
 
 def _write_images(root: Path, n_per_class: int = 60) -> Path:
     rng = np.random.default_rng(0)
@@ -258,18 +258,34 @@ def _write_images(root: Path, n_per_class: int = 60) -> Path:
     return root
 
 
-def test_parallel_decode_and_fingerprint_give_the_serial_bytes(tmp_path):
-    from bench import datasets
+@pytest.mark.parametrize("pool", ["threads", "processes"])
+def test_parallel_decode_and_fingerprint_give_the_serial_bytes(tmp_path, monkeypatch, pool):
+    from bench import datasets, parallel
     from bench.datasets import LoadOptions
     from bench.datasets import images
 
     root = _write_images(tmp_path / "own")
-    assert 2 * 60 >= images.PARALLEL_MIN  # enough images for the process pool (1 unreadable of 121: < 1%)
+    if pool == "processes":  # a DICOM among the files: pydicom parses in Python, so processes decode
+        pydicom = pytest.importorskip("pydicom")
+        from test_own_data import _write_dicom
+
+        _write_dicom(pydicom, root / "malignant" / "scan.dcm", np.arange(300, dtype=np.uint16).reshape(15, 20) * 9,
+                     "MONOCHROME2")
+    assert 2 * 60 >= images.PARALLEL_MIN  # enough images for the pool (1 unreadable of 121: < 1%)
+    real, seen = parallel.run_tasks, []
+
+    def watched(fn, tasks, workers, in_flight=None, threads=False):
+        if fn is images._decode_chunk:
+            seen.append((workers, threads))
+        return real(fn, tasks, workers, in_flight, threads)
+
+    monkeypatch.setattr(parallel, "run_tasks", watched)
     got = {}
     for workers in (1, 2):
         opts = LoadOptions(cache_dir=tmp_path / f"cache{workers}", splits_dir=tmp_path / f"splits{workers}",
                            quiet=True, workers=workers)
         got[workers] = datasets.load(f"folder:{root}", 16, opts)
+    assert seen[-1] == (2, pool == "threads")
     one, two = got[1], got[2]
     assert one.fingerprint == two.fingerprint and one.n_channels == two.n_channels == 3
     assert one.extra["skipped_unreadable"] == two.extra["skipped_unreadable"] == ["benign/broken.png"]
@@ -378,3 +394,33 @@ def test_a_pass_over_a_memory_map_keeps_about_a_batch_resident(tmp_path):
     assert _rss_file_mb() - before < 16  # without the release: about 64
     assert total == int(((np.arange(n)[:, None] * 7 + np.arange(3)[None]) % 251).sum())
     np.testing.assert_array_equal(datapath.gather(src, slice(100, 140)), np.asarray(src[100:140]))
+
+
+# -- timm specs without importing timm -------------------------------------------------------------
+
+def test_a_timm_spec_is_remembered_per_timm_version(tmp_path):
+    """Planning a sweep over timm:NAME backbones reads what their Specs are made of from a memo
+    per timm version (timm's registry is code), so a later process need not import timm."""
+    import os
+    import subprocess
+    import sys
+
+    import backbones
+    from backbones import timm_any
+
+    name = "resnet10t.c3_in1k"
+    timm_any.adapter_for.cache_clear()
+    fresh = backbones.get(f"timm:{name}").spec  # from timm; remembered now
+    memo = timm_any._memo_path()
+    assert memo is not None and name in json.loads(memo.read_text())
+    assert json.loads(memo.read_text())[name] == timm_any._describe(name)  # the memo is what timm says
+    timm_any.adapter_for.cache_clear()
+    assert backbones.get(f"timm:{name}").spec == fresh  # from the memo
+    code = ("import sys, backbones; s = backbones.get('timm:resnet10t.c3_in1k').spec; "
+            "print('timm' in sys.modules, s.input_size, s.variants, s.readouts)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=dict(os.environ),
+                         check=True).stdout.split()
+    assert out[0] == "False" and out[1] == str(fresh.input_size)  # no import of timm for it
+    with pytest.raises(UserError, match="no pretrained tag"):
+        backbones.get("timm:resnet10t.c3_in2k")
+    assert "resnet10t.c3_in2k" not in json.loads(memo.read_text())  # refusals are not remembered
