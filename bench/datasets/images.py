@@ -269,8 +269,10 @@ def to_uint8(a: np.ndarray) -> np.ndarray:
     return np.round((a - lo) * (255.0 / (hi - lo))).astype(np.uint8)
 
 
-def read_pixels(path: Path) -> np.ndarray:
-    """The image as uint8 (H, W) or (H, W, 3), before resizing."""
+def _load(path: Path):
+    """8-bit files as a loaded PIL image in mode L or RGB; 16-bit and float images (min-max scaled)
+    and DICOM as a uint8 array. Kept as a PIL image through the resize: each trip between PIL and
+    numpy is a copy made holding the GIL, which decode threads share."""
     if path.suffix.lower() == ".dcm":
         from .dicom import read_dicom
 
@@ -278,31 +280,48 @@ def read_pixels(path: Path) -> np.ndarray:
     from PIL import Image
 
     with Image.open(path) as im:
-        im.load()
+        im.load()  # the pixels stay with the image when the file closes
         if im.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
             return to_uint8(np.asarray(im))
-        if im.mode in ("1", "L", "LA"):
-            return np.asarray(im.convert("L"))
-        return np.asarray(im.convert("RGB"))  # palette, RGBA, CMYK...: a gray result is found by content
+        if im.mode in ("L", "RGB"):
+            return im
+        # palette, RGBA, CMYK...: a gray result is found by content
+        return im.convert("L" if im.mode in ("1", "LA") else "RGB")
+
+
+def read_pixels(path: Path) -> np.ndarray:
+    """The image as uint8 (H, W) or (H, W, 3), before resizing."""
+    got = _load(path)
+    return got if isinstance(got, np.ndarray) else np.asarray(got)
 
 
 def fit(a: np.ndarray, size: int) -> np.ndarray:
     """Short side to ``size`` (bilinear), then the centre ``size`` x ``size`` square."""
-    h, w = a.shape[:2]
-    if (h, w) == (size, size):
+    if a.shape[:2] == (size, size):
         return a
     from PIL import Image
 
+    return _fit_image(Image.fromarray(a), size)
+
+
+def _fit_image(im, size: int) -> np.ndarray:
+    """:func:`fit` of a PIL image (L or RGB), as uint8 (size, size[, 3])."""
+    from PIL import Image
+
+    w, h = im.size
+    if (h, w) == (size, size):
+        return np.asarray(im)
     scale = size / min(h, w)
     nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
-    im = Image.fromarray(a).resize((nw, nh), Image.BILINEAR)
+    im = im.resize((nw, nh), Image.BILINEAR)
     top, left = (nh - size) // 2, (nw - size) // 2
     return np.asarray(im.crop((left, top, left + size, top + size)))
 
 
 def decode(path: Path, size: int) -> tuple[np.ndarray, bool]:
     """(uint8 (size, size, 3), is_gray)."""
-    a = fit(read_pixels(path), size)
+    got = _load(path)
+    a = fit(got, size) if isinstance(got, np.ndarray) else _fit_image(got, size)
     if a.ndim == 2:
         return np.repeat(a[..., None], 3, axis=2), True
     return a, bool((a[..., 0] == a[..., 1]).all() and (a[..., 1] == a[..., 2]).all())
