@@ -48,7 +48,9 @@ CONFIGS = ("smoke", "paper", "medmnistplus")
 
 
 def cores_context() -> str:
-    return f"cpu, {os.cpu_count()} cores"
+    """The cores and how busy they were (1-minute load average when the figures were taken): a
+    ratio measured while other work shared the cores is noise, and the row says so."""
+    return f"cpu, {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}"
 
 
 def _child(argv: list[str], cwd: Path, env: dict | None = None) -> tuple[float, float, str]:
@@ -412,12 +414,13 @@ def bench_probe(a, work: Path) -> None:
             ("peak_rss_beyond_model_mib", rss.peak["VmRSS"] - after_model["VmRSS"]),
             ("peak_rss_anon_beyond_model_mib", rss.peak["RssAnon"] - after_model["RssAnon"]),
             ("peak_rss_file_mib", rss.peak["RssFile"]),
-            ("decode_process_peak_rss_mib", rss.child_peak),
             ("test_auc", _test_auc(result.metrics)),
             ("decode_workers", float(parallel.decode_workers(0)))]
+    if rss.child_peak:  # decoding on processes (DICOM): their own peak, outside this process's RSS
+        rows.append(("decode_process_peak_rss_mib", rss.child_peak))
     record("scale-probe", f"{written} PNGs 64 px RGB (folder:, written here), dummy/tiny random at 64 px, "
                           f"linear probe (16-head grid, {a.head_epochs} epochs), fingerprint+decode on "
-                          f"{parallel.decode_workers(0)} processes, RSS sampled every 20 ms, {cores_context()}",
+                          f"{parallel.decode_workers(0)} threads, RSS sampled every 20 ms, {cores_context()}",
            rows, a.out)
 
 
