@@ -416,8 +416,8 @@ def bench_probe(a, work: Path) -> None:
             ("peak_rss_file_mib", rss.peak["RssFile"]),
             ("test_auc", _test_auc(result.metrics)),
             ("decode_workers", float(parallel.decode_workers(0)))]
-    if rss.child_peak:  # decoding on processes (DICOM): their own peak, outside this process's RSS
-        rows.append(("decode_process_peak_rss_mib", rss.child_peak))
+    # the largest child process (the PNG writers; decode processes only for DICOM): outside this RSS
+    rows.append(("child_process_peak_rss_mib", rss.child_peak))
     record("scale-probe", f"{written} PNGs 64 px RGB (folder:, written here), dummy/tiny random at 64 px, "
                           f"linear probe (16-head grid, {a.head_epochs} epochs), fingerprint+decode on "
                           f"{parallel.decode_workers(0)} threads, RSS sampled every 20 ms, {cores_context()}",
