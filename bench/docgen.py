@@ -97,7 +97,7 @@ PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
 LAYER_ROLES = (
     ("front doors", "the CLI and the Python API: the same names, the same options"),
     ("many runs", "sweeps (plans, executors), reports (tables, statistics, figures), explanations, listings, weight files, these docs"),
-    ("one run", "user choices -> RunConfig (resolve) -> its parts assembled (assemble) -> protocol and scores (runner) -> the results store"),
+    ("one run", "user choices -> RunConfig (resolve) -> its parts assembled (assemble) -> protocol and scores (runner) -> the results store; a finished run's image ids and attributes (audit), features out (embed)"),
     ("protocols", "what is trained and how it is scored: the built-in protocols, registered into bench.protocol"),
     ("training", "what one run carries (context), the frozen pass and its kernels, train subsets, heads, the fine-tune loop, LoRA/BitFit, augmentation, zero-shot classifiers"),
     ("resources", "data sources and backbones (each a registry), the feature cache, device-side preprocessing and feeding, zero-shot prompts"),
