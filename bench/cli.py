@@ -72,6 +72,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"  warnings: {', '.join(dict.fromkeys(map(str, kinds)))} (said above; kept in the run's JSON, "
               f"marked in reports)")
     print(f"  results: {res.path} (provenance, scores and curves in meta/, scores/, curves/ beside runs/)")
+    if opts.subgroups:
+        print(f"  subgroups recorded (not in the run id): {opts.subgroups}; bench report shows them")
     return 0
 
 

@@ -16,7 +16,7 @@ from .tables import dataset_order
 
 EXPORT_FORMATS = (".csv", ".parquet")
 # provenance worth a column next to the config (nested parts such as versions stay in the JSON)
-_META_COLUMNS = ("task", "created", "git", "device")
+_META_COLUMNS = ("task", "created", "git", "device", "subgroups")  # subgroups: what bench run --subgroups recorded
 
 
 def tidy_table(results_dir: Path, filters: list[str] | tuple[str, ...] = ()) -> pd.DataFrame:
@@ -160,6 +160,9 @@ def status_table(results_dir: Path) -> pd.DataFrame:
     order = {d: i for i, d in enumerate(dataset_order(out.dataset))}
     out = out.sort_values(["model", "dataset", "size"], key=lambda c: c.map(order) if c.name == "dataset" else c)
     out.attrs["unplaced_failures"] = unplaced
+    store = ResultStore(root)
+    scored = [rid for rid, st in status.items() if st == "done" and store.path("scores", rid).exists()]
+    out.attrs["scored"] = (len(scored), sum(store.read_ids(rid) is not None for rid in scored))
     out.attrs["kinds"] = _kinds(df[df.status == "done"].kind)
     return out.reset_index(drop=True)
 
@@ -187,6 +190,11 @@ def format_status(df: pd.DataFrame) -> str:
              " (a cell: runs done, '/N failed' when some failed)."]
     if df.attrs.get("kinds"):
         lines.append(f"Runs done by kind: {df.attrs['kinds']} (every kind counted in the cells).")
+    scored, with_ids = df.attrs.get("scored") or (0, 0)
+    if scored:
+        lines.append(f"Runs with saved test scores: {scored}; with image ids (--subgroups, --predictions): {with_ids}"
+                     + (f" (the other {scored - with_ids} predate them: rebuilt where their data is unchanged)"
+                        if with_ids < scored else "") + ".")
     if df.attrs.get("unplaced_failures"):
         lines.append(f"{df.attrs['unplaced_failures']} more failure record(s) without a readable config.")
     return "\n".join(lines)

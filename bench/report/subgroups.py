@@ -171,7 +171,8 @@ class ModelCell:
     meta: dict
 
 
-def gather(a: Analysis, auditor: Auditor, sec: SectionKey, model: str, dataset: str, notes: list[str]) -> ModelCell | None:
+def gather(a: Analysis, auditor: Auditor, sec: SectionKey, model: str, dataset: str, notes: list[str],
+           rebuilt: set[str]) -> ModelCell | None:
     c = a.cell(sec, model, dataset)
     if c is None:
         return None
@@ -197,6 +198,8 @@ def gather(a: Analysis, auditor: Auditor, sec: SectionKey, model: str, dataset: 
         scores.append(got[1])
         used.append(rid)
         how.add(where)
+        if where == "rebuilt":
+            rebuilt.add(rid)
     if not scores:
         return None
     task = a.rs.task(used[0]) or ""
@@ -274,14 +277,18 @@ def analyse(cell: ModelCell, gs: list[Grouping], n_boot: int, seed: int) -> Cell
                                                        int((sub.known & ~sub.pos).sum()))
                 fns[(g.attribute, grp, t.name, "tpr")] = (idx, [r[0] for r in rates])
                 fns[(g.attribute, grp, t.name, "fpr")] = (idx, [r[1] for r in rates])
+    by_group: dict[tuple, list[tuple]] = {}  # each group's images are cut out of a resample once
+    for key, (idx, fs) in fns.items():
+        by_group.setdefault(key[:2], []).append((key, idx, fs))
     ones = np.ones((1, len(y)))
     chunks: dict[tuple, list[np.ndarray]] = {k: [] for k in fns}
     for key, (idx, fs) in fns.items():
         st.points[key] = float(np.mean([f(ones[:, idx]) for f in fs], axis=0)[0])
     for w in S.bootstrap_counts(len(y), n_boot, seed, cell.dataset):
-        for key, (idx, fs) in fns.items():
-            wg = w[:, idx]
-            chunks[key].append(np.mean([f(wg) for f in fs], axis=0))
+        for members in by_group.values():
+            wg = w[:, members[0][1]]
+            for key, _, fs in members:
+                chunks[key].append(np.mean([f(wg) for f in fs], axis=0))
     st.samples = {k: np.concatenate(v) if v else np.full(0, np.nan) for k, v in chunks.items()}
     return st
 
@@ -320,6 +327,7 @@ class Audit:
     notes: list[str]
     specs: list[Subgroup]
     headline: str
+    rebuilt: set[str] = field(default_factory=set)   # runs whose image ids were rebuilt (saved before ids)
 
 
 def audit(a: Analysis, specs: list[Subgroup], data_root: Path | None = None) -> Audit:
@@ -329,12 +337,13 @@ def audit(a: Analysis, specs: list[Subgroup], data_root: Path | None = None) -> 
     notes: list[str] = []
     recs: list[dict] = []
     memo: dict = {}
+    rebuilt: set[str] = set()
     for sec in a.sections():
         sub = a.summary[a.summary.section == sec]
         cells: dict[tuple[str, str], tuple[ModelCell, list[Grouping], CellStats]] = {}
         for d in dataset_order(sub.dataset):
             for m in a.models(sec):
-                cell = gather(a, auditor, sec, m, d, notes)
+                cell = gather(a, auditor, sec, m, d, notes, rebuilt)
                 if cell is None:
                     continue
                 gs = groupings(auditor, cell, specs, notes, memo)
@@ -349,7 +358,7 @@ def audit(a: Analysis, specs: list[Subgroup], data_root: Path | None = None) -> 
         paired = frame.kind == "paired"
         for (_, metric), idx in frame[paired].groupby(["section", "metric"]).groups.items():
             frame.loc[idx, "p_holm"] = S.holm(frame.loc[idx, "p"].tolist())
-    return Audit(frame, list(dict.fromkeys(notes)), specs, a.metric if a.metric in METRICS else "auc")
+    return Audit(frame, list(dict.fromkeys(notes)), specs, a.metric if a.metric in METRICS else "auc", rebuilt)
 
 
 def _store(a: Analysis):
@@ -558,6 +567,9 @@ def subgroups_sections(a: Analysis, specs: list[Subgroup], figures: bool = True,
     for r in (bins.itertuples() if len(bins) else []):
         head.notes.append(f"{dataset_label(r.dataset)} · {r.attribute}: {r.bins}.")
     head.notes += au.notes
+    if au.rebuilt:
+        head.notes.append(f"{len(au.rebuilt)} run(s) were saved before image ids were recorded: their ids were rebuilt from "
+                          f"their dataset, whose fingerprint is the one they recorded.")
     if au.frame.empty:
         head.notes.append("No subgroup could be formed for any run of this report (see the notes above).")
         return [head]
