@@ -25,9 +25,9 @@ from bench.errors import UserError
 N_BOOT = 40
 
 
-def write_dataset(root: Path, n=(120, 40, 120), seed: int = 0, signal=(30, 8)) -> Path:
+def write_dataset(root: Path, n=(120, 40, 120), seed: int = 0, signal=(30, 8), blank_every: int = 0) -> Path:
     """A CSV dataset with sex, age and site columns: the label brightens a band, less for F
-    (``signal`` M, F), so the groups differ in difficulty."""
+    (``signal`` M, F), so the groups differ in difficulty; ``blank_every``: every k-th sex empty."""
     rng = np.random.default_rng(seed)
     rows = []
     for split, count in zip(("train", "val", "test"), n):
@@ -40,7 +40,9 @@ def write_dataset(root: Path, n=(120, 40, 120), seed: int = 0, signal=(30, 8)) -
             rel = f"img/{split}_{i:03d}.png"
             (root / rel).parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(a.clip(0, 255).astype(np.uint8)).save(root / rel)
-            rows.append({"path": rel, "label": label, "split": split, "sex": sex, "age": age, "site": "AB"[i % 2]})
+            blank = blank_every and i % blank_every == 0
+            rows.append({"path": rel, "label": label, "split": split, "sex": "" if blank else sex, "age": age,
+                         "site": "AB"[i % 2]})
     with open(root / "m.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
@@ -233,7 +235,7 @@ def test_small_groups_are_shown_and_flagged(shared_cache):
 
 
 def test_subgroups_recorded_by_run_are_checked_and_used_by_the_report(tmp_path, capsys):
-    manifest = write_dataset(tmp_path / "data", n=(60, 20, 40))
+    manifest = write_dataset(tmp_path / "data", n=(60, 20, 40), blank_every=5)
     kw = ["--backbone", "dummy", "--weights", "random", "--dataset", f"csv:{manifest}", "--size", "28",
           "--head", "knn", "--results-dir", str(tmp_path / "r"), "-q"]
     assert main(["run", *kw, "--subgroups", "sexx"]) == 2  # a typo: one line, nothing run
@@ -248,6 +250,10 @@ def test_subgroups_recorded_by_run_are_checked_and_used_by_the_report(tmp_path, 
                  "--n-boot", "20"]) == 0
     md = (tmp_path / "rep" / "report.md").read_text()
     assert "## Subgroups" in md and "50–120" in md
+    tab = pd.concat([pd.read_csv(p) for p in (tmp_path / "rep" / "tables").glob("subgroups_*.csv")])
+    assert set(tab[tab.attribute == "sex"].group) == {"F", "M", "(missing)"}  # shown...
+    gaps = pd.concat([pd.read_csv(p) for p in (tmp_path / "rep" / "tables").glob("subgroup_gaps_*.csv")])
+    assert (gaps[(gaps.attribute == "sex") & (gaps.metric == "acc_gap")].n == 2).all()  # ...but not compared
     # MedMNIST carries no attributes: one line before running
     data = tmp_path / "mm"
     from conftest import write_synthetic_npz
@@ -447,3 +453,39 @@ def test_chexpert_layout_sex_and_age_join_the_saved_ids_and_the_config_dry_runs(
     assert main(["sweep", str(config), "--dry-run", "--data-root", str(root), "--results-dir",
                  str(tmp_path / "r")]) == 0
     assert "runs" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("task", ["binary-class", "multi-class", "multi-label, binary-class"])
+def test_resample_metrics_equal_bench_metrics_on_the_drawn_images(task):
+    """The count-matrix forms (ECE, TPR/FPR, and stats' AUC/ACC) give bench.metrics' value on the
+    images a resample draws, for every task (multi-label with unknown labels)."""
+    from bench import metrics as M
+    from bench.report.subgroups import metric_counts, predicted, rate_counts, targets
+
+    rng = np.random.default_rng(1)
+    n, c = 80, 3
+    if task == "multi-class":
+        y = rng.integers(0, c, n)
+        s = rng.dirichlet(np.ones(c), n)
+    elif task == "binary-class":
+        y = rng.integers(0, 2, n)
+        p = rng.random(n)
+        s = np.stack([1 - p, p], 1)
+    else:
+        y = rng.integers(0, 2, (n, c))
+        y[rng.random((n, c)) < 0.1] = -1
+        s = rng.random((n, c))
+    w = np.stack([np.bincount(rng.integers(0, n, n), minlength=n) for _ in range(5)])
+    for name in ("auc", "acc", "ece"):
+        got = metric_counts(name, task, y, s)(w)
+        want = [getattr(M, name)(task, y[np.repeat(np.arange(n), row)], s[np.repeat(np.arange(n), row)]) for row in w]
+        np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
+    tg = targets(task, {}, y, s.shape[1])
+    pred = predicted(task, s, len(tg))
+    for k, t in enumerate(tg):
+        tpr, fpr = rate_counts(t, pred[:, k])
+        for b, row in enumerate(w):
+            ix = np.repeat(np.arange(n), row)
+            kn, pos, pr = t.known[ix], t.pos[ix], pred[ix, k]
+            assert tpr(w)[b] == pytest.approx((pos & pr).sum() / pos.sum())
+            assert fpr(w)[b] == pytest.approx((kn & ~pos & pr).sum() / (kn & ~pos).sum())

@@ -8,7 +8,8 @@ Per section (protocol x setting), model, dataset, attribute and group: size, pos
 and ECE as bench.metrics defines them; for each binary target (the positive class of a binary
 task, each label of a multi-label task, each class one-vs-rest of a multi-class or ordinal task)
 TPR and FPR at the run's own decision rule (p > 0.5; argmax for multi-class). Per attribute:
-worst-group value and largest gap (max - min over the groups where the metric is defined), and the
+worst-group value and largest gap (max - min over the groups where the metric is defined; the
+``(missing)`` group is shown but not compared), and the
 equalised-odds difference EOD = max(TPR range, FPR range) over groups (Hardt et al. 2016; the
 definition of fairlearn's ``equalized_odds_difference``). FairMedFM (utils/metrics.py) reports
 worst-group AUC and the AUC gap the same way; its ``eod`` is 1 - (TPR gap + TNR gap) / 2 at a
@@ -35,7 +36,7 @@ import pandas as pd
 
 from .. import metrics as M
 from ..audit import Auditor
-from ..datasets.attributes import Attributes, Subgroup, groups, parse
+from ..datasets.attributes import MISSING, Subgroup, groups, parse
 from ..errors import UserError, did_you_mean
 from . import stats as S
 from .doc import Cell, Section, Table
@@ -295,6 +296,12 @@ def analyse(cell: ModelCell, gs: list[Grouping], n_boot: int, seed: int) -> Cell
 
 # -- summaries over groups -------------------------------------------------------------------------
 
+def counted(order: list[str]) -> list[str]:
+    """The groups worst-group values, gaps and EOD compare: every group but (missing), which is
+    shown but is no group of patients."""
+    return [g for g in order if g != MISSING]
+
+
 def spread(points: dict, samples: dict, keys: list[tuple], worst_low: bool) -> dict | None:
     """Worst value and range (max - min) over the groups whose point value is defined; samples of both
     (a resample where any of those groups is undefined gives NaN, dropped from the interval)."""
@@ -385,20 +392,21 @@ def _cell_rows(cell: ModelCell, gs: list[Grouping], st: CellStats, n_boot: int) 
                     out.append(_row(cell, kind="rate", attribute=g.attribute, bins=g.how, group=grp, target=t,
                                     metric=r, value=st.points[key], **_ci(st.samples[key]), n=n_t, positives=pos_t,
                                     negatives=neg_t, small=n_t < MIN_IMAGES or pos_t < MIN_POSITIVES, n_boot=n_boot))
-        n_groups = len(g.order)
+        compared = counted(g.order)
+        n_groups = len(compared)
         for m in METRICS:
-            sp = spread(st.points, st.samples, [(g.attribute, grp, m) for grp in g.order], not lower_is_better(m))
+            sp = spread(st.points, st.samples, [(g.attribute, grp, m) for grp in compared], not lower_is_better(m))
             if sp is None:
                 continue
-            flagged = sum(1 for grp in g.order if _small(st, g.attribute, grp))
+            flagged = sum(1 for grp in compared if _small(st, g.attribute, grp))
             for what, key in (("worst", "worst"), ("gap", "gap")):
                 out.append(_row(cell, kind="summary", attribute=g.attribute, bins=g.how, group="", target="",
                                 metric=f"{m}_{what}", value=sp[key], **_ci(sp[key + "_s"]), n=sp["groups"],
                                 n_boot=n_boot, small=flagged > 0))
         eods = []
         for t in st.targets:
-            tp = spread(st.points, st.samples, [(g.attribute, grp, t, "tpr") for grp in g.order], True)
-            fp = spread(st.points, st.samples, [(g.attribute, grp, t, "fpr") for grp in g.order], True)
+            tp = spread(st.points, st.samples, [(g.attribute, grp, t, "tpr") for grp in compared], True)
+            fp = spread(st.points, st.samples, [(g.attribute, grp, t, "fpr") for grp in compared], True)
             if tp is None or fp is None:
                 continue
             eod, eod_s = max(tp["gap"], fp["gap"]), np.maximum(tp["gap_s"], fp["gap_s"])
@@ -439,7 +447,7 @@ def _paired_rows(a: Analysis, sec: SectionKey, cells: dict) -> list[dict]:
                 continue  # not the same images: no paired test
             for ga, gb in zip(g1, g2):
                 for m in METRICS:
-                    keys = [(ga.attribute, grp, m) for grp in ga.order]
+                    keys = [(ga.attribute, grp, m) for grp in counted(ga.order)]
                     sp1 = spread(s1.points, s1.samples, keys, not lower_is_better(m))
                     sp2 = spread(s2.points, s2.samples, keys, not lower_is_better(m))
                     if sp1 is None or sp2 is None:
