@@ -10,7 +10,7 @@ import types
 
 __version__ = "0.2.0"
 
-_API = ("run", "sweep", "report", "load_results", "config")
+_API = ("run", "sweep", "report", "load_results", "config", "embed")
 
 
 def __getattr__(name: str):

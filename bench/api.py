@@ -6,6 +6,7 @@
     bench.sweep("configs/smoke.yaml")
     df = bench.load_results("results")
     bench.report("results", out="reports/latest")
+    emb = bench.embed("dinov2", "breastmnist", out="feats.parquet")  # {"train": {"ids", "labels", "features"}, ...}
 """
 from __future__ import annotations
 
@@ -131,6 +132,24 @@ def load_results(results_dir: str | Path = "results") -> "pd.DataFrame":
     if not files:
         raise UserError(f"no completed runs in {store.runs}; run `bench run ...` first")
     return pd.concat([pd.read_csv(p, keep_default_na=False, na_values=[""]) for p in files], ignore_index=True)
+
+
+def embed(backbone: str, dataset: str, *, out: str | Path | None = None, splits: tuple[str, ...] | list[str] | None = None,
+          **kw: Any) -> dict:
+    """`bench embed`: the frozen backbone's features of every image, per split, as arrays:
+    ``{"train": {"ids", "labels", "features"}, ...}`` (with ``layers=...``: ``layer_<k>`` per
+    block instead of ``features``), from the feature cache (extracting what is missing); written
+    to ``out`` (.npz or .parquet) too when given. Options as `bench run`'s (size, weights, seed...)."""
+    from .embed import check_out, embed as _embed, write
+    from .run_config import make_run_options
+    from .datasets import SPLITS
+
+    run_kw, exec_kw = split_options(kw)
+    check_out(Path(out) if out else None)
+    emb = _embed(backbone, dataset, make_run_options(**exec_kw), splits=tuple(splits or SPLITS), **run_kw)
+    if out:
+        write(emb, Path(out))
+    return emb
 
 
 def report(results_dir: str | Path = "results", out: str | Path = "reports/latest", **kw: Any) -> Path:

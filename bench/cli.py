@@ -72,6 +72,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"  warnings: {', '.join(dict.fromkeys(map(str, kinds)))} (said above; kept in the run's JSON, "
               f"marked in reports)")
     print(f"  results: {res.path} (provenance, scores and curves in meta/, scores/, curves/ beside runs/)")
+    if opts.subgroups:
+        print(f"  subgroups recorded (not in the run id): {opts.subgroups}; bench report shows them")
     return 0
 
 
@@ -121,7 +123,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         check_available(args.log)
     out = make_report(args.results_dir, args.out, baseline=args.baseline, filters=args.filter or [],
                       formats=tuple(args.format), with_reference=args.with_reference, metric=args.metric,
-                      n_boot=args.n_boot, seed=args.bootstrap_seed)
+                      n_boot=args.n_boot, seed=args.bootstrap_seed, subgroups=args.subgroups,
+                      data_root=args.data_root)
     print(f"report written to {out}")
     if args.log:
         from .tracking import groups_of, track_report
@@ -142,7 +145,9 @@ def cmd_results(args: argparse.Namespace) -> int:
     if args.action == "ls":
         print(format_status(status_table(args.results_dir)))
         return 0
-    out, n_rows, n_runs = export(args.results_dir, args.out, filters=args.filter or [])
+    out, n_rows, n_runs = export(args.results_dir, args.out, filters=args.filter or [], subgroups=args.subgroups,
+                                 predictions=args.predictions, n_boot=args.n_boot, seed=args.bootstrap_seed,
+                                 data_root=args.data_root)
     print(f"{n_rows} rows of {n_runs} run(s) written to {out}")
     return 0
 
@@ -154,6 +159,22 @@ def cmd_explain(args: argparse.Namespace) -> int:
                   seed=args.seed, filters=args.filters, feature_maps=args.feature_maps)
     for path in explain(req, options_from_args(args)):
         print(path)
+    return 0
+
+
+EMBED_OPTIONS = ("backbone", "dataset", "variant", "weights", "readout", "size", "input_size", "resize", "crop_from",
+                 "normalize", "gray", "precision", "seed", "limit", "layers")  # what shapes the features
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    from .embed import check_out, embed, summary, write
+    from .options import DATA_OPTIONS
+
+    check_out(args.out)
+    given = {k: v for k, v in _given(args, "run").items() if k in EMBED_OPTIONS + DATA_OPTIONS}
+    emb = embed(given.pop("backbone"), given.pop("dataset"), options_from_args(args),
+                splits=[s.strip() for s in args.splits.split(",") if s.strip()], **given)
+    print(f"{summary(emb)} written to {write(emb, args.out)}")
     return 0
 
 
@@ -203,6 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="also attach the report's tables and figures to the tracked group(s) of its runs (repeatable)")
     rep.add_argument("--log-group", metavar="NAME", help="--log: the group (default: the groups its runs were "
                      "tracked in, else medfm-bench)")
+    options.add_arguments(rep, only=("subgroups", "data_root"))  # the audit: groups joined through saved image ids
     rep.set_defaults(fn=cmd_report)
 
     res = sub.add_parser("results", allow_abbrev=False, help="what a results folder holds (ls); every run as one tidy table (export)")
@@ -211,6 +233,11 @@ def build_parser() -> argparse.ArgumentParser:
     res_ex = res_sub.add_parser("export", allow_abbrev=False, help="every run merged into one tidy CSV or Parquet table")
     res_ex.add_argument("--out", type=Path, required=True, help="FILE.csv or FILE.parquet")
     res_ex.add_argument("--filter", action="append", help="KEY=VALUE, e.g. dataset=breastmnist (repeatable)")
+    res_ex.add_argument("--predictions", action="store_true", help="one row per scored test image of every run "
+                        "(run id, split, image id, label, prediction, scores) instead of the metric rows")
+    res_ex.add_argument("--n-boot", type=int, default=1000, help="--subgroups: bootstrap resamples (as bench report)")
+    res_ex.add_argument("--bootstrap-seed", type=int, default=0)
+    options.add_arguments(res_ex, only=("subgroups", "data_root"))
     for q in (res_ls, res_ex):
         q.add_argument("--results-dir", type=Path, default=Path("results"))
     res.set_defaults(fn=cmd_results)
@@ -229,6 +256,15 @@ def build_parser() -> argparse.ArgumentParser:
     options.add_arguments(ex, only=("results_dir", "data_root", "cache_dir", "device",
                                                       "skip_md5", "quiet"))
     ex.set_defaults(fn=cmd_explain)
+
+    em = sub.add_parser("embed", allow_abbrev=False, help="a frozen backbone's features of every image (ids, split, "
+                        "labels), from the feature cache, to .npz or .parquet")
+    options.add_arguments(em, only=EMBED_OPTIONS + options.DATA_OPTIONS + (
+        "results_dir", "data_root", "cache_dir", "device", "channels_last", "compile", "skip_md5", "extract_batch_size",
+        "decode_workers", "quiet"))
+    em.add_argument("--out", type=Path, required=True, help="FILE.npz or FILE.parquet")
+    em.add_argument("--splits", default="train,val,test", help="comma-separated (default: train,val,test)")
+    em.set_defaults(fn=cmd_embed)
 
     sw = sub.add_parser("sweep", allow_abbrev=False, help="a grid of runs from a YAML file and/or flags")
     from .sweep import add_sweep_arguments  # light import (no torch): bench --help stays fast

@@ -125,6 +125,10 @@ class Option:
         return self.help + (f" ({'; '.join(extra)})" if extra else "")
 
 
+# --subgroups: columns, each optionally with numeric bin edges (bench.datasets.attributes.parse)
+_NUM = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+|inf)"
+SUBGROUPS = rf"[^,:]+(?::{_NUM}(?:,{_NUM})*)?(?:,[^,:]+(?::{_NUM}(?:,{_NUM})*)?)*"
+
 O = Option
 OPTIONS: tuple[Option, ...] = (
     # -- what is measured -------------------------------------------------------------------------
@@ -273,6 +277,11 @@ OPTIONS: tuple[Option, ...] = (
            "dataset and fingerprint them (0: the cores this run may use: all, or in a sweep with --workers W, cores / W); "
            "never more than that share"),
     O("quiet", bool, False, group=WHERE, scope="exec", short="-q", help="no progress output"),
+    O("subgroups", str, "", group=WHERE, scope="exec", metavar="COL[:EDGES][,COL...]", pattern=SUBGROUPS,
+      help="per-image attributes to audit by (csv: columns; DICOM PatientSex, PatientAge, Manufacturer; CheXpert "
+           "Sex, Age; a numeric column's bins as COL:EDGE,EDGE,...): bench run and sweep check the columns and "
+           "record them with the run, never in its id; bench report and results export join them through the "
+           "saved image ids (docs/auditing.md)"),
     O("log", str, None, group=WHERE, scope="exec", multiple=True, choices=("tensorboard", "mlflow", "wandb"),
       help="also track the run in this tracker, after its result is written (repeatable; a tracker that fails "
            "is one warning, never a failed run; docs/tracking.md)"),

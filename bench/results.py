@@ -7,7 +7,10 @@ Layout under the results folder::
                                its presence means the run is complete). Only these are in runs/,
                                so ``pd.concat(map(pd.read_csv, glob("results/runs/*.csv")))`` is right.
     meta/<run_id>.json         resolved config, task, seeds, versions, git revision, timings
-    scores/<run_id>.npz        test split y_true / y_score, for bootstrap intervals in reports
+    scores/<run_id>.npz        test split y_true / y_score, for bootstrap intervals in reports, with
+                               ``split`` ("test") and ``ids`` (each image's id: own data, its path
+                               as the manifest names it; MedMNIST, "test/<index>"); runs saved
+                               before ids were recorded lack both (bench.audit rebuilds them)
     curves/<run_id>.csv        per-epoch (or per-head) validation curves
     failures/<run_id>.json     runs that raised, with the error (sweeps)
     models/<run_id>/           head.safetensors (every run that trains a head; bench explain) and
@@ -111,6 +114,17 @@ class ResultStore:
         with np.load(path) as z:
             return np.asarray(z["y_true"]), np.asarray(z["y_score"])
 
+    def read_ids(self, run_id: str) -> tuple[str, np.ndarray] | None:
+        """(split, each scored image's id) as the run saved them; None for a run saved before ids
+        were recorded (bench.audit.test_ids rebuilds those) or without saved scores."""
+        path = self.path("scores", run_id)
+        if not path.exists():
+            return None
+        with np.load(path) as z:
+            if "ids" not in z.files:
+                return None
+            return str(z["split"]) if "split" in z.files else "test", np.asarray(z["ids"]).astype(str)
+
     def check_writable(self) -> None:
         """Fail early, in one line, where results could not be written (creates nothing)."""
         check_creatable(self.root, "results folder", "--results-dir")
@@ -155,17 +169,24 @@ class ResultStore:
     def write_run(self, cfg: RunConfig, metrics_by_split: dict[str, dict[str, float]], meta: dict,
                   test_scores: tuple[np.ndarray, np.ndarray], curves: list[dict] | None = None,
                   layers: dict[int, tuple[dict[str, dict[str, float]], np.ndarray]] | None = None,
-                  model_files: dict[str, tuple[dict, dict]] | None = None) -> Path:
+                  model_files: dict[str, tuple[dict, dict]] | None = None,
+                  test_ids: "np.ndarray | list[str] | None" = None) -> Path:
         """Write every file of a run. A rerun (--force) stages all new files first and swaps
         them in after, CSV last: the old result stays complete until the new one is.
 
         ``layers`` (layer-wise probes): per block, its metrics by split and its test scores; the
         CSV then has a ``layer`` column (empty on the rows of the layer selected on val, which
-        ``metrics_by_split`` holds) and the scores file ``y_score_layer<k>`` arrays."""
+        ``metrics_by_split`` holds) and the scores file ``y_score_layer<k>`` arrays.
+
+        ``test_ids``: each test image's id (Dataset.image_ids), saved with the scores as ``ids``
+        beside ``split``, so reports join per-image attributes (subgroups) without rerunning."""
         run_id = cfg.run_id
         buf = io.BytesIO()
         per_layer = {f"y_score_layer{k}": s for k, (_, s) in (layers or {}).items()}
-        np.savez_compressed(buf, y_true=test_scores[0], y_score=test_scores[1], **per_layer)
+        ids = {} if test_ids is None else {"split": np.array("test"), "ids": np.asarray(test_ids, dtype=str)}
+        if ids and len(ids["ids"]) != len(test_scores[0]):
+            raise ValueError(f"{len(ids['ids'])} image ids for {len(test_scores[0])} test scores")
+        np.savez_compressed(buf, y_true=test_scores[0], y_score=test_scores[1], **ids, **per_layer)
         rows = [dict(_config_columns(cfg, run_id), split=split, metric=name, value=value)
                 for split, ms in metrics_by_split.items() for name, value in ms.items()]
         rows += [dict(_config_columns(cfg, run_id), layer=k, split=split, metric=name, value=value)

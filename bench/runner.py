@@ -8,7 +8,7 @@ import time
 
 from backbones.base import Backbone
 
-from . import assemble, metrics, tracking
+from . import assemble, audit, metrics, tracking
 from .cache import FeatureCache
 from .run_config import RunConfig, RunOptions
 from .protocol import ProtocolOutput
@@ -40,6 +40,8 @@ def execute(cfg: RunConfig, opts: RunOptions, *, model: Backbone | None = None,
     # the input is checked (model, data, options against both) before the lock is taken: a refused
     # run leaves nothing in the results folder, not even locks/
     ctx = assemble.open_context(cfg, opts, model, cache)
+    if opts.subgroups:  # columns checked against the data's attributes before any compute is spent
+        audit.check_subgroups(opts.subgroups, ctx.source or ctx.dataset, cfg, opts)
     with store.lock(cfg.run_id) if lock else contextlib.nullcontext():
         if lock and store.is_done(cfg.run_id) and not opts.force:  # finished by another process meanwhile
             return RunResult.read(store, cfg.run_id)
@@ -55,8 +57,11 @@ def execute(cfg: RunConfig, opts: RunOptions, *, model: Backbone | None = None,
         by_split = scored(out)
         layers = {k: (scored(o), o.test_scores) for k, o in out.layers.items()} if out.layers else None
         ctx.timings.values["total_s"] = time.perf_counter() - t0
-        store.write_run(cfg, by_split, {**ctx.record(out), "definitions": definitions}, (y_test, out.test_scores), out.curves, layers=layers,
-                        model_files=out.files)
+        meta = {**ctx.record(out), "definitions": definitions}
+        if opts.subgroups:  # recorded, never in the id: reports join them through the saved image ids
+            meta["subgroups"] = opts.subgroups
+        store.write_run(cfg, by_split, meta, (y_test, out.test_scores), out.curves, layers=layers,
+                        model_files=out.files, test_ids=ds.image_ids("test"))
         protocol.finished(cfg, opts)  # e.g. drop a resume checkpoint: only now, after the results are written
         if opts.log:  # from the written files; a tracker failure is one warning, recorded in the meta
             tracking.track_run(opts.results_dir, cfg.run_id, opts.log, opts.log_group)

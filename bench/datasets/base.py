@@ -36,6 +36,9 @@ class Dataset:
     source: str = ""             # registry name of the source
     path: Path | None = None     # the file or folder read
     extra: dict = field(default_factory=dict)  # source-specific provenance
+    # each image's id per split (own data: its path relative to the dataset root, as the manifest
+    # names it); None or a split left out: "<split>/<index>", its position in the split (MedMNIST)
+    ids: dict[str, list[str]] | None = None
 
     @property
     def n_outputs(self) -> int:
@@ -84,6 +87,15 @@ class Dataset:
         if len(np.unique(self.targets("train"), axis=0)) < 2:
             raise UserError(f"{where}: the train split has a single label value; nothing to learn")
         return self
+
+    def image_ids(self, split: str) -> np.ndarray:
+        """Each image's id in ``split``, in the split's order (what saved scores and exports name
+        images by; bench.results)."""
+        n = len(self.splits[split])
+        given = (self.ids or {}).get(split)
+        if given is not None and len(given) == n:
+            return np.asarray(given, dtype=str)
+        return np.array([f"{split}/{i}" for i in range(n)], dtype=str)
 
     def targets(self, split: str) -> np.ndarray:
         """Labels as the metrics want them: (N,) class indices, or (N, L) for multi-label."""
@@ -168,6 +180,12 @@ class DatasetSource:
         name says it all), else the data's fingerprint, so a different file under the same name
         is a different run. Sources of the user's own data return their content fingerprint."""
         return self.expected_fingerprint(dataset, size, opts) or ""
+
+    def attributes(self, dataset: str, opts: LoadOptions, ids: "set[str] | None" = None):
+        """Per-image attributes for subgroup audits (bench.datasets.attributes.Attributes: values
+        per column, images named by the ids of Dataset.image_ids), only of ``ids`` when given;
+        None where the source has none (MedMNIST)."""
+        return None
 
     def missing(self, dataset: str, size: int, opts: LoadOptions) -> list[str]:
         """Names of files a run would need that are not there yet (dry runs list them)."""

@@ -694,8 +694,10 @@ def build(m: Manifest, size: int, opts: LoadOptions) -> Dataset:
     split = {"rule": meta["split_rule"], "file": None}
     extra = {**m.extra, "split": split, "skipped_unreadable": [p for p, _ in meta["skipped"]], "decode": {
         "cache": str(folder), "policy": "short side to size (bilinear), centre crop; 16-bit min-max"}}
+    ids = {s: list(meta["paths"][s][:len(splits[s])]) for s in SPLITS}  # the paths, as the manifest names them
     ds = Dataset(m.name, size, m.task, m.label_names, meta["n_channels"], splits, fp,
-                 modality=opts.get("modality") or m.modality, source=m.source, path=m.path, extra=extra).validate()
+                 modality=opts.get("modality") or m.modality, source=m.source, path=m.path, extra=extra,
+                 ids=ids).validate()
     split_file = save_split(meta, opts)  # into the results folder: only for data a run can use
     split["file"] = str(split_file) if split_file else None
     return ds
@@ -741,6 +743,14 @@ class ImageSource(DatasetSource):
 
     def modality(self, dataset: str) -> str:
         return ""
+
+    def attributes(self, dataset: str, opts: LoadOptions, ids: "set[str] | None" = None):
+        """DICOM tags of the images that are DICOM files (PatientSex, PatientAge, Manufacturer);
+        sources with a table of their own (csv:, CheXpert, ISIC) add its columns."""
+        from .attributes import with_dicom
+
+        entries = [e for e in self.manifest(dataset, opts).entries if ids is None or e.rel in ids]
+        return with_dicom(None, [e.rel for e in entries], [e.path for e in entries])
 
 
 def under(base: Path, rel: str) -> Path:

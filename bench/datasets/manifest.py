@@ -142,6 +142,16 @@ class CSVSource(ImageSource):
         return self.rows_manifest(dataset, path, path.parent, cols, rows, opts, path_col=path_col,
                                   label_cols=label_cols, split_col=split_col, group_col=group_col)
 
+    def attributes(self, dataset: str, opts: LoadOptions, ids: "set[str] | None" = None):
+        """Every column of the CSV but the path, per image (and DICOM tags of .dcm images)."""
+        from .attributes import from_rows, with_dicom
+
+        path = self._path(dataset)
+        cols, rows = read_rows(path, dataset)
+        path_col = column(cols, opts.get("path_col"), PATH_COLUMNS, "path", dataset)
+        table = from_rows([(r[path_col] or "").strip() for r in rows], rows, skip=(path_col,), wanted=ids)
+        return with_dicom(table, table.ids, [under(path.parent, i) for i in table.ids])
+
     def missing(self, dataset: str, size: int, opts: LoadOptions) -> list[str]:
         p = dataset.partition(":")[2]
         return [] if Path(p).expanduser().is_file() else [p]

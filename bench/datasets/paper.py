@@ -128,6 +128,15 @@ class ISIC(PaperSource):
                         infer_task(8, False, opts.get("task"), dataset),
                         modality=self.modality_name, files=[gt, root / self.files[2]])
 
+    def attributes(self, dataset: str, opts: LoadOptions, ids: "set[str] | None" = None):
+        """The metadata CSV's columns (age_approx, anatom_site_general, lesion_id, sex) per image."""
+        from .attributes import from_rows
+
+        root = self.root(dataset, opts)
+        _, meta = read_rows(root / self.files[2], dataset)
+        return from_rows([f"{self.files[1]}/{(r.get('image') or '').strip()}.jpg" for r in meta], meta,
+                         skip=("image",), wanted=ids)
+
 
 class CBIS(PaperSource):
     name, n_out, modality_name = "cbis-ddsm", 2, "mammography"
@@ -192,6 +201,21 @@ class CheXpert(PaperSource):
         if (root / rel).exists():
             return root, rel
         return root, rest if first.lower().startswith("chexpert") else rel
+
+    def attributes(self, dataset: str, opts: LoadOptions, ids: "set[str] | None" = None):
+        """train.csv's and valid.csv's columns other than Path and the observations (Sex, Age,
+        Frontal/Lateral, AP/PA) per image, named as the manifest names them."""
+        from .attributes import from_rows
+
+        root = self.root(dataset, opts)
+        names, rows = [], []
+        for f in ("train.csv", "valid.csv"):
+            _, got = read_rows(root / f, dataset)
+            for r in got:
+                base, rel = self._base(root, (r.get("Path") or "").strip())
+                names.append((base / rel).resolve().relative_to(root.resolve().parent).as_posix())
+                rows.append(r)
+        return from_rows(names, rows, skip=("Path", *CHEXPERT14), wanted=ids)
 
     def manifest(self, dataset: str, opts: LoadOptions) -> Manifest:
         root = self.root(dataset, opts)

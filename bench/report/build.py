@@ -24,7 +24,8 @@ _ALIASES = {"markdown": "md", "tex": "latex", "htm": "html"}
 
 def make_report(results_dir: Path, out: Path, *, baseline: str | None = None, filters: list[str] | tuple[str, ...] = (),
                 formats: tuple[str, ...] | list[str] = ("md", "html", "png"), with_reference: bool = False,
-                metric: str = "auc", n_boot: int = 1000, seed: int = 0) -> Path:
+                metric: str = "auc", n_boot: int = 1000, seed: int = 0, subgroups: str | None = None,
+                data_root: Path | None = None) -> Path:
     """Aggregate every completed run under ``results_dir`` and write the report into ``out``.
 
     Writes ``report.md`` / ``report.html`` / ``report.tex`` (per ``formats``), ``figures/*.png``
@@ -32,6 +33,8 @@ def make_report(results_dir: Path, out: Path, *, baseline: str | None = None, fi
     main document (HTML if written, else Markdown, else LaTeX, else the output folder).
     ``baseline`` None means the first ImageNet reference with runs (resnet50, resnet152, deit,
     resnet18 with their default weights); with none, the report says there is nothing to compare.
+    ``subgroups`` (``--subgroups COL[,COL]``; default: what the runs recorded) adds the "Subgroups"
+    section (bench.report.subgroups); ``data_root``: where the runs' data lies now, when moved.
     Raises UserError for an empty or missing results folder, an unknown baseline, metric,
     filter key or format.
     """
@@ -50,7 +53,9 @@ def make_report(results_dir: Path, out: Path, *, baseline: str | None = None, fi
                f"--baseline MODEL to compare against one of yours")
     a = T.Analysis(rs, metric, baseline, n_boot=n_boot, seed=seed, baseline_why=why)
     draw = "png" in fmts or "html" in fmts
-    report = build(a, with_reference=with_reference, figures=draw)
+    from .subgroups import audit_of
+
+    report = build(a, with_reference=with_reference, figures=draw, audit=audit_of(a, subgroups, data_root))
     if draw:  # the sheets of `bench explain`, where it ran for runs in this report
         from .explain import explanations_section
 
@@ -79,7 +84,7 @@ def _check_formats(formats) -> list[str]:
     return list(dict.fromkeys(out))
 
 
-def build(a: T.Analysis, *, with_reference: bool = False, figures: bool = True) -> Report:
+def build(a: T.Analysis, *, with_reference: bool = False, figures: bool = True, audit=None) -> Report:
     from . import figures as F  # matplotlib only when figures are drawn
 
     secs = a.sections()
@@ -167,6 +172,11 @@ def build(a: T.Analysis, *, with_reference: bool = False, figures: bool = True) 
     for make in (transfer.depth_section, transfer.labels_section, lambda a, _figures: zeroshot_section(a)):
         study = make(a, figures)
         sections += [study] if study is not None else []
+
+    if audit is not None:  # --subgroups: per-group numbers joined through the saved image ids
+        from .subgroups import subgroups_sections
+
+        sections += subgroups_sections(a, audit.specs, figures, au=audit)
 
     if with_reference:
         from .reference import load_reference

@@ -16,7 +16,7 @@ from .tables import dataset_order
 
 EXPORT_FORMATS = (".csv", ".parquet")
 # provenance worth a column next to the config (nested parts such as versions stay in the JSON)
-_META_COLUMNS = ("task", "created", "git", "device")
+_META_COLUMNS = ("task", "created", "git", "device", "subgroups")  # subgroups: what bench run --subgroups recorded
 
 
 def tidy_table(results_dir: Path, filters: list[str] | tuple[str, ...] = ()) -> pd.DataFrame:
@@ -55,8 +55,28 @@ def _cell(v: object) -> object:
     return v if v is None or isinstance(v, (str, int, float, bool)) else str(v)
 
 
-def export(results_dir: Path, out: Path, filters: list[str] | tuple[str, ...] = ()) -> tuple[Path, int, int]:
-    """Write the tidy table to ``out`` (.csv or .parquet); returns (path, rows, runs)."""
+def subgroup_table(results_dir: Path, filters: list[str] | tuple[str, ...] = (), subgroups: str = "",
+                   n_boot: int = 1000, seed: int = 0, data_root: Path | None = None) -> pd.DataFrame:
+    """The numbers of the report's "Subgroups" section (bench.report.subgroups.COLUMNS, with the
+    model columns), for the same runs, bootstrap resamples and seed as `bench report`."""
+    from . import tables as T
+    from .subgroups import audit_of
+
+    rs = load_results(Path(results_dir), list(filters))
+    a = T.Analysis(rs, "auc", T.default_baseline(rs), n_boot=n_boot, seed=seed, require_baseline=False)
+    au = audit_of(a, subgroups, data_root)
+    if au is None:
+        raise UserError("--subgroups names no column; e.g. --subgroups sex,age:0,40,60,120")
+    return T.with_model_columns(au.frame, a.model_info).assign(run_ids=lambda d: d.run_ids.astype(str))
+
+
+def export(results_dir: Path, out: Path, filters: list[str] | tuple[str, ...] = (), *, subgroups: str | None = None,
+           predictions: bool = False, n_boot: int = 1000, seed: int = 0,
+           data_root: Path | None = None) -> tuple[Path, int, int]:
+    """Write the tidy table to ``out`` (.csv or .parquet); returns (path, rows, runs).
+    ``predictions``: one row per scored test image instead (bench.report.predictions; with
+    ``subgroups``, each image's group per column); else ``subgroups``: the report's subgroup
+    numbers (bench.report.subgroups) instead of the metric rows."""
     import io
 
     from ..fsio import atomic_write_bytes, check_creatable
@@ -68,7 +88,14 @@ def export(results_dir: Path, out: Path, filters: list[str] | tuple[str, ...] = 
     if out.is_dir():
         raise UserError(f"--out {out} is a folder; give a file name ending in .csv or .parquet")
     check_creatable(out.parent, "export folder", "--out")  # unwritable: one line before the table is built
-    df = tidy_table(results_dir, filters)
+    if predictions:
+        from .predictions import predictions_table
+
+        df = predictions_table(results_dir, filters, subgroups, data_root)
+    elif subgroups:
+        df = subgroup_table(results_dir, filters, subgroups, n_boot, seed, data_root)
+    else:
+        df = tidy_table(results_dir, filters)
     if suffix == ".csv":
         data = df.to_csv(index=False).encode()
     else:
@@ -79,7 +106,9 @@ def export(results_dir: Path, out: Path, filters: list[str] | tuple[str, ...] = 
             raise UserError("writing .parquet needs pyarrow (pip install pyarrow); or use --out FILE.csv") from None
         data = buf.getvalue()
     atomic_write_bytes(out, data, "export")  # whole or not at all; a full or read-only disk is one line
-    return out, len(df), int(df.run_id.nunique())
+    n_runs = len({r for ids in df.run_ids for r in str(ids).split()}) if "run_ids" in df.columns else \
+        int(df.run_id.nunique())
+    return out, len(df), n_runs
 
 
 def status_table(results_dir: Path) -> pd.DataFrame:
@@ -131,6 +160,9 @@ def status_table(results_dir: Path) -> pd.DataFrame:
     order = {d: i for i, d in enumerate(dataset_order(out.dataset))}
     out = out.sort_values(["model", "dataset", "size"], key=lambda c: c.map(order) if c.name == "dataset" else c)
     out.attrs["unplaced_failures"] = unplaced
+    store = ResultStore(root)
+    scored = [rid for rid, st in status.items() if st == "done" and store.path("scores", rid).exists()]
+    out.attrs["scored"] = (len(scored), sum(store.read_ids(rid) is not None for rid in scored))
     out.attrs["kinds"] = _kinds(df[df.status == "done"].kind)
     return out.reset_index(drop=True)
 
@@ -158,6 +190,11 @@ def format_status(df: pd.DataFrame) -> str:
              " (a cell: runs done, '/N failed' when some failed)."]
     if df.attrs.get("kinds"):
         lines.append(f"Runs done by kind: {df.attrs['kinds']} (every kind counted in the cells).")
+    scored, with_ids = df.attrs.get("scored") or (0, 0)
+    if scored:
+        lines.append(f"Runs with saved test scores: {scored}; with image ids (--subgroups, --predictions): {with_ids}"
+                     + (f" (the other {scored - with_ids} predate them: rebuilt where their data is unchanged)"
+                        if with_ids < scored else "") + ".")
     if df.attrs.get("unplaced_failures"):
         lines.append(f"{df.attrs['unplaced_failures']} more failure record(s) without a readable config.")
     return "\n".join(lines)

@@ -368,3 +368,51 @@ def adaptation_figure(a: Analysis) -> tuple[Figure | None, str | None]:
     return _figure("metric_vs_trainable_parameters", "How much adaptation", g.figure,
                    "Seed means per dataset; dashed: the efficient frontier (the best metric reached with at most "
                    "that many trainable parameters). kNN probes train nothing and are left out."), note
+
+
+def subgroup_figure(a: Analysis, au) -> tuple[Figure | None, str | None]:
+    """The headline metric per subgroup and model with its 95% bootstrap interval: one panel per
+    section x dataset x attribute (bench.report.subgroups; flagged small groups drawn hollow)."""
+    df = au.frame[(au.frame.kind == "group") & (au.frame.metric == au.headline)]
+    if df.empty or not np.isfinite(df.value.to_numpy(float)).any():
+        return None, f"Subgroup figure skipped: no finite {au.headline.upper()} in any group."
+    panels = list(df.groupby(["section", "dataset", "attribute"], sort=False))
+    shown, more = panels[:12], len(panels) - 12
+    colors = model_colors(a)
+    _theme()
+    ncol = min(2, len(shown))
+    nrow = math.ceil(len(shown) / ncol)
+    width = max(len(p.group.unique()) for _, p in shown)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(max(4.5, 0.9 * width + 2.5) * ncol, 3.4 * nrow), squeeze=False)
+    for ax, ((sec, d, attr), p) in zip(axes.flat, shown):
+        order = list(dict.fromkeys(p.group))
+        models = list(dict.fromkeys(p.model))
+        step = 0.7 / max(len(models), 1)
+        for k, m in enumerate(models):
+            pm = p[p.model == m].set_index("group").reindex(order)
+            x = np.arange(len(order)) - 0.35 + step * (k + 0.5)
+            v, lo, hi = (pm[c].to_numpy(float) for c in ("value", "ci_low", "ci_high"))
+            err = np.vstack([np.where(np.isfinite(lo), v - lo, 0), np.where(np.isfinite(hi), hi - v, 0)])
+            ax.errorbar(x, v, yerr=err, fmt="none", ecolor=colors.get(m), elinewidth=1.2, capsize=2)
+            small = pm["small"].fillna(False).to_numpy(bool)
+            ax.scatter(x[~small], v[~small], color=colors.get(m), s=28, label=m, zorder=3)
+            ax.scatter(x[small], v[small], facecolors="white", edgecolors=colors.get(m), s=28, zorder=3,
+                       label=None)
+        ax.set_xticks(np.arange(len(order)))
+        ax.set_xlim(-0.5, len(order) - 0.5)
+        ax.set_xticklabels([f"{g}\n(n={int(n)})" for g, n in zip(order, p.drop_duplicates("group").set_index("group")
+                                                                     .reindex(order)["n"])], fontsize=8)
+        ax.set_ylabel(f"test {au.headline.upper()}")
+        ax.set_title(f"{dataset_label(d)} · {attr}\n{sec}", fontsize=9)
+    for ax in list(axes.flat)[len(shown):]:
+        ax.axis("off")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    seen = dict(zip(labels, handles))
+    fig.legend(seen.values(), seen.keys(), loc="lower center", ncol=min(4, len(seen)), fontsize=8,
+               bbox_to_anchor=(0.5, -0.02 - 0.03 * math.ceil(len(seen) / 4)))
+    fig.tight_layout()
+    note = f"The subgroup figure shows the first 12 of {len(panels)} panels; every number is in the tables." \
+        if more > 0 else None
+    return _figure("subgroups", f"Test {au.headline.upper()} per subgroup", fig,
+                   f"Seed mean of test {au.headline.upper()} per group of test images, with 95% bootstrap intervals "
+                   f"(test images resampled); hollow markers: groups under 30 images or 10 positives."), note
