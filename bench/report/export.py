@@ -131,8 +131,24 @@ def status_table(results_dir: Path) -> pd.DataFrame:
     order = {d: i for i, d in enumerate(dataset_order(out.dataset))}
     out = out.sort_values(["model", "dataset", "size"], key=lambda c: c.map(order) if c.name == "dataset" else c)
     out.attrs["unplaced_failures"] = unplaced
+    out.attrs["robust"] = _robust_counts(root, set(status))
     out.attrs["kinds"] = _kinds(df[df.status == "done"].kind)
     return out.reset_index(drop=True)
+
+
+def _robust_counts(root: Path, run_ids: set[str]) -> dict:
+    """Runs scored under shift by `bench robust` (robust/<run_id>.csv): how many, by shift kind, and
+    how many of those files belong to no run listed here (a run deleted since)."""
+    from ..robust.files import RobustStore
+
+    store = RobustStore(root)
+    ids = store.run_ids()
+    kinds: dict[str, int] = {}
+    for rid in ids:
+        for kind in (store.read_meta(rid).get("shifts") or {}):
+            kinds[kind.split("-", 1)[0]] = kinds.get(kind.split("-", 1)[0], 0) + 1
+    return {"runs": len([r for r in ids if r in run_ids]), "orphans": len([r for r in ids if r not in run_ids]),
+            "kinds": kinds}
 
 
 def _kinds(kinds: pd.Series) -> str:
@@ -158,6 +174,11 @@ def format_status(df: pd.DataFrame) -> str:
              " (a cell: runs done, '/N failed' when some failed)."]
     if df.attrs.get("kinds"):
         lines.append(f"Runs done by kind: {df.attrs['kinds']} (every kind counted in the cells).")
+    rb = df.attrs.get("robust") or {}
+    if rb.get("runs") or rb.get("orphans"):
+        kinds = ", ".join(f"{k} {n}" for k, n in sorted(rb.get("kinds", {}).items()))
+        lines.append(f"Scored under shift (bench robust, robust/): {rb['runs']} run(s)" + (f" ({kinds})" if kinds else "")
+                     + (f"; {rb['orphans']} file(s) of runs no longer here" if rb.get("orphans") else "") + ".")
     if df.attrs.get("unplaced_failures"):
         lines.append(f"{df.attrs['unplaced_failures']} more failure record(s) without a readable config.")
     return "\n".join(lines)

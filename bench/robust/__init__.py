@@ -10,6 +10,7 @@ nothing is selected on them: the model is the one the run selected on val.
 from __future__ import annotations
 
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,7 +95,7 @@ def _drop_stale(rstore: RobustStore, run_id: str, stamp: dict) -> None:
         rstore.drop_cell(run_id, c)
     if stale:
         print(f"bench: robust: {run_id}: {len(stale)} cell(s) made for an earlier version of the run or of the "
-              f"corruption code were dropped and are scored again", flush=True)
+              f"corruption code were dropped and are scored again", file=sys.stderr, flush=True)
 
 
 def _score(store, rstore, run_id, cfg, meta, saved, missing, cells, req, opts, stamp, record) -> dict:

@@ -36,7 +36,7 @@ CLEAN = "clean"              # the corruption column of the run's own test split
 RESIZE_ONLY = "resize-only"  # the clean 224-px split through the resize a corrupted one goes through
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, order=True)
 class Cell:
     """One shifted version of a run's test split."""
 
