@@ -161,9 +161,13 @@ def cmd_robust(args: argparse.Namespace) -> int:
     from .robust import Request, robust
 
     corruptions = [c.strip() for c in (args.corruptions or "").split(",") if c.strip()] or None
-    req = Request(args.run_ids, test_dataset=args.test_dataset, corruptions=corruptions, modality=args.modality)
+    req = Request(args.run_ids, test_dataset=args.test_dataset, corruptions=corruptions, modality=args.modality,
+                  every=args.all)
     for path in robust(req, options_from_args(args)):
         print(path)
+    if req.failed:
+        print(f"bench: robust: {len(req.failed)} run(s) not scored (said above)", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -242,7 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     rb = sub.add_parser("robust", allow_abbrev=False, help="score finished runs under shift without retraining: "
                         "MedMNIST-C corruptions x severities 1-5, or another dataset's test split")
-    rb.add_argument("run_ids", nargs="+", metavar="RUN_ID", help="one or more run ids (or unique prefixes)")
+    rb.add_argument("run_ids", nargs="*", metavar="RUN_ID", help="one or more run ids (or unique prefixes)")
+    rb.add_argument("--all", action="store_true", help="every finished run of --results-dir (after a sweep); a run "
+                    "that cannot be scored is said and skipped (exit 1), one another process is scoring is left to it")
     rb.add_argument("--test-dataset", metavar="DATASET", help="score on this dataset's clean test split instead "
                     "(its task and classes must be the run's), e.g. another hospital's csv:FILE")
     rb.add_argument("--corruptions", metavar="NAME,...", help="only these MedMNIST-C corruptions of the run's "

@@ -326,3 +326,20 @@ def test_report_section_with_be_rbe_and_the_paired_drop(env, probe_id, last1_id,
     drops = summary.set_index("entity")["drop"]
     assert paired.delta_drop.iloc[0] == pytest.approx(drops[paired.model_a.iloc[0]] - drops[paired.model_b.iloc[0]])
     assert (tmp_path / "rep" / "figures" / "robust_severity_medmnistc_breastmnist_28.png").is_file()
+
+
+def test_all_scores_every_run_and_says_which_it_cannot(env, probe_id, capsys):
+    """--all (after a sweep): every finished run; one that cannot be scored (a fine-tune without its
+    saved backbone) is said in one line and the exit code is 1."""
+    unsaved = _run(env, "--backbone", "dummy", "--unfreeze", "last1", "--epochs", "1", "--seed", "1")
+    code, out, err = _robust(env, capsys, "--all", "--corruptions", "pixelate")
+    store, rstore = ResultStore(env.results), RobustStore(env.results)
+    failed = [line for line in err.splitlines() if " not scored: " in line]
+    assert any(unsaved in line for line in failed)
+    assert code == 1 and failed and all("--save-model" in line or "--modality" in line for line in failed)
+    scored = set(out.split())
+    assert scored == {str(rstore.csv_path(r)) for r in store.run_ids() if not any(r in line for line in failed)}
+    with pytest.raises(UserError, match="--all"):
+        from bench.robust import Request, robust
+
+        robust(Request(["x"], every=True), make_run_options(results_dir=env.results))

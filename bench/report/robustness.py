@@ -89,9 +89,11 @@ class Robustness:
     def _load(self) -> pd.DataFrame:
         a, runs = self.a, self.a.rs.runs
         frames, stale, bad = [], 0, []
+        from ..robust.files import run_stamp
+
         for rid in sorted(set(self.store.run_ids()) & set(runs.run_id)):
             rec = self.store.read_meta(rid)
-            if rec.get("run_created") != (a.rs.meta.get(rid) or {}).get("created"):
+            if rec.get("run") != run_stamp(a.rs.root, rid):
                 stale += 1
                 continue
             try:

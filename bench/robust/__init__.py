@@ -22,7 +22,7 @@ from ..errors import UserError
 from ..progress import log
 from ..results import ResultStore
 from ..run_config import RunConfig, RunOptions
-from .files import CLEAN, Cell, RobustStore
+from .files import CLEAN, Cell, RobustStore, run_stamp
 from .rows import cell_metrics, rows_for
 
 __all__ = ["Request", "robust", "RobustStore", "Cell"]
@@ -34,17 +34,40 @@ class Request:
     test_dataset: str | None = None          # another dataset's test split instead of the corruptions
     corruptions: list[str] | None = None     # only these corruptions (default: all of the dataset's set)
     modality: str | None = None              # own data: the modality whose generic set is used (default: the run's)
+    every: bool = False                      # every finished run of the results folder (--all)
     written: list[Path] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)   # --all: run id -> why it was not scored
 
 
 def robust(req: Request, opts: RunOptions) -> list[Path]:
-    """Score every run of ``req`` under its shift; returns the rows files written (UserError on bad input)."""
+    """Score every run of ``req`` under its shift; returns the rows files written (UserError on bad
+    input). With ``req.every``, every finished run of the folder: one that cannot be scored is said in
+    one line and recorded in ``req.failed``, and one another process is scoring is left to it."""
     from ..explain.model import resolve_run_id
 
     store = ResultStore(opts.results_dir)
-    ids = list(dict.fromkeys(resolve_run_id(store, r) for r in req.run_ids))
+    if req.every:
+        if req.run_ids:
+            raise UserError("--all scores every run of the results folder; give run ids or --all, not both")
+        ids = store.run_ids()
+        if not ids:
+            raise UserError(f"{store.root} has no finished runs (bench run or bench sweep first, or --results-dir)")
+    else:
+        if not req.run_ids:
+            raise UserError("no run to score: give run ids (or unique prefixes), or --all for every run of the folder")
+        ids = list(dict.fromkeys(resolve_run_id(store, r) for r in req.run_ids))
     for run_id in ids:
-        req.written.append(evaluate(store, run_id, req, opts))
+        if not req.every:
+            req.written.append(evaluate(store, run_id, req, opts))
+            continue
+        try:
+            got = evaluate(store, run_id, req, opts, wait=False)
+        except UserError as e:
+            req.failed[run_id] = str(e)
+            print(f"bench: robust: {run_id} not scored: {e}", file=sys.stderr, flush=True)
+            continue
+        if got is not None:
+            req.written.append(got)
     return req.written
 
 
@@ -59,8 +82,9 @@ def _cells(cfg: RunConfig, meta: dict, run_id: str, req: Request) -> list[Cell]:
     return corruption_cells(cfg, meta, req.corruptions, req.modality)
 
 
-def evaluate(store: ResultStore, run_id: str, req: Request, opts: RunOptions) -> Path:
-    """One run: the cells not done yet scored (each written when done), then its rows rewritten."""
+def evaluate(store: ResultStore, run_id: str, req: Request, opts: RunOptions, wait: bool = True) -> Path | None:
+    """One run: the cells not done yet scored (each written when done), then its rows rewritten.
+    ``wait`` False: None at once when another process holds the run (it is scoring it)."""
     from .shifts import code_digest
 
     meta = store.read_meta(run_id)
@@ -73,9 +97,17 @@ def evaluate(store: ResultStore, run_id: str, req: Request, opts: RunOptions) ->
                         f"reference of every drop; rerun it with a current `bench run --force`")
     cells = _cells(cfg, meta, run_id, req)
     rstore = RobustStore(opts.results_dir)
-    stamp = {"run_created": meta.get("created"), "code": code_digest()}
+    stamp = {"run": run_stamp(opts.results_dir, run_id), "code": code_digest()}
     store.check_writable()
-    with store.lock(f"robust-{run_id}"):
+    lock = store.lock(f"robust-{run_id}")
+    from filelock import Timeout
+
+    try:
+        lock.acquire(timeout=-1 if wait else 0)
+    except Timeout:
+        log(f"{run_id}: another process is scoring it; left to that one", opts.quiet)
+        return None
+    try:
         _drop_stale(rstore, run_id, stamp)
         missing = [c for c in cells if rstore.read_cell(run_id, c) is None]
         record = rstore.read_meta(run_id)
@@ -85,12 +117,14 @@ def evaluate(store: ResultStore, run_id: str, req: Request, opts: RunOptions) ->
             log(f"{run_id}: every cell already scored ({rstore.root / 'scores' / run_id}); rows rewritten",
                 opts.quiet)
         return _write_rows(rstore, run_id, cfg, meta, saved, record, stamp)
+    finally:
+        lock.release()
 
 
 def _drop_stale(rstore: RobustStore, run_id: str, stamp: dict) -> None:
     """Cells made for an earlier version of the run, or (corruptions) by other corruption code."""
-    stale = [c for c, rec in rstore.cells(run_id) if rec.get("run_created") != stamp["run_created"]
-             or (c.shift == "medmnistc" and rec.get("code") != stamp["code"])]
+    stale = [c for c, rec in rstore.cells(run_id) if rec.get("run") != stamp["run"]
+             or (c.shift in ("medmnistc", "generic") and rec.get("code") != stamp["code"])]
     for c in stale:
         rstore.drop_cell(run_id, c)
     if stale:
@@ -155,7 +189,7 @@ def _write_rows(rstore: RobustStore, run_id: str, cfg: RunConfig, meta: dict, sa
     order = sorted(got, key=lambda c: (c.shift == "dataset", c.shift, _cell_order(cfg, c, record), c.corruption,
                                        c.severity))
     rows = rows_for(cfg, run_id, task, clean, {c: got[c] for c in order}, test_dataset)
-    record = {**record, "run_id": run_id, "run_created": stamp["run_created"], "code": stamp["code"],
+    record = {**record, "run_id": run_id, "run": stamp["run"], "run_created": meta.get("created"), "code": stamp["code"],
               "cells": len(order), "updated": now(), "versions": versions(),
               "clean": {CLEAN: {k: v for k, v in clean.items() if isinstance(v, float) and math.isfinite(v)}}}
     return rstore.write_rows(run_id, rows, record)

@@ -10,8 +10,8 @@
                                atomically as each cell finishes, so a killed pass resumes at the next
                                cell, and read by the report's paired bootstrap
 
-A cell made for an earlier version of the run (``bench run --force`` keeps the id) or of the
-corruption code is stale: a new pass drops it and scores it again.
+A cell made for an earlier version of the run (``bench run --force`` keeps the id; ``run_stamp``) or
+of the corruption code is stale: a new pass drops it and scores it again.
 """
 from __future__ import annotations
 
@@ -55,6 +55,24 @@ class Cell:
 
 def _safe(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "_"
+
+
+def run_stamp(results_dir: Path, run_id: str) -> str:
+    """What a run's current results are, to tell a rerun under the same id (``bench run --force``):
+    a digest of its provenance JSON and saved test scores (a rerun writes both anew, its timings and
+    creation time inside)."""
+    import hashlib
+
+    from ..results import ResultStore
+
+    store = ResultStore(results_dir)
+    h = hashlib.sha256()
+    for kind in ("meta", "scores"):
+        try:
+            h.update(store.path(kind, run_id).read_bytes())
+        except OSError:
+            h.update(b"-")
+    return h.hexdigest()[:16]
 
 
 class RobustStore:
