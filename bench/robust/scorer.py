@@ -71,6 +71,7 @@ class Scorer:
         t0 = time.perf_counter()
         if self.way == "model":
             out = self._net_scores(images, from_images=True)
+            self.timings["forward_s"] = self.timings.get("forward_s", 0.0) + time.perf_counter() - t0
         else:
             from ..features import extract
 
@@ -83,8 +84,11 @@ class Scorer:
 
             def compute() -> np.ndarray:
                 self.image_passes += len(images)
-                return extract(ctx.frozen_fn(self.frozen), images, ctx.pre, ctx.device, opts.extract_batch_size,
-                               desc, opts.quiet, self.cfg.precision)
+                t = time.perf_counter()
+                out = extract(ctx.frozen_fn(self.frozen), images, ctx.pre, ctx.device, opts.extract_batch_size,
+                              desc, opts.quiet, self.cfg.precision)
+                self.timings["extract_s"] = self.timings.get("extract_s", 0.0) + time.perf_counter() - t
+                return out
 
             feats, _ = ctx.cache.get_or_compute(self.feature_key(images_id, shift), compute, memory_budget=budget,
                                                 rows=len(images))
