@@ -105,6 +105,12 @@ class Robustness:
                 bad.append(f"{rid} ({type(e).__name__})")
                 continue
             frames.append(df[df.run_id == rid])
+        studies = (set(self.store.run_ids()) & set(a.rs.all_rows.run_id)) - set(runs.run_id) \
+            if not a.rs.all_rows.empty else set()
+        if studies:
+            self.notes.append(f"{len(studies)} run(s) of the depth or label-budget studies (--layers, --train-fraction, "
+                              f"--shots) were scored under shift too; like their clean numbers, they are not among "
+                              f"the models compared here (their rows: results/robust/).")
         if stale:
             self.notes.append(f"Left out: the robustness rows of {stale} run(s) made before the run was last rerun "
                               f"under the same id (`bench run --force`); run `bench robust` again for them.")
