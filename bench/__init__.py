@@ -10,7 +10,7 @@ import types
 
 __version__ = "0.2.0"
 
-_API = ("run", "sweep", "report", "load_results", "config", "embed")
+_API = ("run", "sweep", "report", "robust", "load_results", "config", "embed")
 
 
 def __getattr__(name: str):
@@ -22,7 +22,7 @@ def __getattr__(name: str):
 
 
 class _Package(types.ModuleType):
-    """`bench.sweep` and `bench.report` are subpackages as well as API functions: importing one
+    """`bench.sweep`, `bench.report` and `bench.robust` are subpackages as well as API functions: importing one
     must not put the package where the function was, so the API's names work in any order in one
     process (the subpackages stay importable by name: ``from bench.report import make_report``)."""
 

@@ -7,6 +7,7 @@
     df = bench.load_results("results")
     bench.report("results", out="reports/latest")
     emb = bench.embed("dinov2", "breastmnist", out="feats.parquet")  # {"train": {"ids", "labels", "features"}, ...}
+    bench.robust(r.run_id)  # the run under MedMNIST-C's corruptions, without retraining
 """
 from __future__ import annotations
 
@@ -118,6 +119,28 @@ def sweep(config_file: str | Path | None = None, *, dry_run: bool = False, **kw:
             argv += [flag, *map(str, v if isinstance(v, (list, tuple)) else [v])]
     argv = ([str(config_file)] if config_file else []) + (["--dry-run"] if dry_run else []) + argv
     return main(parser.parse_args(argv))
+
+
+def robust(run_ids: "str | list[str]", *, test_dataset: str | None = None, corruptions: list[str] | None = None,
+           modality: str | None = None, **kw: Any) -> "pd.DataFrame":
+    """`bench robust`: score finished runs under shift without retraining (MedMNIST-C corruptions x
+    severities 1-5 of their dataset, or ``test_dataset``'s test split); ``kw`` are the execution
+    options (``results_dir``, ``data_root``, ``device``...). Returns their robustness rows (every
+    shift scored so far, the clean row included) as one DataFrame."""
+    import pandas as pd
+
+    from .robust import Request
+    from .robust import robust as score
+    from .run_config import make_run_options
+
+    run_kw, exec_kw = split_options(kw)
+    if run_kw:
+        raise UserError(f"{', '.join(sorted(run_kw))}: a run option; bench.robust scores runs as they ran and takes "
+                        f"only where and how options (results_dir, data_root, device, ...)")
+    ids = [run_ids] if isinstance(run_ids, str) else list(run_ids)
+    paths = score(Request(ids, test_dataset=test_dataset, corruptions=list(corruptions) if corruptions else None,
+                          modality=modality), make_run_options(**exec_kw))
+    return pd.concat([pd.read_csv(p, keep_default_na=False, na_values=[""]) for p in paths], ignore_index=True)
 
 
 def load_results(results_dir: str | Path = "results") -> "pd.DataFrame":

@@ -178,6 +178,20 @@ def cmd_embed(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_robust(args: argparse.Namespace) -> int:
+    from .robust import Request, robust
+
+    corruptions = [c.strip() for c in (args.corruptions or "").split(",") if c.strip()] or None
+    req = Request(args.run_ids, test_dataset=args.test_dataset, corruptions=corruptions, modality=args.modality,
+                  every=args.all)
+    for path in robust(req, options_from_args(args)):
+        print(path)
+    if req.failed:
+        print(f"bench: robust: {len(req.failed)} run(s) not scored (said above)", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
     from .sweep import main as sweep_main
 
@@ -265,6 +279,21 @@ def build_parser() -> argparse.ArgumentParser:
     em.add_argument("--out", type=Path, required=True, help="FILE.npz or FILE.parquet")
     em.add_argument("--splits", default="train,val,test", help="comma-separated (default: train,val,test)")
     em.set_defaults(fn=cmd_embed)
+
+    rb = sub.add_parser("robust", allow_abbrev=False, help="score finished runs under shift without retraining: "
+                        "MedMNIST-C corruptions x severities 1-5, or another dataset's test split")
+    rb.add_argument("run_ids", nargs="*", metavar="RUN_ID", help="one or more run ids (or unique prefixes)")
+    rb.add_argument("--all", action="store_true", help="every finished run of --results-dir (after a sweep); a run "
+                    "that cannot be scored is said and skipped (exit 1), one another process is scoring is left to it")
+    rb.add_argument("--test-dataset", metavar="DATASET", help="score on this dataset's clean test split instead "
+                    "(its task and classes must be the run's), e.g. another hospital's csv:FILE")
+    rb.add_argument("--corruptions", metavar="NAME,...", help="only these MedMNIST-C corruptions of the run's "
+                    "dataset (default: all of them; BE and rBE need all)")
+    rb.add_argument("--modality", metavar="NAME", help="own data: the modality whose generic corruption set is used "
+                    "(default: the run's; e.g. 'chest x-ray', ultrasound, gray, rgb)")
+    options.add_arguments(rb, only=("results_dir", "data_root", "cache_dir", "device", "skip_md5", "quiet",
+                                    "extract_batch_size", "channels_last", "compile"))
+    rb.set_defaults(fn=cmd_robust)
 
     sw = sub.add_parser("sweep", allow_abbrev=False, help="a grid of runs from a YAML file and/or flags")
     from .sweep import add_sweep_arguments  # light import (no torch): bench --help stays fast

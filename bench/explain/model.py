@@ -211,7 +211,7 @@ def rebuild(store: ResultStore, run_id: str, opts: RunOptions) -> Rebuilt:
         raise UserError(f"run {run_id}: {cfg.dataset} is not the data it ran on (fingerprint {ds.fingerprint[:12]}, "
                         f"the run's {cfg.data_fingerprint[:12]}); point --data-root at that data")
     backbone = build_backbone(cfg, weights=str(backbone_file) if trained else None, opts=opts)
-    head = _load_head(cfg, backbone, ds.n_outputs, head_file)
+    head = load_head(cfg, backbone, ds.n_outputs, head_file)
     backbone.eval().to(device)
     head.eval().to(device)
     for p in list(backbone.parameters()) + list(head.parameters()):
@@ -258,7 +258,9 @@ def _check_saved(run_id: str, cfg: RunConfig, meta: dict, trained: bool, head_fi
                             f"put that file back to explain the run")
 
 
-def _load_head(cfg: RunConfig, backbone: Backbone, n_out: int, path: Path) -> nn.Module:
+def load_head(cfg: RunConfig, backbone: Backbone, n_out: int, path: Path) -> nn.Module:
+    """The run's saved head (a probe's or a trained one), checked: damaged, ill-fitting or
+    non-finite weights are one line saying to rerun the run (bench explain, bench robust)."""
     from safetensors.torch import load_file
 
     from ..heads import ProbeHead

@@ -191,8 +191,11 @@ class LayerProbe(Protocol):
         # the selected layer's head, at that layer's width (a CNN's early stages are narrower)
         head = per_layer[str(best)]["head_parameters"]
         trainable = {"backbone": 0, "head": head, "total": head, "adapt": "none"}
+        # the selected layer's linear head is saved as the run's head (bench robust scores shifted images with it)
+        files = {name: (state, {**md, "layer": str(best)}) for name, (state, md) in (outs[best].files or {}).items()}
         return ProtocolOutput(outs[best].val_scores, outs[best].test_scores, selected, curves,
-                              extra={"layers": per_layer, "trainable_parameters": trainable}, layers=outs)
+                              extra={"layers": per_layer, "trainable_parameters": trainable}, layers=outs,
+                              files=files)
 
 
 def _head_parameters(out: ProtocolOutput) -> int:

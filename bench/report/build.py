@@ -169,7 +169,10 @@ def build(a: T.Analysis, *, with_reference: bool = False, figures: bool = True, 
 
     from .zeroshot import zeroshot_section  # zero-shot runs: the prompt ensemble against each template
 
-    for make in (transfer.depth_section, transfer.labels_section, lambda a, _figures: zeroshot_section(a)):
+    from .robustness import robustness_section  # runs scored under shift by `bench robust`
+
+    for make in (transfer.depth_section, transfer.labels_section, lambda a, _figures: zeroshot_section(a),
+                 robustness_section):
         study = make(a, figures)
         sections += [study] if study is not None else []
 

@@ -163,8 +163,24 @@ def status_table(results_dir: Path) -> pd.DataFrame:
     store = ResultStore(root)
     scored = [rid for rid, st in status.items() if st == "done" and store.path("scores", rid).exists()]
     out.attrs["scored"] = (len(scored), sum(store.read_ids(rid) is not None for rid in scored))
+    out.attrs["robust"] = _robust_counts(root, set(status))
     out.attrs["kinds"] = _kinds(df[df.status == "done"].kind)
     return out.reset_index(drop=True)
+
+
+def _robust_counts(root: Path, run_ids: set[str]) -> dict:
+    """Runs scored under shift by `bench robust` (robust/<run_id>.csv): how many, by shift kind, and
+    how many of those files belong to no run listed here (a run deleted since)."""
+    from ..robust.files import RobustStore
+
+    store = RobustStore(root)
+    ids = store.run_ids()
+    kinds: dict[str, int] = {}
+    for rid in ids:
+        for kind in (store.read_meta(rid).get("shifts") or {}):
+            kinds[kind.split("-", 1)[0]] = kinds.get(kind.split("-", 1)[0], 0) + 1
+    return {"runs": len([r for r in ids if r in run_ids]), "orphans": len([r for r in ids if r not in run_ids]),
+            "kinds": kinds}
 
 
 def _kinds(kinds: pd.Series) -> str:
@@ -195,6 +211,11 @@ def format_status(df: pd.DataFrame) -> str:
         lines.append(f"Runs with saved test scores: {scored}; with image ids (--subgroups, --predictions): {with_ids}"
                      + (f" (the other {scored - with_ids} predate them: rebuilt where their data is unchanged)"
                         if with_ids < scored else "") + ".")
+    rb = df.attrs.get("robust") or {}
+    if rb.get("runs") or rb.get("orphans"):
+        kinds = ", ".join(f"{k} {n}" for k, n in sorted(rb.get("kinds", {}).items()))
+        lines.append(f"Scored under shift (bench robust, robust/): {rb['runs']} run(s)" + (f" ({kinds})" if kinds else "")
+                     + (f"; {rb['orphans']} file(s) of runs no longer here" if rb.get("orphans") else "") + ".")
     if df.attrs.get("unplaced_failures"):
         lines.append(f"{df.attrs['unplaced_failures']} more failure record(s) without a readable config.")
     return "\n".join(lines)

@@ -107,7 +107,8 @@ def gain_figure(a: Analysis) -> tuple[Figure | None, str | None]:
     return _figure("gain_over_baseline", f"Gain over {a.baseline_label}", fig, caption), None
 
 
-def cd_figure(a: Analysis, rk: Ranking) -> Figure:
+def cd_figure(a: Analysis, rk: Ranking, name: str | None = None, title: str | None = None,
+              what: str | None = None) -> Figure:
     """Critical-difference diagram (Demsar 2006): mean ranks on an axis, best at the left; models
     joined by a bar do not differ by the Nemenyi test at alpha 0.05."""
     from . import stats as S
@@ -142,10 +143,11 @@ def cd_figure(a: Analysis, rk: Ranking) -> Figure:
     ax.axis("off")
     f = rk.friedman
     p, kind = f.headline()
-    caption = (f"Mean rank of test {a.metric.upper()} over {len(rk.datasets)} datasets (1 = best). Models joined by "
-               f"a thick bar are within the Nemenyi critical difference (α = 0.05) of each other. Friedman p = "
-               f"{S.fmt_p(p)} ({kind}).")
-    return _figure(f"cd_{rk.section.slug}", f"Critical difference — {section_title(rk.section)}", fig, caption)
+    caption = (f"Mean rank of {what or f'test {a.metric.upper()}'} over {len(rk.datasets)} datasets (1 = best). "
+               f"Models joined by a thick bar are within the Nemenyi critical difference (α = 0.05) of each other. "
+               f"Friedman p = {S.fmt_p(p)} ({kind}).")
+    return _figure(name or f"cd_{rk.section.slug}", title or f"Critical difference — {section_title(rk.section)}",
+                   fig, caption)
 
 
 def heatmap_figure(a: Analysis, sec: SectionKey) -> tuple[Figure | None, str | None]:

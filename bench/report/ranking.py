@@ -74,7 +74,7 @@ def wilcoxon_table(a: Analysis, sec: SectionKey) -> Table | None:
 class Ranking:
     """Mean ranks and tests of one section, shared by the tables and the CD diagram."""
 
-    section: SectionKey
+    section: SectionKey | None   # None: a ranking of another table's values (e.g. one severity of a shift)
     models: list[str]            # in order of mean rank, best first
     mean_ranks: np.ndarray
     datasets: list[str]
@@ -86,7 +86,12 @@ class Ranking:
 def ranking(a: Analysis, sec: SectionKey) -> tuple[Ranking | None, list[str]]:
     """Rank the models on the datasets where all of them ran. A model missing a dataset is left
     out (said in a note) unless that would leave fewer than two models, then the dataset goes."""
-    mat = dataset_means(a, sec)
+    return rank_matrix(dataset_means(a, sec), a.higher_is_better, sec, section_title(sec))
+
+
+def rank_matrix(mat: pd.DataFrame, higher_is_better: bool, sec: SectionKey | None, title: str
+                ) -> tuple[Ranking | None, list[str]]:
+    """``ranking`` of any datasets x models matrix of seed means (``title`` names it in the notes)."""
     notes: list[str] = []
     if mat.shape[1] < 2:
         return None, []
@@ -98,13 +103,13 @@ def ranking(a: Analysis, sec: SectionKey) -> tuple[Ranking | None, list[str]]:
         left_out = []
         mat = mat.dropna()
     if len(mat) < 2:
-        notes.append(f"No ranking across datasets in {section_title(sec)}: it needs at least two datasets on which "
+        notes.append(f"No ranking across datasets in {title}: it needs at least two datasets on which "
                      f"every ranked model ran ({len(mat)} here).")
         return None, notes
     if left_out:
         notes.append(f"Ranking leaves out {', '.join(left_out)}: not run on every dataset of the section.")
     v = mat.to_numpy(float)
-    f = S.friedman(v, a.higher_is_better)
+    f = S.friedman(v, higher_is_better)
     order = np.argsort(f.mean_ranks, kind="stable")
     n, k = v.shape
     cd = S.nemenyi_cd(k, n, ALPHA) if k >= 2 else float("nan")
