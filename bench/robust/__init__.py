@@ -112,7 +112,7 @@ def evaluate(store: ResultStore, run_id: str, req: Request, opts: RunOptions, wa
         missing = [c for c in cells if rstore.read_cell(run_id, c) is None]
         record = rstore.read_meta(run_id)
         if missing:
-            record = _score(store, rstore, run_id, cfg, meta, saved, missing, cells, req, opts, stamp, record)
+            record = _score(store, rstore, run_id, cfg, saved, missing, cells, req, opts, stamp, record)
         else:
             log(f"{run_id}: every cell already scored ({rstore.root / 'scores' / run_id}); rows rewritten",
                 opts.quiet)
@@ -132,7 +132,7 @@ def _drop_stale(rstore: RobustStore, run_id: str, stamp: dict) -> None:
               f"corruption code were dropped and are scored again", file=sys.stderr, flush=True)
 
 
-def _score(store, rstore, run_id, cfg, meta, saved, missing, cells, req, opts, stamp, record) -> dict:
+def _score(store, rstore, run_id, cfg, saved, missing, cells, req, opts, stamp, record) -> dict:
     from .scorer import CHECK_IMAGES, SCORE_TOLERANCE, open_scorer
     from .shifts import corruption_shift, dataset_shift
 
@@ -188,7 +188,7 @@ def _write_rows(rstore: RobustStore, run_id: str, cfg: RunConfig, meta: dict, sa
         test_dataset[cell] = str(rec.get("test_dataset") or cfg.dataset)
     order = sorted(got, key=lambda c: (c.shift == "dataset", c.shift, _cell_order(cfg, c, record), c.corruption,
                                        c.severity))
-    rows = rows_for(cfg, run_id, task, clean, {c: got[c] for c in order}, test_dataset)
+    rows = rows_for(cfg, run_id, clean, {c: got[c] for c in order}, test_dataset)
     record = {**record, "run_id": run_id, "run": stamp["run"], "run_created": meta.get("created"), "code": stamp["code"],
               "cells": len(order), "updated": now(), "versions": versions(),
               "clean": {CLEAN: {k: v for k, v in clean.items() if isinstance(v, float) and math.isfinite(v)}}}

@@ -9,8 +9,6 @@ from .. import metrics as M
 from ..run_config import RunConfig
 from .files import CLEAN, RUN_COLUMNS, Cell
 
-# every row carries these; the rest of metrics.evaluate (macro F1, recalls, kappa) are kept too
-HEADLINE = ("acc", "auc", "balanced_acc", "balanced_error", "ece", "brier")
 WORSE_WHEN_HIGHER = M.LOWER_IS_BETTER | {"balanced_error"}
 
 
@@ -38,7 +36,7 @@ def drop(metric: str, clean: float, value: float) -> float:
     return value - clean if metric in WORSE_WHEN_HIGHER else clean - value
 
 
-def rows_for(cfg: RunConfig, run_id: str, task: str, clean: dict[str, float], cells: dict[Cell, dict[str, float]],
+def rows_for(cfg: RunConfig, run_id: str, clean: dict[str, float], cells: dict[Cell, dict[str, float]],
              test_dataset: dict[Cell, str]) -> list[dict]:
     """Tidy rows: the clean row (the run's own test scores), then every cell's metrics with its drop."""
     d = cfg.to_dict()
